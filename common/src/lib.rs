@@ -1,0 +1,28 @@
+//! Shared vocabulary of every Redraft process.
+//!
+//! Everything two processes must agree on lives here and nowhere else: the RESP
+//! codec, key hashing and the ring of virtual nodes, the routing table, the wire
+//! envelopes, the shard operations the proxy sends and the nodes apply, and the
+//! QUIC/mTLS transport. This crate depends on neither RocksDB nor openraft, so the
+//! stateless proxy never pulls in a storage engine.
+
+pub mod ids;
+pub mod keys;
+pub mod ops;
+pub mod pd_client;
+pub mod resp;
+pub mod routing;
+pub mod tls;
+pub mod transport;
+pub mod wire;
+
+/// Milliseconds since the Unix epoch on this host's wall clock.
+///
+/// Leaders stamp every write with this value; replicas decide TTL expiry from the
+/// stamp in the entry, never from their own clock, so applying is deterministic.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

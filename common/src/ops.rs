@@ -1,0 +1,177 @@
+//! Shard operations: what the proxy asks a shard to do, after parsing a command.
+//!
+//! The proxy validates arguments and turns each Redis command into one [`ShardOp`]
+//! per shard it touches; shard nodes execute reads on the leader and replicate
+//! writes through Raft, then apply them deterministically. Anything that depends on
+//! time is expressed so that the leader's timestamp in the Raft entry decides it
+//! (relative expiries are resolved at apply time), never the replica's clock.
+
+use serde::{Deserialize, Serialize};
+
+/// A key or value: arbitrary bytes.
+pub type Bytes = Vec<u8>;
+
+/// An expiry as a client wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// Milliseconds from the moment the write is applied (EX, PX, EXPIRE, ...).
+    InMs(i64),
+    /// Absolute Unix time in milliseconds (EXAT, PXAT, EXPIREAT, ...).
+    AtMs(i64),
+}
+
+/// The condition of SET.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetCondition {
+    /// Always set.
+    Always,
+    /// NX: only when the key does not exist.
+    IfAbsent,
+    /// XX: only when the key exists.
+    IfPresent,
+}
+
+/// How SET-like commands reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetReply {
+    /// SET: `+OK`, or nil when the condition failed.
+    Ok,
+    /// SET ... GET and GETSET: the old value (or nil).
+    OldValue,
+    /// SETNX: `:1` when set, `:0` when not.
+    Integer,
+}
+
+/// The condition flags of EXPIRE and friends (Redis 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpireCondition {
+    /// No flag.
+    Always,
+    /// NX: only when the key has no expiry.
+    IfNoExpiry,
+    /// XX: only when the key has an expiry.
+    IfExpiry,
+    /// GT: only when the new expiry is greater (no expiry counts as infinite).
+    IfGreater,
+    /// LT: only when the new expiry is less (no expiry counts as infinite).
+    IfLess,
+}
+
+/// What GETEX does to the key's expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GetExChange {
+    /// Leave it.
+    Keep,
+    /// Set it.
+    Set(Expiry),
+    /// PERSIST: remove it.
+    Persist,
+}
+
+/// A read, served by the leader after a linearizability check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ReadOp {
+    /// GET
+    Get { key: Bytes },
+    /// MGET of the keys of one shard, in the order given.
+    MGet { keys: Vec<Bytes> },
+    /// EXISTS of the keys of one shard (a key counts as often as it is named).
+    Exists { keys: Vec<Bytes> },
+    /// STRLEN
+    StrLen { key: Bytes },
+    /// GETRANGE with Redis's inclusive, negative-from-end indexes.
+    GetRange { key: Bytes, start: i64, end: i64 },
+    /// TTL (`millis: false`) or PTTL.
+    Ttl { key: Bytes, millis: bool },
+    /// TYPE
+    Type { key: Bytes },
+    /// Number of live keys in the shard (DBSIZE fans out).
+    DbSize,
+}
+
+/// A write, replicated through the shard's Raft log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// SET, SETNX, SETEX, PSETEX, GETSET.
+    Set {
+        key: Bytes,
+        value: Bytes,
+        expiry: Option<Expiry>,
+        condition: SetCondition,
+        keep_ttl: bool,
+        reply: SetReply,
+    },
+    /// GETDEL
+    GetDel { key: Bytes },
+    /// GETEX
+    GetEx { key: Bytes, change: GetExChange },
+    /// MSET of the pairs of one shard.
+    MSet { pairs: Vec<(Bytes, Bytes)> },
+    /// MSETNX; all keys are in this shard.
+    MSetNx { pairs: Vec<(Bytes, Bytes)> },
+    /// DEL / UNLINK of the keys of one shard.
+    Del { keys: Vec<Bytes> },
+    /// INCR, DECR, INCRBY, DECRBY.
+    IncrBy { key: Bytes, delta: i64 },
+    /// INCRBYFLOAT
+    IncrByFloat { key: Bytes, delta: f64 },
+    /// APPEND
+    Append { key: Bytes, value: Bytes },
+    /// SETRANGE
+    SetRange { key: Bytes, offset: u64, value: Bytes },
+    /// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT.
+    Expire { key: Bytes, expiry: Expiry, condition: ExpireCondition },
+    /// PERSIST
+    Persist { key: Bytes },
+    /// FLUSHALL: every key of the shard.
+    FlushAll,
+    /// Background expiry: delete these keys if they are still expired at apply time.
+    PurgeExpired { keys: Vec<Bytes> },
+}
+
+/// One operation on one shard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ShardOp {
+    /// Served by the leader without a log entry.
+    Read(ReadOp),
+    /// Replicated through the shard's Raft log.
+    Write(WriteOp),
+}
+
+impl ShardOp {
+    /// The user keys this operation touches (for routing and ownership checks).
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            ShardOp::Read(op) => match op {
+                ReadOp::Get { key }
+                | ReadOp::StrLen { key }
+                | ReadOp::GetRange { key, .. }
+                | ReadOp::Ttl { key, .. }
+                | ReadOp::Type { key } => vec![key],
+                ReadOp::MGet { keys } | ReadOp::Exists { keys } => keys.iter().map(|k| &k[..]).collect(),
+                ReadOp::DbSize => vec![],
+            },
+            ShardOp::Write(op) => op.keys(),
+        }
+    }
+}
+
+impl WriteOp {
+    /// The user keys this write touches.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            WriteOp::Set { key, .. }
+            | WriteOp::GetDel { key }
+            | WriteOp::GetEx { key, .. }
+            | WriteOp::IncrBy { key, .. }
+            | WriteOp::IncrByFloat { key, .. }
+            | WriteOp::Append { key, .. }
+            | WriteOp::SetRange { key, .. }
+            | WriteOp::Expire { key, .. }
+            | WriteOp::Persist { key } => vec![key],
+            WriteOp::MSet { pairs } | WriteOp::MSetNx { pairs } => pairs.iter().map(|(k, _)| &k[..]).collect(),
+            WriteOp::Del { keys } | WriteOp::PurgeExpired { keys } => keys.iter().map(|k| &k[..]).collect(),
+            WriteOp::FlushAll => vec![],
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Wire messages between processes, and their encoding.
+//!
+//! Every message is one bincode-encoded envelope on its own QUIC stream (see
+//! [`crate::transport`]). Raft RPCs travel as opaque payloads tagged with their
+//! group and kind, so this crate (and the proxy) need not know openraft's types.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{NodeId, RoutingVersion, ShardId};
+use crate::ops::ShardOp;
+use crate::resp::Frame;
+use crate::routing::RoutingTable;
+
+/// Which Raft RPC a payload carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftKind {
+    /// AppendEntries (also heartbeats).
+    AppendEntries,
+    /// RequestVote.
+    Vote,
+    /// One chunk of a snapshot.
+    InstallSnapshot,
+}
+
+/// A request to a shard node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum NodeRequest {
+    /// A Raft RPC for group `group`, encoded by the shard node.
+    Raft { group: ShardId, kind: RaftKind, payload: Vec<u8> },
+    /// Execute `op` on `shard`; `version` is the routing version the caller used.
+    Exec { shard: ShardId, version: RoutingVersion, op: ShardOp },
+}
+
+/// A shard node's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum NodeResponse {
+    /// Answer to a Raft RPC: the encoded result, or the reason it failed.
+    Raft(Result<Vec<u8>, String>),
+    /// The command ran; this is its reply (possibly a Redis error such as WRONGTYPE).
+    Reply(Frame),
+    /// This node is not the shard's leader; nothing was proposed. Retry at `leader`.
+    NotLeader { leader: Option<NodeId> },
+    /// The shard no longer owns a key of the request; nothing changed. Refresh routing.
+    WrongShard { version: RoutingVersion },
+    /// This node hosts no replica of the shard; nothing was proposed. Refresh routing.
+    NoShard,
+    /// The write was proposed but its outcome is unknown (timeout, leader lost).
+    /// Never retried: the client is told.
+    Unknown(String),
+}
+
+/// A request to the placement driver.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PdRequest {
+    /// A node starts: registers its address; gets an id when it has none yet.
+    Register { node_id: Option<NodeId>, addr: String },
+    /// A node is alive; `leaders` are the shards it currently leads.
+    Heartbeat { node_id: NodeId, leaders: Vec<ShardId> },
+    /// The routing table once it is newer than what the caller knows, or after
+    /// `wait_ms` at the latest (long poll: a push on change, a pull otherwise).
+    Routing { known_version: RoutingVersion, known_leaders: u64, wait_ms: u64 },
+}
+
+/// The placement driver's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PdResponse {
+    /// The node's id.
+    Registered { node_id: NodeId },
+    /// Heartbeat accepted.
+    Ack,
+    /// The current routing table.
+    Routing(RoutingTable),
+    /// This member is not the PD leader; try `leader` (a QUIC address) if known.
+    NotLeader { leader: Option<String> },
+    /// The request failed; the text says why.
+    Error(String),
+}
+
+/// Error decoding a message.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed message: {0}")]
+pub struct DecodeError(String);
+
+/// Encodes a message (bincode, standard configuration).
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(msg, bincode::config::standard()).expect("wire types always encode")
+}
+
+/// Decodes a message; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (msg, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| DecodeError(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(DecodeError(format!("{} trailing bytes", bytes.len() - used)));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{ReadOp, ShardOp};
+
+    #[test]
+    fn envelopes_round_trip_and_reject_garbage() {
+        let req = NodeRequest::Exec { shard: 7, version: 3, op: ShardOp::Read(ReadOp::Get { key: b"k".to_vec() }) };
+        let bytes = encode(&req);
+        match decode::<NodeRequest>(&bytes).unwrap() {
+            NodeRequest::Exec { shard, version, .. } => assert_eq!((shard, version), (7, 3)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(decode::<NodeRequest>(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode::<NodeRequest>(&[0xff, 0xff, 0xff]).is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! The process's RocksDB and its column families.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+
+use crate::log::Committer;
+
+/// Raft log entries of every group.
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// Vote and purge marks of every group.
+pub const CF_RAFT_STATE: &str = "raft_state";
+/// User data under `vnode | key`.
+pub const CF_DATA: &str = "data";
+/// Per-process and per-group metadata owned by the caller.
+pub const CF_META: &str = "meta";
+
+const COLUMN_FAMILIES: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA, CF_META];
+
+/// When log writes are made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Every batch is fsynced before any write in it is acknowledged (default).
+    Always,
+    /// Batches are written without fsync and the WAL is fsynced every so many
+    /// milliseconds. Faster, weaker: a machine crash (not a process crash) may lose
+    /// the last interval of acknowledged writes on a quorum.
+    Interval(u64),
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            _ => s
+                .strip_prefix("interval=")
+                .and_then(|ms| ms.parse().ok())
+                .filter(|&ms| ms > 0)
+                .map(FsyncPolicy::Interval)
+                .ok_or_else(|| format!("invalid fsync policy '{s}': use 'always' or 'interval=<ms>'")),
+        }
+    }
+}
+
+/// The process's RocksDB plus its log committer.
+#[derive(Clone)]
+pub struct Engine {
+    db: Arc<DB>,
+    committer: Committer,
+}
+
+impl Engine {
+    /// Opens (or creates) the database under `path`.
+    pub fn open(path: &Path, fsync: FsyncPolicy) -> Result<Engine> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.increase_parallelism(2);
+        let cfs = COLUMN_FAMILIES.iter().map(|name| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(*name, cf_opts)
+        });
+        let db = Arc::new(
+            DB::open_cf_descriptors(&opts, path, cfs).with_context(|| format!("opening RocksDB at {}", path.display()))?,
+        );
+        if let FsyncPolicy::Interval(ms) = fsync {
+            let weak = Arc::downgrade(&db);
+            std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
+                while let Some(db) = weak.upgrade() {
+                    if let Err(e) = db.flush_wal(true) {
+                        panic!("fsync of the RocksDB WAL failed: {e}");
+                    }
+                    drop(db);
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+            })?;
+        }
+        let committer = Committer::start(db.clone(), fsync == FsyncPolicy::Always)?;
+        Ok(Engine { db, committer })
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    /// A column family handle.
+    ///
+    /// # Panics
+    /// When `name` is not one of this module's column families.
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("column family exists")
+    }
+
+    /// The log store of `group`.
+    pub fn log_store<C>(&self, group: u64) -> crate::LogStore<C>
+    where
+        C: openraft::RaftTypeConfig,
+    {
+        crate::LogStore::new(group, self.db.clone(), self.committer.clone())
+    }
+
+    /// The shared committer (for callers that need their own durable writes).
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policy_parses() {
+        assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
+        assert_eq!("interval=5".parse(), Ok(FsyncPolicy::Interval(5)));
+        assert!("interval=0".parse::<FsyncPolicy>().is_err());
+        assert!("sometimes".parse::<FsyncPolicy>().is_err());
+    }
+}

@@ -1,0 +1,489 @@
+//! Deterministic execution of shard operations against the node's RocksDB.
+//!
+//! [`Keyspace`] is one shard's view of the `data` column family for one batch of
+//! work. Writes go to a `WriteBatch` and to an overlay that later operations of the
+//! same batch read first, so several entries applied together behave exactly as if
+//! applied one by one. The caller commits the batch together with the applied log
+//! id, atomically.
+//!
+//! DETERMINISM. Every decision depends only on the stored data, the operation and
+//! `now_ms`, which for writes is the leader's timestamp carried in the Raft entry.
+//! Redis's error strings are produced here, byte for byte.
+//!
+//! OWNERSHIP. A key whose virtual node the shard does not own (as of this apply)
+//! makes the operation fail with [`NotOwned`] before anything changes.
+
+use std::collections::{BTreeSet, HashMap};
+
+use redraft_common::ids::VnodeId;
+use redraft_common::keys::Ring;
+use redraft_common::ops::{
+    Expiry, ExpireCondition, GetExChange, ReadOp, SetCondition, SetReply, WriteOp,
+};
+use redraft_common::resp::Frame;
+use rocksdb::{ColumnFamily, IteratorMode, ReadOptions, WriteBatch, DB};
+
+use crate::storage::{data_key, vnode_end, vnode_start, Kind, Value};
+
+/// Redis's WRONGTYPE error.
+pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+/// Redis's error for a non-integer value.
+pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+/// Longest string Redis allows (`proto-max-bulk-len`).
+pub const MAX_STRING: u64 = 512 * 1024 * 1024;
+
+/// A key of the operation is not owned by this shard: nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotOwned;
+
+/// One shard's view of the data for one batch.
+pub struct Keyspace<'a> {
+    db: &'a DB,
+    cf: &'a ColumnFamily,
+    ring: &'a Ring,
+    owned: &'a BTreeSet<VnodeId>,
+    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// FLUSHALL ran in this batch: keys not in the overlay are gone.
+    flushed: bool,
+    batch: WriteBatch,
+    now_ms: u64,
+}
+
+impl<'a> Keyspace<'a> {
+    /// A view of the shard owning `owned`, at time `now_ms`.
+    pub fn new(db: &'a DB, cf: &'a ColumnFamily, ring: &'a Ring, owned: &'a BTreeSet<VnodeId>, now_ms: u64) -> Self {
+        Keyspace { db, cf, ring, owned, overlay: HashMap::new(), flushed: false, batch: WriteBatch::default(), now_ms }
+    }
+
+    /// Sets the clock for the next operation (the next entry's leader timestamp).
+    pub fn set_now(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    /// The writes made so far, to be committed by the caller.
+    pub fn into_batch(self) -> WriteBatch {
+        self.batch
+    }
+
+    /// Gives the caller the batch so far (to add its own writes) and starts a new one.
+    pub fn take_batch(&mut self) -> WriteBatch {
+        self.overlay.clear();
+        self.flushed = false;
+        std::mem::take(&mut self.batch)
+    }
+
+    fn storage_key(&self, key: &[u8]) -> Result<Vec<u8>, NotOwned> {
+        let vnode = self.ring.vnode_of(key);
+        if self.owned.contains(&vnode) {
+            Ok(data_key(vnode, key))
+        } else {
+            Err(NotOwned)
+        }
+    }
+
+    /// The stored value of a storage key, expired or not, as of this batch.
+    fn load_raw(&self, skey: &[u8]) -> Option<Value> {
+        let raw = match self.overlay.get(skey) {
+            Some(pending) => pending.clone(),
+            None if self.flushed => None,
+            None => self.db.get_cf(self.cf, skey).unwrap_or_else(|e| panic!("RocksDB read failed: {e}")),
+        };
+        raw.map(|b| Value::decode(&b))
+    }
+
+    /// The live value of a storage key (expired values read as absent).
+    fn load(&self, skey: &[u8]) -> Option<Value> {
+        self.load_raw(skey).filter(|v| !v.is_expired(self.now_ms))
+    }
+
+    fn store(&mut self, skey: Vec<u8>, value: &Value) {
+        let bytes = value.encode();
+        self.batch.put_cf(self.cf, &skey, &bytes);
+        self.overlay.insert(skey, Some(bytes));
+    }
+
+    fn remove(&mut self, skey: Vec<u8>) {
+        self.batch.delete_cf(self.cf, &skey);
+        self.overlay.insert(skey, None);
+    }
+
+    fn string(&self, skey: &[u8]) -> Result<Option<Value>, Frame> {
+        match self.load(skey) {
+            Some(v) if v.kind != Kind::String => Err(Frame::error(WRONGTYPE)),
+            other => Ok(other),
+        }
+    }
+
+    fn deadline(&self, expiry: Expiry) -> i64 {
+        match expiry {
+            Expiry::InMs(ms) => (self.now_ms as i64).saturating_add(ms),
+            Expiry::AtMs(at) => at,
+        }
+    }
+
+    /// Stores a deadline; one at or before the epoch start is stored as 1 ms (expired).
+    fn stored_deadline(deadline: i64) -> u64 {
+        deadline.max(1) as u64
+    }
+
+    /// Executes a read.
+    pub fn read(&self, op: &ReadOp) -> Result<Frame, NotOwned> {
+        Ok(match op {
+            ReadOp::Get { key } => match self.string(&self.storage_key(key)?) {
+                Ok(Some(v)) => Frame::Bulk(v.payload),
+                Ok(None) => Frame::Null,
+                Err(e) => e,
+            },
+            ReadOp::MGet { keys } => {
+                let mut out = Vec::with_capacity(keys.len());
+                for key in keys {
+                    out.push(match self.load(&self.storage_key(key)?) {
+                        Some(v) if v.kind == Kind::String => Frame::Bulk(v.payload),
+                        _ => Frame::Null,
+                    });
+                }
+                Frame::Array(out)
+            }
+            ReadOp::Exists { keys } => {
+                let mut n = 0;
+                for key in keys {
+                    n += i64::from(self.load(&self.storage_key(key)?).is_some());
+                }
+                Frame::Integer(n)
+            }
+            ReadOp::StrLen { key } => match self.string(&self.storage_key(key)?) {
+                Ok(v) => Frame::Integer(v.map_or(0, |v| v.payload.len() as i64)),
+                Err(e) => e,
+            },
+            ReadOp::GetRange { key, start, end } => match self.string(&self.storage_key(key)?) {
+                Ok(v) => Frame::Bulk(v.map_or_else(Vec::new, |v| substring(&v.payload, *start, *end).to_vec())),
+                Err(e) => e,
+            },
+            ReadOp::Ttl { key, millis } => match self.load(&self.storage_key(key)?) {
+                None => Frame::Integer(-2),
+                Some(v) if v.expires_at == 0 => Frame::Integer(-1),
+                Some(v) => {
+                    let left = v.expires_at.saturating_sub(self.now_ms) as i64;
+                    Frame::Integer(if *millis { left } else { (left + 500) / 1000 })
+                }
+            },
+            ReadOp::Type { key } => {
+                Frame::Simple(self.load(&self.storage_key(key)?).map_or("none", |v| v.kind.name()).to_string())
+            }
+            ReadOp::DbSize => Frame::Integer(self.count_live() as i64),
+        })
+    }
+
+    fn count_live(&self) -> u64 {
+        let mut count = 0;
+        for &vnode in self.owned {
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_upper_bound(vnode_end(vnode));
+            let start = vnode_start(vnode);
+            let iter = self.db.iterator_cf_opt(self.cf, opts, IteratorMode::From(&start, rocksdb::Direction::Forward));
+            for item in iter {
+                let (_, value) = item.unwrap_or_else(|e| panic!("RocksDB scan failed: {e}"));
+                count += u64::from(!Value::decode(&value).is_expired(self.now_ms));
+            }
+        }
+        count
+    }
+
+    /// Executes a write. Redis-level failures (WRONGTYPE, ...) are replies; only
+    /// [`NotOwned`] is an `Err`, and then nothing was written.
+    pub fn write(&mut self, op: &WriteOp) -> Result<Frame, NotOwned> {
+        // Check every key before touching anything, so a partly-owned request is a no-op.
+        let skeys = op.keys().into_iter().map(|k| self.storage_key(k)).collect::<Result<Vec<_>, _>>()?;
+        Ok(match op {
+            WriteOp::Set { value, expiry, condition, keep_ttl, reply, .. } => {
+                self.set(skeys[0].clone(), value, *expiry, *condition, *keep_ttl, *reply)
+            }
+            WriteOp::GetDel { .. } => match self.string(&skeys[0]) {
+                Ok(Some(v)) => {
+                    self.remove(skeys[0].clone());
+                    Frame::Bulk(v.payload)
+                }
+                Ok(None) => Frame::Null,
+                Err(e) => e,
+            },
+            WriteOp::GetEx { change, .. } => match self.string(&skeys[0]) {
+                Ok(Some(mut v)) => {
+                    let reply = Frame::Bulk(v.payload.clone());
+                    match change {
+                        GetExChange::Keep => {}
+                        GetExChange::Persist => {
+                            if v.expires_at != 0 {
+                                v.expires_at = 0;
+                                self.store(skeys[0].clone(), &v);
+                            }
+                        }
+                        GetExChange::Set(expiry) => {
+                            let deadline = self.deadline(*expiry);
+                            if deadline <= self.now_ms as i64 {
+                                self.remove(skeys[0].clone());
+                            } else {
+                                v.expires_at = Self::stored_deadline(deadline);
+                                self.store(skeys[0].clone(), &v);
+                            }
+                        }
+                    }
+                    reply
+                }
+                Ok(None) => Frame::Null,
+                Err(e) => e,
+            },
+            WriteOp::MSet { pairs } => {
+                for (skey, (_, value)) in skeys.into_iter().zip(pairs) {
+                    self.store(skey, &Value::string(value.clone(), 0));
+                }
+                Frame::ok()
+            }
+            WriteOp::MSetNx { pairs } => {
+                if skeys.iter().any(|k| self.load(k).is_some()) {
+                    Frame::Integer(0)
+                } else {
+                    for (skey, (_, value)) in skeys.into_iter().zip(pairs) {
+                        self.store(skey, &Value::string(value.clone(), 0));
+                    }
+                    Frame::Integer(1)
+                }
+            }
+            WriteOp::Del { .. } => {
+                let mut n = 0;
+                for skey in skeys {
+                    if self.load(&skey).is_some() {
+                        self.remove(skey);
+                        n += 1;
+                    }
+                }
+                Frame::Integer(n)
+            }
+            WriteOp::IncrBy { delta, .. } => self.incr_by(skeys[0].clone(), *delta),
+            WriteOp::IncrByFloat { delta, .. } => self.incr_by_float(skeys[0].clone(), *delta),
+            WriteOp::Append { value, .. } => match self.string(&skeys[0]) {
+                Ok(existing) => {
+                    let mut v = existing.unwrap_or_else(|| Value::string(Vec::new(), 0));
+                    if v.payload.len() as u64 + value.len() as u64 > MAX_STRING {
+                        return Ok(Frame::error("ERR string exceeds maximum allowed size (proto-max-bulk-len)"));
+                    }
+                    v.payload.extend_from_slice(value);
+                    let len = v.payload.len() as i64;
+                    self.store(skeys[0].clone(), &v);
+                    Frame::Integer(len)
+                }
+                Err(e) => e,
+            },
+            WriteOp::SetRange { offset, value, .. } => match self.string(&skeys[0]) {
+                Ok(existing) => {
+                    if value.is_empty() {
+                        return Ok(Frame::Integer(existing.map_or(0, |v| v.payload.len() as i64)));
+                    }
+                    let mut v = existing.unwrap_or_else(|| Value::string(Vec::new(), 0));
+                    let offset = *offset as usize;
+                    if v.payload.len() < offset + value.len() {
+                        v.payload.resize(offset + value.len(), 0);
+                    }
+                    v.payload[offset..offset + value.len()].copy_from_slice(value);
+                    let len = v.payload.len() as i64;
+                    self.store(skeys[0].clone(), &v);
+                    Frame::Integer(len)
+                }
+                Err(e) => e,
+            },
+            WriteOp::Expire { expiry, condition, .. } => self.expire(skeys[0].clone(), *expiry, *condition),
+            WriteOp::Persist { .. } => match self.load(&skeys[0]) {
+                Some(mut v) if v.expires_at != 0 => {
+                    v.expires_at = 0;
+                    self.store(skeys[0].clone(), &v);
+                    Frame::Integer(1)
+                }
+                _ => Frame::Integer(0),
+            },
+            WriteOp::FlushAll => {
+                for &vnode in self.owned {
+                    self.batch.delete_range_cf(self.cf, vnode_start(vnode), vnode_end(vnode));
+                }
+                // Later operations of this batch must not read flushed keys from the DB.
+                self.overlay.clear();
+                self.flushed = true;
+                Frame::ok()
+            }
+            WriteOp::PurgeExpired { .. } => {
+                let mut n = 0;
+                for skey in skeys {
+                    if self.load_raw(&skey).is_some_and(|v| v.is_expired(self.now_ms)) {
+                        self.remove(skey);
+                        n += 1;
+                    }
+                }
+                Frame::Integer(n)
+            }
+        })
+    }
+
+    fn set(
+        &mut self,
+        skey: Vec<u8>,
+        value: &[u8],
+        expiry: Option<Expiry>,
+        condition: SetCondition,
+        keep_ttl: bool,
+        reply: SetReply,
+    ) -> Frame {
+        let existing = if reply == SetReply::OldValue {
+            match self.string(&skey) {
+                Ok(v) => v,
+                Err(e) => return e,
+            }
+        } else {
+            self.load(&skey)
+        };
+        let old = || existing.as_ref().map_or(Frame::Null, |v| Frame::Bulk(v.payload.clone()));
+        let allowed = match condition {
+            SetCondition::Always => true,
+            SetCondition::IfAbsent => existing.is_none(),
+            SetCondition::IfPresent => existing.is_some(),
+        };
+        if !allowed {
+            return match reply {
+                SetReply::Ok => Frame::Null,
+                SetReply::OldValue => old(),
+                SetReply::Integer => Frame::Integer(0),
+            };
+        }
+        let expires_at = match expiry {
+            Some(e) => Self::stored_deadline(self.deadline(e)),
+            None if keep_ttl => existing.as_ref().map_or(0, |v| v.expires_at),
+            None => 0,
+        };
+        let answer = match reply {
+            SetReply::Ok => Frame::ok(),
+            SetReply::OldValue => old(),
+            SetReply::Integer => Frame::Integer(1),
+        };
+        self.store(skey, &Value::string(value.to_vec(), expires_at));
+        answer
+    }
+
+    fn incr_by(&mut self, skey: Vec<u8>, delta: i64) -> Frame {
+        let existing = match self.string(&skey) {
+            Ok(v) => v,
+            Err(e) => return e,
+        };
+        let (current, expires_at) = match &existing {
+            None => (0, 0),
+            Some(v) => match parse_strict_i64(&v.payload) {
+                Some(n) => (n, v.expires_at),
+                None => return Frame::error(NOT_INTEGER),
+            },
+        };
+        match current.checked_add(delta) {
+            Some(next) => {
+                self.store(skey, &Value::string(next.to_string().into_bytes(), expires_at));
+                Frame::Integer(next)
+            }
+            None => Frame::error("ERR increment or decrement would overflow"),
+        }
+    }
+
+    fn incr_by_float(&mut self, skey: Vec<u8>, delta: f64) -> Frame {
+        let existing = match self.string(&skey) {
+            Ok(v) => v,
+            Err(e) => return e,
+        };
+        let (current, expires_at) = match &existing {
+            None => (0.0, 0),
+            Some(v) => match parse_float(&v.payload) {
+                Some(n) => (n, v.expires_at),
+                None => return Frame::error("ERR value is not a valid float"),
+            },
+        };
+        let next = current + delta;
+        if !next.is_finite() {
+            return Frame::error("ERR increment would produce NaN or Infinity");
+        }
+        let text = format_float(next);
+        self.store(skey, &Value::string(text.clone().into_bytes(), expires_at));
+        Frame::Bulk(text.into_bytes())
+    }
+
+    fn expire(&mut self, skey: Vec<u8>, expiry: Expiry, condition: ExpireCondition) -> Frame {
+        let Some(mut v) = self.load(&skey) else { return Frame::Integer(0) };
+        let deadline = self.deadline(expiry);
+        let current = (v.expires_at != 0).then_some(v.expires_at as i64);
+        let allowed = match condition {
+            ExpireCondition::Always => true,
+            ExpireCondition::IfNoExpiry => current.is_none(),
+            ExpireCondition::IfExpiry => current.is_some(),
+            ExpireCondition::IfGreater => current.is_some_and(|c| deadline > c),
+            ExpireCondition::IfLess => current.is_none_or(|c| deadline < c),
+        };
+        if !allowed {
+            return Frame::Integer(0);
+        }
+        if deadline <= self.now_ms as i64 {
+            self.remove(skey);
+        } else {
+            v.expires_at = Self::stored_deadline(deadline);
+            self.store(skey, &v);
+        }
+        Frame::Integer(1)
+    }
+}
+
+/// Redis's `GETRANGE` slice: inclusive indexes, negative ones from the end.
+pub fn substring(s: &[u8], start: i64, end: i64) -> &[u8] {
+    let len = s.len() as i64;
+    if len == 0 {
+        return &[];
+    }
+    let start = if start < 0 { (len + start).max(0) } else { start };
+    let end = if end < 0 { (len + end).max(0) } else { end.min(len - 1) };
+    if start > end || start >= len {
+        return &[];
+    }
+    &s[start as usize..=end as usize]
+}
+
+/// Parses a decimal integer the way Redis's `string2ll` does: no spaces, no `+`,
+/// no leading zeros, within `i64`.
+pub fn parse_strict_i64(bytes: &[u8]) -> Option<i64> {
+    if bytes.is_empty() || bytes.len() > 20 {
+        return None;
+    }
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    if digits.is_empty() || (digits[0] == b'0' && (digits.len() > 1 || bytes[0] == b'-')) {
+        return None;
+    }
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// Parses a float as Redis's INCRBYFLOAT accepts it (no spaces, finite).
+pub fn parse_float(bytes: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    if text.is_empty() || text.trim() != text {
+        return None;
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("nan") || lower.contains("inf") {
+        return None;
+    }
+    text.parse::<f64>().ok().filter(|f| f.is_finite())
+}
+
+/// Formats a float as Redis does for INCRBYFLOAT: shortest exact decimal, no
+/// exponent, no trailing zeros.
+pub fn format_float(value: f64) -> String {
+    let text = format!("{value}");
+    if text == "-0" {
+        "0".into()
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,269 @@
+//! The shard replicas this node hosts: creating them, finding them, running
+//! commands on them.
+//!
+//! [`Host`] maps a shard id to its Raft handle. Groups are created when the routing
+//! table names this node as a replica (and recorded in the `meta` column family so
+//! a restart reopens exactly the same groups), and the first replica listed
+//! initialises the group's membership. Commands arrive from the proxy already
+//! routed: writes go through `client_write`, reads through openraft's
+//! linearizable read (ReadIndex) followed by a read of RocksDB.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use dashmap::DashMap;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, Config};
+use redraft_common::ids::{NodeId, ShardId, VnodeId};
+use redraft_common::keys::Ring;
+use redraft_common::now_ms;
+use redraft_common::ops::{ShardOp, WriteOp};
+use redraft_common::routing::RoutingTable;
+use redraft_common::transport::Endpoint;
+use redraft_common::wire::{self, NodeResponse};
+use redraft_raft_storage::engine::{CF_DATA, CF_META};
+use redraft_raft_storage::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::apply::{Keyspace, NotOwned};
+use crate::raft::network::GroupNetwork;
+use crate::raft::state_machine::{group_meta_key, ShardStateMachine};
+use crate::raft::{typ, ShardRequest, ShardResponse};
+
+/// How long a write may wait for commit and apply before its outcome is reported
+/// as unknown. Longer than an election (so a leader change usually completes),
+/// shorter than client timeouts.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read may wait for the leadership check.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a node remembers about each group it hosts (in the `meta` column family).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct GroupRecord {
+    vnodes: Vec<VnodeId>,
+    vnode_count: u32,
+}
+
+/// One hosted replica.
+pub struct Group {
+    /// The Raft handle.
+    pub raft: typ::Raft,
+    /// Virtual nodes the shard owns.
+    pub owned: Arc<BTreeSet<VnodeId>>,
+    /// The node's ring (shared).
+    pub ring: Arc<Ring>,
+}
+
+/// All replicas on this node.
+pub struct Host {
+    node_id: NodeId,
+    engine: Engine,
+    endpoint: Endpoint,
+    raft_config: Arc<Config>,
+    snapshot_dir: PathBuf,
+    groups: DashMap<ShardId, Arc<Group>>,
+    ring: OnceLock<Arc<Ring>>,
+    creating: tokio::sync::Mutex<()>,
+}
+
+impl Host {
+    /// A host with no groups yet.
+    pub fn new(node_id: NodeId, engine: Engine, endpoint: Endpoint, raft_config: Config, snapshot_dir: PathBuf) -> Result<Host> {
+        Ok(Host {
+            node_id,
+            engine,
+            endpoint,
+            raft_config: Arc::new(raft_config.validate().context("invalid Raft configuration")?),
+            snapshot_dir,
+            groups: DashMap::new(),
+            ring: OnceLock::new(),
+            creating: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    fn ring(&self, vnode_count: u32) -> Arc<Ring> {
+        self.ring.get_or_init(|| Arc::new(Ring::new(vnode_count))).clone()
+    }
+
+    /// The group of `shard`, if hosted here.
+    pub fn group(&self, shard: ShardId) -> Option<Arc<Group>> {
+        self.groups.get(&shard).map(|g| g.clone())
+    }
+
+    /// Reopens every group recorded in the database (after a restart).
+    pub async fn reopen_groups(&self) -> Result<usize> {
+        let db = self.engine.db();
+        let prefix = b"group/";
+        let mut records = Vec::new();
+        for item in db.prefix_iterator_cf(self.engine.cf(CF_META), prefix) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if key.ends_with(b"/record") {
+                let shard = u64::from_be_bytes(key[6..14].try_into()?);
+                records.push((shard, wire::decode::<GroupRecord>(&value)?));
+            }
+        }
+        let count = records.len();
+        for (shard, record) in records {
+            self.open_group(shard, &record).await?;
+        }
+        Ok(count)
+    }
+
+    async fn open_group(&self, shard: ShardId, record: &GroupRecord) -> Result<Arc<Group>> {
+        let ring = self.ring(record.vnode_count);
+        let owned: Arc<BTreeSet<VnodeId>> = Arc::new(record.vnodes.iter().copied().collect());
+        let sm = ShardStateMachine::open(
+            shard,
+            self.engine.clone(),
+            ring.clone(),
+            owned.clone(),
+            self.snapshot_dir.join(shard.to_string()),
+        )?;
+        let network = GroupNetwork { group: shard, endpoint: self.endpoint.clone() };
+        let raft = typ::Raft::new(self.node_id, self.raft_config.clone(), network, self.engine.log_store(shard), sm)
+            .await
+            .with_context(|| format!("starting Raft of shard {shard}"))?;
+        let group = Arc::new(Group { raft, owned, ring });
+        self.groups.insert(shard, group.clone());
+        Ok(group)
+    }
+
+    /// Creates the groups the routing table assigns to this node and does not exist yet.
+    pub async fn sync_with(&self, table: &RoutingTable) -> Result<()> {
+        let _one_at_a_time = self.creating.lock().await;
+        for shard in table.shards.values() {
+            if !shard.replicas.contains(&self.node_id) || self.groups.contains_key(&shard.id) {
+                continue;
+            }
+            let record = GroupRecord { vnodes: table.vnodes_of(shard.id), vnode_count: table.vnode_count };
+            let mut batch = rocksdb::WriteBatch::default();
+            batch.put_cf(self.engine.cf(CF_META), group_meta_key(shard.id, "record"), wire::encode(&record));
+            let mut sync = rocksdb::WriteOptions::default();
+            sync.set_sync(true);
+            self.engine.db().write_opt(batch, &sync)?;
+            let group = self.open_group(shard.id, &record).await?;
+            tracing::info!(shard_id = shard.id, vnodes = record.vnodes.len(), "created shard replica");
+            if shard.replicas.first() == Some(&self.node_id) && !group.raft.is_initialized().await? {
+                let members: BTreeMap<u64, BasicNode> = shard
+                    .replicas
+                    .iter()
+                    .filter_map(|n| table.addr_of(*n).map(|a| (*n, BasicNode::new(a))))
+                    .collect();
+                match group.raft.initialize(members).await {
+                    Ok(()) => tracing::info!(shard_id = shard.id, "initialised shard membership"),
+                    Err(e) => tracing::warn!(shard_id = shard.id, error = %e, "initialise failed"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Shards this node currently leads.
+    pub fn leaders(&self) -> Vec<ShardId> {
+        self.groups
+            .iter()
+            .filter(|g| g.raft.metrics().borrow().current_leader == Some(self.node_id))
+            .map(|g| *g.key())
+            .collect()
+    }
+
+    /// Number of hosted replicas.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Runs one routed operation.
+    pub async fn exec(&self, shard: ShardId, op: ShardOp) -> NodeResponse {
+        let Some(group) = self.group(shard) else { return NodeResponse::NoShard };
+        match op {
+            ShardOp::Read(read) => {
+                match tokio::time::timeout(READ_TIMEOUT, group.raft.ensure_linearizable()).await {
+                    Err(_) => NodeResponse::NotLeader { leader: None },
+                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                        NodeResponse::NotLeader { leader: f.leader_id }
+                    }
+                    Ok(Err(_)) => NodeResponse::NotLeader { leader: None },
+                    Ok(Ok(_)) => {
+                        let db = self.engine.db();
+                        let ks = Keyspace::new(db, self.engine.cf(CF_DATA), &group.ring, &group.owned, now_ms());
+                        match ks.read(&read) {
+                            Ok(frame) => NodeResponse::Reply(frame),
+                            Err(NotOwned) => NodeResponse::WrongShard { version: 0 },
+                        }
+                    }
+                }
+            }
+            ShardOp::Write(write) => self.propose(&group, write).await,
+        }
+    }
+
+    /// Proposes a write and waits for it to be applied.
+    pub async fn propose(&self, group: &Group, op: WriteOp) -> NodeResponse {
+        let request = ShardRequest { now_ms: now_ms(), op };
+        match tokio::time::timeout(WRITE_TIMEOUT, group.raft.client_write(request)).await {
+            Err(_) => NodeResponse::Unknown("timeout; write may have been applied".into()),
+            Ok(Ok(response)) => match response.data {
+                ShardResponse::Reply(frame) => NodeResponse::Reply(frame),
+                ShardResponse::WrongShard => NodeResponse::WrongShard { version: 0 },
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                NodeResponse::NotLeader { leader: f.leader_id }
+            }
+            Ok(Err(e)) => NodeResponse::Unknown(format!("write may have been applied: {e}")),
+        }
+    }
+
+    /// Removes expired keys on the shards this node leads, at most `budget` keys per
+    /// shard per call, by proposing deletions (so followers delete them too).
+    pub async fn purge_expired(&self, budget: usize) {
+        let now = now_ms();
+        for shard in self.leaders() {
+            let Some(group) = self.group(shard) else { continue };
+            let expired = self.scan_expired(&group, now, budget);
+            if !expired.is_empty() {
+                let n = expired.len();
+                let _ = self.propose(&group, WriteOp::PurgeExpired { keys: expired }).await;
+                tracing::debug!(shard_id = shard, keys = n, "purged expired keys");
+            }
+        }
+    }
+
+    fn scan_expired(&self, group: &Group, now: u64, budget: usize) -> Vec<Vec<u8>> {
+        let db = self.engine.db();
+        let cf = self.engine.cf(CF_DATA);
+        let mut out = Vec::new();
+        for &vnode in group.owned.iter() {
+            let mut opts = rocksdb::ReadOptions::default();
+            opts.set_iterate_upper_bound(crate::storage::vnode_end(vnode));
+            let start = crate::storage::vnode_start(vnode);
+            for item in db.iterator_cf_opt(cf, opts, rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+                let Ok((key, value)) = item else { return out };
+                if crate::storage::Value::decode(&value).is_expired(now) {
+                    out.push(crate::storage::user_key(&key).to_vec());
+                    if out.len() >= budget {
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Stops every group.
+    pub async fn shutdown(&self) {
+        for group in self.groups.iter() {
+            let _ = group.raft.shutdown().await;
+        }
+    }
+}

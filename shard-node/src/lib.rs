@@ -1,0 +1,216 @@
+//! Redraft shard node: one process hosting many shard replicas (Raft groups).
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`host`] | shard id -> Raft group; creating groups; running commands |
+//! | [`raft`] | openraft type config, state machine, snapshots, network |
+//! | [`apply`] | deterministic command execution (Redis semantics) |
+//! | [`storage`] | key and value layout in RocksDB |
+//!
+//! START-UP. Open the RocksDB, load (or obtain from the placement driver) the
+//! node's id, reopen the groups recorded in the database, register with the PD,
+//! then serve QUIC and keep three loops running: heartbeats (with the shards this
+//! node leads), the routing-table watch (which creates newly assigned groups), and
+//! background expiry of keys whose TTL passed.
+
+pub mod apply;
+pub mod host;
+pub mod raft;
+pub mod storage;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use redraft_common::ids::NodeId;
+use redraft_common::pd_client::PdClient;
+use redraft_common::tls::TlsIdentity;
+use redraft_common::transport::Endpoint;
+use redraft_common::wire::{self, NodeRequest, NodeResponse, PdRequest, PdResponse};
+use redraft_raft_storage::engine::CF_META;
+use redraft_raft_storage::{Engine, FsyncPolicy};
+
+use crate::host::Host;
+
+/// Configuration of a shard node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Requested node id; when `None`, the stored id or one assigned by the PD.
+    pub node_id: Option<NodeId>,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Address other members use to reach this node (defaults to `listen`).
+    pub advertise: Option<SocketAddr>,
+    /// Placement driver members.
+    pub placement: Vec<SocketAddr>,
+    /// Data directory (RocksDB under `db/`, snapshots under `snapshots/`).
+    pub data_dir: PathBuf,
+    /// Directory with `ca.pem` and this member's certificate.
+    pub certs_dir: PathBuf,
+    /// Name of this member's certificate in `certs_dir`.
+    pub cert_name: String,
+    /// When log writes are made durable.
+    pub fsync: FsyncPolicy,
+    /// Raft timing.
+    pub raft: RaftTiming,
+}
+
+/// Raft timing knobs, kept together.
+#[derive(Clone, Copy, Debug)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval (ms). 200 ms keeps a few hundred idle groups cheap.
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound (ms); a randomised value up to the upper bound.
+    pub election_min_ms: u64,
+    /// Election timeout upper bound (ms).
+    pub election_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming { heartbeat_ms: 200, election_min_ms: 1000, election_max_ms: 2000 }
+    }
+}
+
+impl RaftTiming {
+    /// The openraft configuration for shard groups.
+    pub fn to_config(self) -> openraft::Config {
+        openraft::Config {
+            cluster_name: "redraft-shard".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        }
+    }
+}
+
+const NODE_ID_KEY: &[u8] = b"node/id";
+
+/// Runs a shard node until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let engine = Engine::open(&config.data_dir.join("db"), config.fsync)?;
+    let tls = TlsIdentity::load(&config.certs_dir, &config.cert_name)?;
+    let endpoint = Endpoint::server(config.listen, &tls)?;
+    let advertise = config.advertise.unwrap_or(endpoint.local_addr()?);
+    let pd = PdClient::new(endpoint.clone(), config.placement.clone());
+
+    let stored: Option<NodeId> = engine
+        .db()
+        .get_cf(engine.cf(CF_META), NODE_ID_KEY)?
+        .map(|b| wire::decode(&b))
+        .transpose()?;
+    if let (Some(stored), Some(asked)) = (stored, config.node_id) {
+        if stored != asked {
+            bail!("data directory belongs to node {stored}, not {asked}");
+        }
+    }
+    let node_id = register(&pd, stored.or(config.node_id), &advertise.to_string()).await?;
+    if stored.is_none() {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        engine.db().put_cf_opt(engine.cf(CF_META), NODE_ID_KEY, wire::encode(&node_id), &opts)?;
+    }
+    tracing::info!(node_id, addr = %advertise, "shard node registered");
+
+    let host = Arc::new(Host::new(
+        node_id,
+        engine,
+        endpoint.clone(),
+        config.raft.to_config(),
+        config.data_dir.join("snapshots"),
+    )?);
+    let reopened = host.reopen_groups().await?;
+    tracing::info!(node_id, groups = reopened, "reopened shard replicas");
+
+    let serve = {
+        let host = host.clone();
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move { endpoint.serve(move |bytes| handle(host.clone(), bytes)).await })
+    };
+    let heartbeat = tokio::spawn(heartbeat_loop(host.clone(), pd.clone()));
+    let watch = tokio::spawn(watch_loop(host.clone(), pd.clone()));
+    let expiry = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                host.purge_expired(1000).await;
+            }
+        })
+    };
+    shutdown.await;
+    tracing::info!(node_id, "shard node stopping");
+    for task in [heartbeat, watch, expiry, serve] {
+        task.abort();
+    }
+    host.shutdown().await;
+    endpoint.close();
+    Ok(())
+}
+
+async fn register(pd: &PdClient, node_id: Option<NodeId>, addr: &str) -> Result<NodeId> {
+    let request = PdRequest::Register { node_id, addr: addr.to_string() };
+    loop {
+        match pd.call(&request, Duration::from_secs(3)).await {
+            Ok(PdResponse::Registered { node_id }) => return Ok(node_id),
+            Ok(PdResponse::Error(e)) => bail!("placement refused registration: {e}"),
+            Ok(other) => tracing::warn!(answer = ?other, "unexpected registration answer"),
+            Err(e) => tracing::warn!(error = %e, "placement unreachable; retrying registration"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn handle(host: Arc<Host>, bytes: Vec<u8>) -> Vec<u8> {
+    let response = match wire::decode::<NodeRequest>(&bytes) {
+        Err(e) => NodeResponse::Raft(Err(e.to_string())),
+        Ok(NodeRequest::Raft { group, kind, payload }) => match host.group(group) {
+            Some(g) => NodeResponse::Raft(raft::network::serve_rpc(&g.raft, kind, &payload).await),
+            None => NodeResponse::Raft(Err(format!("shard {group} is not hosted on node {}", host.node_id()))),
+        },
+        Ok(NodeRequest::Exec { shard, op, .. }) => host.exec(shard, op).await,
+    };
+    wire::encode(&response)
+}
+
+/// Heartbeat period: liveness and leader hints for the PD.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+async fn heartbeat_loop(host: Arc<Host>, pd: PdClient) {
+    loop {
+        let request = PdRequest::Heartbeat { node_id: host.node_id(), leaders: host.leaders() };
+        if let Err(e) = pd.call(&request, Duration::from_secs(2)).await {
+            tracing::debug!(error = %e, "heartbeat failed");
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+async fn watch_loop(host: Arc<Host>, pd: PdClient) {
+    let mut version = 0;
+    loop {
+        match pd.routing(version, u64::MAX, Duration::from_secs(10)).await {
+            Ok(table) => {
+                if table.version != version {
+                    if let Err(e) = host.sync_with(&table).await {
+                        tracing::error!(error = %e, "applying routing table failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    version = table.version;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "routing watch failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
