@@ -60,6 +60,8 @@ pub enum PdRequest {
     /// The routing table once it is newer than what the caller knows, or after
     /// `wait_ms` at the latest (long poll: a push on change, a pull otherwise).
     Routing { known_version: RoutingVersion, known_leaders: u64, wait_ms: u64 },
+    /// A Raft RPC between placement members, encoded by the placement driver.
+    Raft { kind: RaftKind, payload: Vec<u8> },
 }
 
 /// The placement driver's answer.
@@ -75,6 +77,8 @@ pub enum PdResponse {
     NotLeader { leader: Option<String> },
     /// The request failed; the text says why.
     Error(String),
+    /// Answer to a Raft RPC: the encoded result, or the reason it failed.
+    Raft(Result<Vec<u8>, String>),
 }
 
 /// Error decoding a message.

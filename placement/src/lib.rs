@@ -1,1 +1,272 @@
-//! redraft-placement
+//! Redraft placement driver (PD): the cluster's metadata service.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`state`] | replicated state (nodes, shards, vnode table) and its transitions |
+//! | [`store`] | the PD group's state machine on RocksDB |
+//!
+//! The PD is its own Raft group (group id 0 in its own RocksDB). Only the leader
+//! answers; other members reply `NotLeader` with the leader's address.
+//!
+//! REPLICATED vs SOFT STATE. Nodes, shards and the vnode table change through the
+//! PD log. Liveness and leader hints arrive every heartbeat and are kept only in
+//! the leader's memory (as TiKV's PD does with region leaders): losing them on
+//! failover costs a few heartbeats, and replicating them would cost a log entry
+//! per leader change.
+//!
+//! PUBLICATION. `Routing` requests are long polls: answered at once when the caller
+//! is behind, otherwise when the version (or, if asked, a leader hint) changes or
+//! the wait expires. Watchers thus get pushes, with the poll as the pull fallback.
+
+pub mod state;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use redraft_common::ids::{NodeId, ShardId};
+use redraft_common::routing::RoutingTable;
+use redraft_common::tls::TlsIdentity;
+use redraft_common::transport::Endpoint;
+use redraft_common::wire::{self, PdRequest, PdResponse};
+use redraft_raft_storage::network::{serve_rpc, GroupNetwork, PdWire};
+use redraft_raft_storage::{Engine, FsyncPolicy};
+use tokio::sync::watch;
+
+use crate::state::{PdCommand, PdReply};
+use crate::store::{PdRaft, PdStore};
+
+/// Configuration of a placement driver member.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This member's id (1, 2, 3, ...).
+    pub id: u64,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// All PD members `id -> address`, this one included. The lowest id
+    /// initialises the group on first start.
+    pub members: BTreeMap<u64, SocketAddr>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Directory with `ca.pem` and this member's certificate.
+    pub certs_dir: PathBuf,
+    /// Name of this member's certificate in `certs_dir`.
+    pub cert_name: String,
+    /// Bootstrap the cluster once this many nodes have registered.
+    pub initial_nodes: usize,
+    /// Shards created per node at bootstrap.
+    pub shards_per_node: u32,
+    /// Replicas per shard.
+    pub replicas: u32,
+    /// Virtual nodes on the ring (fixed at bootstrap).
+    pub vnodes: u32,
+}
+
+/// Leader-local soft state fed by heartbeats.
+#[derive(Default)]
+struct Soft {
+    last_seen: HashMap<NodeId, Instant>,
+    leaders: BTreeMap<ShardId, NodeId>,
+    generation: u64,
+}
+
+struct Pd {
+    raft: PdRaft,
+    store: PdStore,
+    members: BTreeMap<u64, SocketAddr>,
+    soft: Mutex<Soft>,
+    version_rx: watch::Receiver<u64>,
+    leaders_tx: watch::Sender<u64>,
+}
+
+/// Runs a PD member until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let engine = Engine::open(&config.data_dir.join("db"), FsyncPolicy::Always)?;
+    let tls = TlsIdentity::load(&config.certs_dir, &config.cert_name)?;
+    let endpoint = Endpoint::server(config.listen, &tls)?;
+    let (version_tx, version_rx) = watch::channel(0);
+    let store = PdStore::open(engine.clone(), Arc::new(version_tx))?;
+    let raft_config = openraft::Config {
+        cluster_name: "redraft-placement".into(),
+        heartbeat_interval: 200,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        ..Default::default()
+    }
+    .validate()?;
+    let raft = PdRaft::new(
+        config.id,
+        Arc::new(raft_config),
+        GroupNetwork::<_, PdWire>::new(0, endpoint.clone()),
+        engine.log_store(0),
+        store.clone(),
+    )
+    .await
+    .context("starting the placement Raft group")?;
+    if config.members.keys().next() == Some(&config.id) && !raft.is_initialized().await? {
+        let members = config.members.iter().map(|(id, a)| (*id, BasicNode::new(a.to_string()))).collect::<BTreeMap<_, _>>();
+        raft.initialize(members).await.context("initialising the placement group")?;
+        tracing::info!(member = config.id, "initialised placement group");
+    }
+    let (leaders_tx, _) = watch::channel(0);
+    let pd = Arc::new(Pd { raft, store, members: config.members.clone(), soft: Mutex::default(), version_rx, leaders_tx });
+
+    let serve = {
+        let pd = pd.clone();
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move { endpoint.serve(move |bytes| handle(pd.clone(), bytes)).await })
+    };
+    let bootstrap = tokio::spawn(bootstrap_loop(pd.clone(), config.clone()));
+    tracing::info!(member = config.id, addr = %endpoint.local_addr()?, "placement driver serving");
+    shutdown.await;
+    serve.abort();
+    bootstrap.abort();
+    let _ = pd.raft.shutdown().await;
+    endpoint.close();
+    Ok(())
+}
+
+impl Pd {
+    fn leader_addr(&self) -> Option<String> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        self.members.get(&leader).map(|a| a.to_string())
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.raft.metrics().borrow().id)
+    }
+
+    async fn propose(&self, command: PdCommand) -> Result<PdReply, PdResponse> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(PdResponse::NotLeader { leader: self.leader_addr() })
+            }
+            Err(e) => Err(PdResponse::Error(e.to_string())),
+        }
+    }
+
+    fn table(&self) -> RoutingTable {
+        let mut table = self.store.state().table;
+        let soft = self.soft.lock().expect("soft state lock");
+        for (shard, leader) in &soft.leaders {
+            if let Some(info) = table.shards.get_mut(shard) {
+                if info.replicas.contains(leader) {
+                    info.leader = Some(*leader);
+                }
+            }
+        }
+        table.leaders_generation = soft.generation;
+        table
+    }
+
+    fn heartbeat(&self, node: NodeId, leaders: Vec<ShardId>) {
+        let mut soft = self.soft.lock().expect("soft state lock");
+        soft.last_seen.insert(node, Instant::now());
+        let mut changed = false;
+        for shard in leaders {
+            if soft.leaders.insert(shard, node) != Some(node) {
+                changed = true;
+            }
+        }
+        if changed {
+            soft.generation += 1;
+            self.leaders_tx.send_replace(soft.generation);
+        }
+    }
+
+    async fn routing(&self, known_version: u64, known_leaders: u64, wait: Duration) -> PdResponse {
+        let watch_leaders = known_leaders != u64::MAX;
+        let mut version_rx = self.version_rx.clone();
+        let mut leaders_rx = self.leaders_tx.subscribe();
+        let current = || (*version_rx.borrow(), *leaders_rx.borrow());
+        let (v, l) = current();
+        if v == known_version && (!watch_leaders || l == known_leaders) {
+            let changed = async {
+                loop {
+                    tokio::select! {
+                        r = version_rx.changed() => if r.is_err() || *version_rx.borrow() != known_version { break },
+                        r = leaders_rx.changed(), if watch_leaders => if r.is_err() { break } else { break },
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(wait, changed).await;
+        }
+        PdResponse::Routing(self.table())
+    }
+}
+
+async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
+    let request = match wire::decode::<PdRequest>(&bytes) {
+        Ok(r) => r,
+        Err(e) => return wire::encode(&PdResponse::Error(e.to_string())),
+    };
+    if let PdRequest::Raft { kind, payload } = &request {
+        return wire::encode(&PdResponse::Raft(serve_rpc(&pd.raft, *kind, payload).await));
+    }
+    if !pd.is_leader() {
+        return wire::encode(&PdResponse::NotLeader { leader: pd.leader_addr() });
+    }
+    let response = match request {
+        PdRequest::Register { node_id, addr } => {
+            let known = node_id.and_then(|id| pd.store.state().table.nodes.get(&id).cloned());
+            match known {
+                Some(info) if info.addr == addr && info.state == redraft_common::routing::NodeState::Up => {
+                    PdResponse::Registered { node_id: info.id }
+                }
+                _ => match pd.propose(PdCommand::Register { requested: node_id, addr }).await {
+                    Ok(PdReply::NodeId(id)) => PdResponse::Registered { node_id: id },
+                    Ok(PdReply::Refused(why)) => PdResponse::Error(why),
+                    Ok(other) => PdResponse::Error(format!("unexpected reply {other:?}")),
+                    Err(response) => response,
+                },
+            }
+        }
+        PdRequest::Heartbeat { node_id, leaders } => {
+            pd.heartbeat(node_id, leaders);
+            PdResponse::Ack
+        }
+        PdRequest::Routing { known_version, known_leaders, wait_ms } => {
+            pd.routing(known_version, known_leaders, Duration::from_millis(wait_ms.min(30_000))).await
+        }
+        PdRequest::Raft { .. } => unreachable!("handled above"),
+    };
+    wire::encode(&response)
+}
+
+/// Proposes the initial layout once enough nodes have registered.
+async fn bootstrap_loop(pd: Arc<Pd>, config: Config) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !pd.is_leader() {
+            continue;
+        }
+        let state = pd.store.state();
+        if state.table.is_bootstrapped() {
+            continue;
+        }
+        if state.table.nodes.len() >= config.initial_nodes.max(config.replicas as usize) {
+            let command = PdCommand::Bootstrap {
+                shards_per_node: config.shards_per_node,
+                replicas: config.replicas,
+                vnode_count: config.vnodes,
+            };
+            match pd.propose(command).await {
+                Ok(PdReply::Done) => {
+                    let t = pd.store.state().table;
+                    tracing::info!(shards = t.shards.len(), nodes = t.nodes.len(), version = t.version, "cluster bootstrapped");
+                }
+                Ok(other) => tracing::warn!(reply = ?other, "bootstrap refused"),
+                Err(e) => tracing::warn!(answer = ?e, "bootstrap failed"),
+            }
+        }
+    }
+}

@@ -1,1 +1,121 @@
-//! redraft-proxy
+//! Redraft's stateless RESP proxy.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`connection`] | one client: parse, execute in order, reply (pipelining) |
+//! | [`cmd`] | the command table: parsing to shard operations, split and merge |
+//! | [`route`] | the routing-table cache, leader hints, retries |
+//! | [`reply`] | proxy errors and their wire strings |
+//! | [`info`] | INFO |
+//!
+//! The proxy keeps no data: any number of copies can run behind a load balancer.
+//! It depends on neither RocksDB nor openraft.
+
+pub mod cmd;
+pub mod connection;
+pub mod info;
+pub mod reply;
+pub mod route;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use redraft_common::pd_client::PdClient;
+use redraft_common::resp::Frame;
+use redraft_common::tls::TlsIdentity;
+use redraft_common::transport::Endpoint;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::route::Router;
+
+/// Most simultaneous client connections (Redis's default `maxclients`).
+pub const MAX_CLIENTS: usize = 10_000;
+
+/// Configuration of a proxy.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Client (RESP) listen address.
+    pub listen: SocketAddr,
+    /// Placement driver members.
+    pub placement: Vec<SocketAddr>,
+    /// Directory with `ca.pem` and this member's certificate.
+    pub certs_dir: PathBuf,
+    /// Name of this member's certificate in `certs_dir`.
+    pub cert_name: String,
+}
+
+/// Counters shown by INFO.
+#[derive(Default)]
+pub struct Stats {
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Connections open now.
+    pub connected: AtomicU64,
+    /// Commands processed.
+    pub commands: AtomicU64,
+}
+
+/// State shared by all connections.
+pub struct Shared {
+    /// Routing.
+    pub router: Arc<Router>,
+    /// Counters.
+    pub stats: Stats,
+    /// Start time.
+    pub started: Instant,
+    /// Client port.
+    pub port: u16,
+}
+
+/// Runs the proxy until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let tls = TlsIdentity::load(&config.certs_dir, &config.cert_name)?;
+    let endpoint = Endpoint::client(&tls)?;
+    let router = Arc::new(Router::new(endpoint.clone(), PdClient::new(endpoint.clone(), config.placement.clone())));
+    let watch = tokio::spawn(router.clone().watch());
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let port = listener.local_addr()?.port();
+    let shared = Arc::new(Shared { router, stats: Stats::default(), started: Instant::now(), port });
+    let limit = Arc::new(Semaphore::new(MAX_CLIENTS));
+    tracing::info!(addr = %listener.local_addr()?, "proxy listening");
+    let accept = async {
+        loop {
+            let (mut socket, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                let reply = Frame::error("ERR max number of clients reached").to_bytes();
+                tokio::spawn(async move {
+                    let _ = socket.write_all(&reply).await;
+                });
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                shared.stats.connected.fetch_add(1, Ordering::Relaxed);
+                let _ = connection::serve(shared.clone(), socket).await;
+                shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown => {}
+    }
+    watch.abort();
+    endpoint.close();
+    Ok(())
+}

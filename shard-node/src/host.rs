@@ -29,7 +29,7 @@ use redraft_raft_storage::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{Keyspace, NotOwned};
-use crate::raft::network::GroupNetwork;
+use redraft_raft_storage::network::{GroupNetwork, NodeWire};
 use crate::raft::state_machine::{group_meta_key, ShardStateMachine};
 use crate::raft::{typ, ShardRequest, ShardResponse};
 
@@ -130,7 +130,7 @@ impl Host {
             owned.clone(),
             self.snapshot_dir.join(shard.to_string()),
         )?;
-        let network = GroupNetwork { group: shard, endpoint: self.endpoint.clone() };
+        let network = GroupNetwork::<_, NodeWire>::new(shard, self.endpoint.clone());
         let raft = typ::Raft::new(self.node_id, self.raft_config.clone(), network, self.engine.log_store(shard), sm)
             .await
             .with_context(|| format!("starting Raft of shard {shard}"))?;

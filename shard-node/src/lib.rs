@@ -30,7 +30,8 @@ use redraft_common::tls::TlsIdentity;
 use redraft_common::transport::Endpoint;
 use redraft_common::wire::{self, NodeRequest, NodeResponse, PdRequest, PdResponse};
 use redraft_raft_storage::engine::CF_META;
-use redraft_raft_storage::{Engine, FsyncPolicy};
+use redraft_raft_storage::Engine;
+pub use redraft_raft_storage::FsyncPolicy;
 
 use crate::host::Host;
 
@@ -171,7 +172,7 @@ async fn handle(host: Arc<Host>, bytes: Vec<u8>) -> Vec<u8> {
     let response = match wire::decode::<NodeRequest>(&bytes) {
         Err(e) => NodeResponse::Raft(Err(e.to_string())),
         Ok(NodeRequest::Raft { group, kind, payload }) => match host.group(group) {
-            Some(g) => NodeResponse::Raft(raft::network::serve_rpc(&g.raft, kind, &payload).await),
+            Some(g) => NodeResponse::Raft(redraft_raft_storage::network::serve_rpc(&g.raft, kind, &payload).await),
             None => NodeResponse::Raft(Err(format!("shard {group} is not hosted on node {}", host.node_id()))),
         },
         Ok(NodeRequest::Exec { shard, op, .. }) => host.exec(shard, op).await,

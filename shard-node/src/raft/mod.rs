@@ -3,12 +3,10 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`state_machine`] | applying entries to the `data` column family, snapshots |
-//! | [`network`] | Raft RPCs of this group over the node's shared QUIC endpoint |
 //!
-//! The log store is [`redraft_raft_storage::LogStore`], shared with the placement
-//! driver. Snapshot data is a file, streamed to followers in chunks by openraft.
+//! The log store ([`redraft_raft_storage::LogStore`]) and the network
+//! ([`redraft_raft_storage::network`]) are shared with the placement driver. Snapshot data is a file, streamed to followers in chunks by openraft.
 
-pub mod network;
 pub mod state_machine;
 
 use redraft_common::ops::WriteOp;

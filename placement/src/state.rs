@@ -1,0 +1,158 @@
+//! The placement driver's replicated state and its deterministic transitions.
+//!
+//! [`PdState`] is what every PD member agrees on through the PD's Raft log: the
+//! registered nodes, the shards and their replicas, the `vnode -> shard` table and
+//! the routing version. [`PdState::apply`] is a pure function of the state and a
+//! [`PdCommand`], so every member computes the same layout.
+
+use std::collections::BTreeMap;
+
+use redraft_common::ids::{NodeId, ShardId};
+use redraft_common::routing::{NodeInfo, NodeState, RoutingTable, ShardInfo};
+use serde::{Deserialize, Serialize};
+
+/// A change to the placement state, proposed through the PD's Raft log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PdCommand {
+    /// A node announces itself at `addr`; `requested` is the id it already has.
+    Register { requested: Option<NodeId>, addr: String },
+    /// Create the initial shards over the registered nodes.
+    Bootstrap { shards_per_node: u32, replicas: u32, vnode_count: u32 },
+}
+
+/// The outcome of applying a [`PdCommand`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PdReply {
+    /// The registered node's id.
+    NodeId(NodeId),
+    /// Done.
+    Done,
+    /// Refused; the text says why.
+    Refused(String),
+}
+
+/// Replicated placement state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PdState {
+    /// The routing table (without leader hints, which are not replicated).
+    pub table: RoutingTable,
+    /// Next id for a node that registers without one.
+    pub next_node_id: NodeId,
+    /// Next shard id.
+    pub next_shard_id: ShardId,
+}
+
+impl PdState {
+    /// Applies one command.
+    pub fn apply(&mut self, command: &PdCommand) -> PdReply {
+        match command {
+            PdCommand::Register { requested, addr } => self.register(*requested, addr),
+            PdCommand::Bootstrap { shards_per_node, replicas, vnode_count } => {
+                self.bootstrap(*shards_per_node, *replicas, *vnode_count)
+            }
+        }
+    }
+
+    fn register(&mut self, requested: Option<NodeId>, addr: &str) -> PdReply {
+        self.next_node_id = self.next_node_id.max(1);
+        let id = match requested {
+            Some(0) => return PdReply::Refused("node id 0 is reserved".into()),
+            Some(id) => id,
+            None => self.next_node_id,
+        };
+        if let Some(other) = self.table.nodes.values().find(|n| n.addr == addr && n.id != id) {
+            if requested.is_none() {
+                // A node that lost its id file comes back at the same address.
+                return PdReply::NodeId(other.id);
+            }
+            return PdReply::Refused(format!("address {addr} is registered to node {}", other.id));
+        }
+        self.next_node_id = self.next_node_id.max(id + 1);
+        let info = NodeInfo { id, addr: addr.to_string(), state: NodeState::Up };
+        if self.table.nodes.insert(id, info.clone()).as_ref() != Some(&info) && self.table.is_bootstrapped() {
+            // Nodes are part of the published table: watchers must see the change.
+            self.table.version += 1;
+        }
+        PdReply::NodeId(id)
+    }
+
+    /// Creates `shards_per_node * nodes` shards of `replicas` replicas on distinct
+    /// nodes, spreading first replicas (initial leaders) round-robin, and deals the
+    /// virtual nodes out round-robin so every shard gets an equal share.
+    fn bootstrap(&mut self, shards_per_node: u32, replicas: u32, vnode_count: u32) -> PdReply {
+        if self.table.is_bootstrapped() {
+            return PdReply::Refused("cluster is already bootstrapped".into());
+        }
+        let nodes: Vec<NodeId> = self.table.nodes.keys().copied().collect();
+        if nodes.len() < replicas as usize || replicas == 0 {
+            return PdReply::Refused(format!("{} nodes cannot hold {replicas} replicas", nodes.len()));
+        }
+        let shard_count = (shards_per_node as usize * nodes.len()).clamp(1, vnode_count as usize);
+        self.next_shard_id = self.next_shard_id.max(1);
+        let mut shards = BTreeMap::new();
+        for i in 0..shard_count {
+            let id = self.next_shard_id;
+            self.next_shard_id += 1;
+            let replica_nodes = (0..replicas as usize).map(|r| nodes[(i + r) % nodes.len()]).collect();
+            shards.insert(id, ShardInfo { id, epoch: 1, replicas: replica_nodes, leader: None });
+        }
+        let ids: Vec<ShardId> = shards.keys().copied().collect();
+        self.table.vnodes = (0..vnode_count as usize).map(|v| ids[v % ids.len()]).collect();
+        self.table.vnode_count = vnode_count;
+        self.table.shards = shards;
+        self.table.version += 1;
+        PdReply::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(n: u64) -> PdState {
+        let mut s = PdState::default();
+        for i in 0..n {
+            s.apply(&PdCommand::Register { requested: None, addr: format!("127.0.0.1:{}", 7000 + i) });
+        }
+        s
+    }
+
+    #[test]
+    fn registration_assigns_and_keeps_ids() {
+        let mut s = registered(2);
+        assert_eq!(s.table.nodes.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+        assert!(matches!(s.apply(&PdCommand::Register { requested: Some(2), addr: "127.0.0.1:7001".into() }), PdReply::NodeId(2)));
+        assert!(matches!(s.apply(&PdCommand::Register { requested: None, addr: "127.0.0.1:7000".into() }), PdReply::NodeId(1)));
+        assert!(matches!(s.apply(&PdCommand::Register { requested: Some(9), addr: "127.0.0.1:7000".into() }), PdReply::Refused(_)));
+        assert!(matches!(s.apply(&PdCommand::Register { requested: None, addr: "127.0.0.1:9".into() }), PdReply::NodeId(3)));
+    }
+
+    #[test]
+    fn bootstrap_spreads_replicas_and_vnodes_evenly() {
+        let mut s = registered(3);
+        assert!(matches!(s.apply(&PdCommand::Bootstrap { shards_per_node: 4, replicas: 3, vnode_count: 1024 }), PdReply::Done));
+        let t = &s.table;
+        assert_eq!(t.shards.len(), 12);
+        for shard in t.shards.values() {
+            let mut r = shard.replicas.clone();
+            r.dedup();
+            r.sort();
+            r.dedup();
+            assert_eq!(r.len(), 3, "replicas on distinct nodes");
+        }
+        let mut first = BTreeMap::new();
+        for shard in t.shards.values() {
+            *first.entry(shard.replicas[0]).or_insert(0) += 1;
+        }
+        assert!(first.values().all(|&c| c == 4), "initial leaders spread: {first:?}");
+        let per_shard: Vec<usize> = t.shards.keys().map(|&id| t.vnodes_of(id).len()).collect();
+        assert!(per_shard.iter().all(|&n| n == 85 || n == 86), "{per_shard:?}");
+        assert!(matches!(s.apply(&PdCommand::Bootstrap { shards_per_node: 4, replicas: 3, vnode_count: 1024 }), PdReply::Refused(_)));
+    }
+
+    #[test]
+    fn bootstrap_needs_enough_nodes() {
+        let mut s = registered(2);
+        assert!(matches!(s.apply(&PdCommand::Bootstrap { shards_per_node: 4, replicas: 3, vnode_count: 64 }), PdReply::Refused(_)));
+    }
+}

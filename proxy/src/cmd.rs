@@ -1,0 +1,496 @@
+//! The command table: Redis commands parsed into shard operations and executed.
+//!
+//! Parsing validates arity and arguments and produces Redis 7's error strings byte
+//! for byte; execution routes each key to its shard, splits multi-key commands by
+//! shard and merges the replies in the client's order. Commands answered by the
+//! proxy alone (PING, ECHO, SELECT 0, COMMAND, INFO) never leave it.
+
+use std::collections::BTreeMap;
+
+use redraft_common::ids::ShardId;
+use redraft_common::ops::{
+    Bytes, Expiry, ExpireCondition, GetExChange, ReadOp, SetCondition, SetReply, ShardOp, WriteOp,
+};
+use redraft_common::resp::Frame;
+
+use crate::reply::{self, Error};
+use crate::route::Router;
+
+/// Redis's syntax error.
+pub const SYNTAX: &str = "ERR syntax error";
+/// Redis's error for an argument that must be an integer.
+pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+
+/// What a parsed command does.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    /// Answered by the proxy.
+    Local(Frame),
+    /// QUIT: reply OK and close.
+    Quit,
+    /// INFO [section]
+    Info,
+    /// One operation on the shard owning `key`.
+    Keyed { key: Bytes, op: ShardOp },
+    /// MGET split by shard.
+    MGet(Vec<Bytes>),
+    /// MSET split by shard (atomic per shard).
+    MSet(Vec<(Bytes, Bytes)>),
+    /// DEL / UNLINK (write) or EXISTS (read), split by shard, counts summed.
+    Count { keys: Vec<Bytes>, write: bool },
+    /// One operation on every shard, integer replies summed (DBSIZE).
+    SumAll(ShardOp),
+    /// One operation on every shard, `+OK` when all succeed (FLUSHALL).
+    AllOk(ShardOp),
+    /// MSETNX: all keys must live in one shard.
+    MSetNx(Vec<(Bytes, Bytes)>),
+}
+
+fn err(text: impl Into<String>) -> Command {
+    Command::Local(Frame::Error(text.into()))
+}
+
+fn int_arg(arg: &[u8]) -> Result<i64, Command> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(parse_strict_i64)
+        .ok_or_else(|| err(NOT_INTEGER))
+}
+
+/// Redis's strict integer parse (no spaces, no `+`, no leading zeros).
+fn parse_strict_i64(s: &str) -> Option<i64> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if digits.len() > 1 && digits.starts_with('0') || s == "-0" {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn float_arg(arg: &[u8]) -> Result<f64, Command> {
+    let s = std::str::from_utf8(arg).map_err(|_| err("ERR value is not a valid float"))?;
+    let lower = s.to_ascii_lowercase();
+    if s.is_empty() || s.trim() != s || lower.contains("nan") {
+        return Err(err("ERR value is not a valid float"));
+    }
+    s.parse::<f64>().ok().filter(|f| !f.is_nan()).ok_or_else(|| err("ERR value is not a valid float"))
+}
+
+/// Arity as Redis declares it: `n > 0` exactly n arguments (with the name),
+/// `n < 0` at least `-n`.
+fn arity_ok(arity: i32, argc: usize) -> bool {
+    if arity > 0 {
+        argc == arity as usize
+    } else {
+        argc >= (-arity) as usize
+    }
+}
+
+/// `(name, arity)` of every command the proxy knows.
+pub const COMMANDS: &[(&str, i32)] = &[
+    ("ping", -1),
+    ("echo", 2),
+    ("quit", -1),
+    ("select", 2),
+    ("command", -1),
+    ("info", -1),
+    ("client", -2),
+    ("dbsize", 1),
+    ("flushall", -1),
+    ("flushdb", -1),
+    ("get", 2),
+    ("set", -3),
+    ("setnx", 3),
+    ("setex", 4),
+    ("psetex", 4),
+    ("getset", 3),
+    ("getdel", 2),
+    ("getex", -2),
+    ("mget", -2),
+    ("mset", -3),
+    ("msetnx", -3),
+    ("del", -2),
+    ("unlink", -2),
+    ("exists", -2),
+    ("incr", 2),
+    ("decr", 2),
+    ("incrby", 3),
+    ("decrby", 3),
+    ("incrbyfloat", 3),
+    ("append", 3),
+    ("strlen", 2),
+    ("getrange", 4),
+    ("setrange", 4),
+    ("expire", -3),
+    ("pexpire", -3),
+    ("expireat", -3),
+    ("pexpireat", -3),
+    ("ttl", 2),
+    ("pttl", 2),
+    ("persist", 2),
+    ("type", 2),
+];
+
+fn keyed(key: &[u8], op: ShardOp) -> Command {
+    Command::Keyed { key: key.to_vec(), op }
+}
+
+fn write(key: &[u8], op: WriteOp) -> Command {
+    keyed(key, ShardOp::Write(op))
+}
+
+fn read(key: &[u8], op: ReadOp) -> Command {
+    keyed(key, ShardOp::Read(op))
+}
+
+fn unknown_command(args: &[Vec<u8>]) -> Command {
+    let name = String::from_utf8_lossy(&args[0]);
+    let mut text = format!("ERR unknown command '{name}', with args beginning with: ");
+    for arg in args[1..].iter().take(20) {
+        text.push_str(&format!("'{}' ", String::from_utf8_lossy(arg)));
+    }
+    err(text)
+}
+
+/// Parses a request into a [`Command`]; invalid requests become `Local` errors.
+pub fn parse(args: &[Vec<u8>]) -> Command {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    let Some(&(_, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else { return unknown_command(args) };
+    if !arity_ok(arity, args.len()) {
+        return err(format!("ERR wrong number of arguments for '{name}' command"));
+    }
+    match parse_known(&name, args) {
+        Ok(c) | Err(c) => c,
+    }
+}
+
+fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
+    let a = args;
+    let key = || a[1].to_vec();
+    Ok(match name {
+        "ping" => match a.len() {
+            1 => Command::Local(Frame::Simple("PONG".into())),
+            2 => Command::Local(Frame::Bulk(a[1].clone())),
+            _ => return Err(err("ERR wrong number of arguments for 'ping' command")),
+        },
+        "echo" => Command::Local(Frame::Bulk(a[1].clone())),
+        "quit" => Command::Quit,
+        "select" => match int_arg(&a[1])? {
+            0 => Command::Local(Frame::ok()),
+            _ => err("ERR DB index is out of range"),
+        },
+        "command" => command_info(a),
+        "info" => Command::Info,
+        "client" => client(a),
+        "dbsize" => Command::SumAll(ShardOp::Read(ReadOp::DbSize)),
+        "flushall" | "flushdb" => {
+            if a.len() > 2 || a.get(1).is_some_and(|m| !m.eq_ignore_ascii_case(b"sync") && !m.eq_ignore_ascii_case(b"async")) {
+                return Err(err(SYNTAX));
+            }
+            Command::AllOk(ShardOp::Write(WriteOp::FlushAll))
+        }
+        "get" => read(&a[1], ReadOp::Get { key: key() }),
+        "set" => parse_set(a)?,
+        "setnx" => write(&a[1], set_op(key(), a[2].clone(), None, SetCondition::IfAbsent, false, SetReply::Integer)),
+        "setex" | "psetex" => {
+            let n = int_arg(&a[2])?;
+            let ms = if name == "setex" { n.checked_mul(1000) } else { Some(n) };
+            match ms.filter(|&ms| n > 0 && ms > 0) {
+                Some(ms) => write(
+                    &a[1],
+                    set_op(key(), a[3].clone(), Some(Expiry::InMs(ms)), SetCondition::Always, false, SetReply::Ok),
+                ),
+                None => err(format!("ERR invalid expire time in '{name}' command")),
+            }
+        }
+        "getset" => write(&a[1], set_op(key(), a[2].clone(), None, SetCondition::Always, false, SetReply::OldValue)),
+        "getdel" => write(&a[1], WriteOp::GetDel { key: key() }),
+        "getex" => parse_getex(a)?,
+        "mget" => Command::MGet(a[1..].to_vec()),
+        "mset" | "msetnx" => {
+            if a.len() % 2 == 0 {
+                return Err(err(format!("ERR wrong number of arguments for '{name}' command")));
+            }
+            let pairs = a[1..].chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
+            if name == "mset" {
+                Command::MSet(pairs)
+            } else {
+                Command::MSetNx(pairs)
+            }
+        }
+        "del" | "unlink" => Command::Count { keys: a[1..].to_vec(), write: true },
+        "exists" => Command::Count { keys: a[1..].to_vec(), write: false },
+        "incr" => write(&a[1], WriteOp::IncrBy { key: key(), delta: 1 }),
+        "decr" => write(&a[1], WriteOp::IncrBy { key: key(), delta: -1 }),
+        "incrby" => write(&a[1], WriteOp::IncrBy { key: key(), delta: int_arg(&a[2])? }),
+        "decrby" => match int_arg(&a[2])?.checked_neg() {
+            Some(delta) => write(&a[1], WriteOp::IncrBy { key: key(), delta }),
+            None => err("ERR decrement would overflow"),
+        },
+        "incrbyfloat" => {
+            let delta = float_arg(&a[2])?;
+            if !delta.is_finite() {
+                return Err(err("ERR increment would produce NaN or Infinity"));
+            }
+            write(&a[1], WriteOp::IncrByFloat { key: key(), delta })
+        }
+        "append" => write(&a[1], WriteOp::Append { key: key(), value: a[2].clone() }),
+        "strlen" => read(&a[1], ReadOp::StrLen { key: key() }),
+        "getrange" => read(&a[1], ReadOp::GetRange { key: key(), start: int_arg(&a[2])?, end: int_arg(&a[3])? }),
+        "setrange" => {
+            let offset = int_arg(&a[2])?;
+            if offset < 0 {
+                return Err(err("ERR offset is out of range"));
+            }
+            if offset as u64 + a[3].len() as u64 > 512 * 1024 * 1024 {
+                return Err(err("ERR string exceeds maximum allowed size (proto-max-bulk-len)"));
+            }
+            write(&a[1], WriteOp::SetRange { key: key(), offset: offset as u64, value: a[3].clone() })
+        }
+        "expire" | "pexpire" | "expireat" | "pexpireat" => parse_expire(name, a)?,
+        "ttl" | "pttl" => read(&a[1], ReadOp::Ttl { key: key(), millis: name == "pttl" }),
+        "persist" => write(&a[1], WriteOp::Persist { key: key() }),
+        "type" => read(&a[1], ReadOp::Type { key: key() }),
+        _ => unknown_command(a),
+    })
+}
+
+fn set_op(key: Bytes, value: Bytes, expiry: Option<Expiry>, condition: SetCondition, keep_ttl: bool, reply: SetReply) -> WriteOp {
+    WriteOp::Set { key, value, expiry, condition, keep_ttl, reply }
+}
+
+/// Parses an expiry option's value: `unit_ms` is 1000 for seconds.
+fn expiry_value(arg: &[u8], unit_ms: i64, absolute: bool, command: &str) -> Result<Expiry, Command> {
+    let n = int_arg(arg)?;
+    let invalid = || err(format!("ERR invalid expire time in '{command}' command"));
+    if n <= 0 {
+        return Err(invalid());
+    }
+    let ms = n.checked_mul(unit_ms).ok_or_else(invalid)?;
+    if !absolute && (ms as i128 + redraft_common::now_ms() as i128) > i64::MAX as i128 {
+        return Err(invalid());
+    }
+    Ok(if absolute { Expiry::AtMs(ms) } else { Expiry::InMs(ms) })
+}
+
+fn parse_set(a: &[Vec<u8>]) -> Result<Command, Command> {
+    let mut expiry = None;
+    let mut condition = SetCondition::Always;
+    let mut keep_ttl = false;
+    let mut get = false;
+    let mut i = 3;
+    while i < a.len() {
+        let opt = a[i].to_ascii_uppercase();
+        let has_next = i + 1 < a.len();
+        match opt.as_slice() {
+            b"NX" if condition == SetCondition::Always => condition = SetCondition::IfAbsent,
+            b"XX" if condition == SetCondition::Always => condition = SetCondition::IfPresent,
+            b"GET" => get = true,
+            b"KEEPTTL" if expiry.is_none() => keep_ttl = true,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" if expiry.is_none() && !keep_ttl && has_next => {
+                let unit = if opt[0] == b'E' { 1000 } else { 1 };
+                expiry = Some(expiry_value(&a[i + 1], unit, opt.len() == 4, "set")?);
+                i += 1;
+            }
+            _ => return Err(err(SYNTAX)),
+        }
+        i += 1;
+    }
+    let reply = if get { SetReply::OldValue } else { SetReply::Ok };
+    Ok(write(&a[1], set_op(a[1].clone(), a[2].clone(), expiry, condition, keep_ttl, reply)))
+}
+
+fn parse_getex(a: &[Vec<u8>]) -> Result<Command, Command> {
+    let mut change = GetExChange::Keep;
+    let mut i = 2;
+    while i < a.len() {
+        let opt = a[i].to_ascii_uppercase();
+        match opt.as_slice() {
+            b"PERSIST" if change == GetExChange::Keep => change = GetExChange::Persist,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" if change == GetExChange::Keep && i + 1 < a.len() => {
+                let unit = if opt[0] == b'E' { 1000 } else { 1 };
+                change = GetExChange::Set(expiry_value(&a[i + 1], unit, opt.len() == 4, "getex")?);
+                i += 1;
+            }
+            _ => return Err(err(SYNTAX)),
+        }
+        i += 1;
+    }
+    Ok(write(&a[1], WriteOp::GetEx { key: a[1].clone(), change }))
+}
+
+fn parse_expire(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
+    let n = int_arg(&a[2])?;
+    let unit: i64 = if name.starts_with('p') { 1 } else { 1000 };
+    let invalid = || err(format!("ERR invalid expire time in '{name}' command"));
+    let ms = n.checked_mul(unit).ok_or_else(invalid)?;
+    let expiry = if name.ends_with("at") {
+        Expiry::AtMs(ms)
+    } else {
+        if (ms as i128 + redraft_common::now_ms() as i128) > i64::MAX as i128 {
+            return Err(invalid());
+        }
+        Expiry::InMs(ms)
+    };
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for opt in &a[3..] {
+        match opt.to_ascii_uppercase().as_slice() {
+            b"NX" => nx = true,
+            b"XX" => xx = true,
+            b"GT" => gt = true,
+            b"LT" => lt = true,
+            _ => return Err(err(format!("ERR Unsupported option {}", String::from_utf8_lossy(opt)))),
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(err("ERR NX and XX, GT or LT options at the same time are not compatible"));
+    }
+    if gt && lt {
+        return Err(err("ERR GT and LT options at the same time are not compatible"));
+    }
+    let condition = match (nx, xx, gt, lt) {
+        (true, ..) => ExpireCondition::IfNoExpiry,
+        (_, _, true, _) => ExpireCondition::IfGreater,
+        (_, _, _, true) => ExpireCondition::IfLess,
+        (_, true, ..) => ExpireCondition::IfExpiry,
+        _ => ExpireCondition::Always,
+    };
+    Ok(write(&a[1], WriteOp::Expire { key: a[1].clone(), expiry, condition }))
+}
+
+fn command_info(a: &[Vec<u8>]) -> Command {
+    match a.get(1).map(|s| s.to_ascii_lowercase()) {
+        None => Command::Local(Frame::Array(vec![])),
+        Some(sub) if sub == b"count" => Command::Local(Frame::Integer(COMMANDS.len() as i64)),
+        Some(sub) if sub == b"docs" || sub == b"info" => Command::Local(Frame::Array(vec![])),
+        Some(sub) => err(format!(
+            "ERR unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(&sub)
+        )),
+    }
+}
+
+fn client(a: &[Vec<u8>]) -> Command {
+    match a[1].to_ascii_lowercase().as_slice() {
+        b"setname" | b"setinfo" | b"no-evict" | b"no-touch" => Command::Local(Frame::ok()),
+        b"getname" => Command::Local(Frame::Null),
+        b"id" => Command::Local(Frame::Integer(1)),
+        other => err(format!(
+            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+            String::from_utf8_lossy(other)
+        )),
+    }
+}
+
+fn sum(frames: Vec<Frame>) -> Frame {
+    let mut total = 0;
+    for frame in frames {
+        match frame {
+            Frame::Integer(n) => total += n,
+            error @ Frame::Error(_) => return error,
+            other => return Frame::error(format!("ERR unexpected shard reply {other:?}")),
+        }
+    }
+    Frame::Integer(total)
+}
+
+/// Groups `items` by the shard of their key, remembering each item's position.
+fn split<T>(router: &Router, items: Vec<T>, key: impl Fn(&T) -> &[u8]) -> Result<BTreeMap<ShardId, Vec<(usize, T)>>, Error> {
+    let mut groups: BTreeMap<ShardId, Vec<(usize, T)>> = BTreeMap::new();
+    for (i, item) in items.into_iter().enumerate() {
+        groups.entry(router.shard_of(key(&item))?).or_default().push((i, item));
+    }
+    Ok(groups)
+}
+
+/// Runs one operation per shard concurrently, in shard order.
+async fn fan_out(router: &Router, ops: Vec<(ShardId, ShardOp)>) -> Result<Vec<Frame>, Error> {
+    let tasks = ops.into_iter().map(|(shard, op)| router.exec(shard, op));
+    let results = futures::future::join_all(tasks).await;
+    results.into_iter().collect()
+}
+
+/// Executes a parsed command against the cluster.
+pub async fn execute(router: &Router, command: Command) -> Frame {
+    match run(router, command).await {
+        Ok(frame) => frame,
+        Err(e) => reply::to_frame(&e),
+    }
+}
+
+async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
+    Ok(match command {
+        Command::Local(frame) => frame,
+        Command::Quit | Command::Info => Frame::ok(),
+        Command::Keyed { key, op } => router.exec(router.shard_of(&key)?, op).await?,
+        Command::MGet(keys) => {
+            let n = keys.len();
+            let groups = split(router, keys, |k| k)?;
+            let (positions, ops): (Vec<Vec<usize>>, Vec<(ShardId, ShardOp)>) = groups
+                .into_iter()
+                .map(|(shard, items)| {
+                    let (pos, keys): (Vec<usize>, Vec<Bytes>) = items.into_iter().unzip();
+                    (pos, (shard, ShardOp::Read(ReadOp::MGet { keys })))
+                })
+                .unzip();
+            let mut out = vec![Frame::Null; n];
+            for (pos, frame) in positions.into_iter().zip(fan_out(router, ops).await?) {
+                match frame {
+                    Frame::Array(values) => {
+                        for (p, v) in pos.into_iter().zip(values) {
+                            out[p] = v;
+                        }
+                    }
+                    other => return Ok(other),
+                }
+            }
+            Frame::Array(out)
+        }
+        Command::MSet(pairs) => {
+            let ops = split(router, pairs, |p| &p.0)?
+                .into_iter()
+                .map(|(shard, items)| {
+                    (shard, ShardOp::Write(WriteOp::MSet { pairs: items.into_iter().map(|(_, p)| p).collect() }))
+                })
+                .collect();
+            all_ok(fan_out(router, ops).await?)
+        }
+        Command::MSetNx(pairs) => {
+            let mut groups = split(router, pairs, |p| &p.0)?;
+            if groups.len() > 1 {
+                return Err(Error::CrossSlot);
+            }
+            let (shard, items) = groups.pop_first().expect("at least one pair");
+            router
+                .exec(shard, ShardOp::Write(WriteOp::MSetNx { pairs: items.into_iter().map(|(_, p)| p).collect() }))
+                .await?
+        }
+        Command::Count { keys, write } => {
+            let ops = split(router, keys, |k| k)?
+                .into_iter()
+                .map(|(shard, items)| {
+                    let keys = items.into_iter().map(|(_, k)| k).collect();
+                    (shard, if write { ShardOp::Write(WriteOp::Del { keys }) } else { ShardOp::Read(ReadOp::Exists { keys }) })
+                })
+                .collect();
+            sum(fan_out(router, ops).await?)
+        }
+        Command::SumAll(op) => {
+            let ops = router.shards()?.into_iter().map(|s| (s, op.clone())).collect();
+            sum(fan_out(router, ops).await?)
+        }
+        Command::AllOk(op) => {
+            let ops = router.shards()?.into_iter().map(|s| (s, op.clone())).collect();
+            all_ok(fan_out(router, ops).await?)
+        }
+    })
+}
+
+fn all_ok(frames: Vec<Frame>) -> Frame {
+    frames.into_iter().find(|f| matches!(f, Frame::Error(_))).unwrap_or_else(Frame::ok)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,73 @@
+//! Parsing tests: arity, options and Redis's exact error strings.
+
+use super::*;
+
+fn p(line: &str) -> Command {
+    let args: Vec<Vec<u8>> = line.split(' ').map(|s| s.as_bytes().to_vec()).collect();
+    parse(&args)
+}
+
+fn error_of(line: &str) -> String {
+    match p(line) {
+        Command::Local(Frame::Error(e)) => e,
+        other => panic!("{line}: expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn errors_match_redis_byte_for_byte() {
+    let cases = [
+        ("get", "ERR wrong number of arguments for 'get' command"),
+        ("GET a b", "ERR wrong number of arguments for 'get' command"),
+        ("foo a b", "ERR unknown command 'foo', with args beginning with: 'a' 'b' "),
+        ("incrby k x", "ERR value is not an integer or out of range"),
+        ("incrby k 01", "ERR value is not an integer or out of range"),
+        ("set k v EX 0", "ERR invalid expire time in 'set' command"),
+        ("set k v EX x", "ERR value is not an integer or out of range"),
+        ("set k v NX XX", "ERR syntax error"),
+        ("set k v EX 10 PX 10", "ERR syntax error"),
+        ("set k v KEEPTTL EX 10", "ERR syntax error"),
+        ("set k v EX", "ERR syntax error"),
+        ("setex k -1 v", "ERR invalid expire time in 'setex' command"),
+        ("mset a 1 b", "ERR wrong number of arguments for 'mset' command"),
+        ("expire k 10 NX XX", "ERR NX and XX, GT or LT options at the same time are not compatible"),
+        ("expire k 10 GT LT", "ERR GT and LT options at the same time are not compatible"),
+        ("expire k 10 FOO", "ERR Unsupported option FOO"),
+        ("setrange k -1 v", "ERR offset is out of range"),
+        ("incrbyfloat k abc", "ERR value is not a valid float"),
+        ("decrby k -9223372036854775808", "ERR decrement would overflow"),
+        ("getex k EX 10 PERSIST", "ERR syntax error"),
+        ("select 3", "ERR DB index is out of range"),
+    ];
+    for (line, expected) in cases {
+        assert_eq!(error_of(line), expected, "{line}");
+    }
+}
+
+#[test]
+fn set_options_are_parsed() {
+    match p("SET k v nx px 100 get") {
+        Command::Keyed { op: ShardOp::Write(WriteOp::Set { expiry, condition, reply, keep_ttl, .. }), .. } => {
+            assert_eq!(expiry, Some(Expiry::InMs(100)));
+            assert_eq!(condition, SetCondition::IfAbsent);
+            assert_eq!(reply, SetReply::OldValue);
+            assert!(!keep_ttl);
+        }
+        other => panic!("{other:?}"),
+    }
+    match p("set k v EXAT 2000000000") {
+        Command::Keyed { op: ShardOp::Write(WriteOp::Set { expiry, .. }), .. } => {
+            assert_eq!(expiry, Some(Expiry::AtMs(2_000_000_000_000)))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn local_commands_answer_without_the_cluster() {
+    assert_eq!(p("PING"), Command::Local(Frame::Simple("PONG".into())));
+    assert_eq!(p("ping hi"), Command::Local(Frame::bulk("hi")));
+    assert_eq!(p("echo x"), Command::Local(Frame::bulk("x")));
+    assert_eq!(p("select 0"), Command::Local(Frame::ok()));
+    assert_eq!(p("command count"), Command::Local(Frame::Integer(COMMANDS.len() as i64)));
+}

@@ -1,0 +1,188 @@
+//! Routing: key -> virtual node -> shard -> leader, with refresh and retries.
+//!
+//! The proxy holds an immutable snapshot of the routing table that a watcher task
+//! swaps whole when the placement driver publishes a new version (long poll: a
+//! push on change, a pull every few seconds otherwise). Request handlers never
+//! lock it for longer than an `Arc` clone.
+//!
+//! RETRIES. A command is retried (with the leader named by the node, or the next
+//! replica, after a short jittered backoff) only when the node says it was never
+//! proposed: `NotLeader`, `NoShard`, `WrongShard`, or a connection that was never
+//! made. A write that may have reached a leader and timed out is reported as
+//! unknown, never retried: retrying `INCR` would apply it twice. Reads are always
+//! safe to retry. Retries stop at [`RETRY_DEADLINE`].
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use redraft_common::ids::{NodeId, ShardId};
+use redraft_common::keys::Ring;
+use redraft_common::ops::ShardOp;
+use redraft_common::pd_client::PdClient;
+use redraft_common::resp::Frame;
+use redraft_common::routing::RoutingTable;
+use redraft_common::transport::{CallError, Endpoint};
+use redraft_common::wire::{NodeRequest, NodeResponse};
+
+use crate::reply::Error;
+
+/// How long the proxy keeps retrying a command before answering an error.
+/// Covers an election (1-2 s) with room to spare, well below client timeouts.
+pub const RETRY_DEADLINE: Duration = Duration::from_secs(8);
+/// How long one call to a node may take. Writes wait up to 5 s on the node.
+const CALL_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// The proxy's view of the cluster.
+pub struct Router {
+    endpoint: Endpoint,
+    pd: PdClient,
+    table: RwLock<Arc<RoutingTable>>,
+    ring: RwLock<Option<Arc<Ring>>>,
+    leaders: DashMap<ShardId, NodeId>,
+}
+
+impl Router {
+    /// A router with no table yet.
+    pub fn new(endpoint: Endpoint, pd: PdClient) -> Router {
+        Router {
+            endpoint,
+            pd,
+            table: RwLock::new(Arc::new(RoutingTable::default())),
+            ring: RwLock::new(None),
+            leaders: DashMap::new(),
+        }
+    }
+
+    /// The current routing table.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.table.read().expect("routing lock").clone()
+    }
+
+    fn install(&self, table: RoutingTable) {
+        if table.vnode_count > 0 && self.ring.read().expect("ring lock").is_none() {
+            *self.ring.write().expect("ring lock") = Some(Arc::new(Ring::new(table.vnode_count)));
+        }
+        let current = self.table();
+        if table.version < current.version {
+            return;
+        }
+        for shard in table.shards.values() {
+            if let Some(leader) = shard.leader {
+                if table.leaders_generation > current.leaders_generation {
+                    self.leaders.insert(shard.id, leader);
+                }
+            }
+        }
+        *self.table.write().expect("routing lock") = Arc::new(table);
+    }
+
+    /// Fetches the latest table now.
+    pub async fn refresh(&self) {
+        if let Ok(table) = self.pd.routing(u64::MAX, u64::MAX, Duration::ZERO).await {
+            self.install(table);
+        }
+    }
+
+    /// Follows routing-table publications forever.
+    pub async fn watch(self: Arc<Self>) {
+        loop {
+            let current = self.table();
+            match self.pd.routing(current.version, current.leaders_generation, Duration::from_secs(5)).await {
+                Ok(table) => self.install(table),
+                Err(e) => {
+                    tracing::debug!(error = %e, "routing watch failed");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+    }
+
+    /// The shard owning `key`, per the current table.
+    pub fn shard_of(&self, key: &[u8]) -> Result<ShardId, Error> {
+        let ring = self.ring.read().expect("ring lock").clone();
+        let table = self.table();
+        match ring {
+            Some(ring) if table.is_bootstrapped() => {
+                table.shard_of(ring.vnode_of(key)).ok_or_else(|| Error::ClusterDown("routing table is incomplete".into()))
+            }
+            _ => Err(Error::ClusterDown("the cluster is not bootstrapped yet".into())),
+        }
+    }
+
+    /// Every shard in the table.
+    pub fn shards(&self) -> Result<Vec<ShardId>, Error> {
+        let table = self.table();
+        if !table.is_bootstrapped() {
+            return Err(Error::ClusterDown("the cluster is not bootstrapped yet".into()));
+        }
+        Ok(table.shards.keys().copied().collect())
+    }
+
+    fn pick_target(&self, table: &RoutingTable, shard: ShardId, attempt: usize) -> Option<NodeId> {
+        let info = table.shards.get(&shard)?;
+        if let Some(leader) = self.leaders.get(&shard).map(|l| *l).filter(|l| info.replicas.contains(l)) {
+            return Some(leader);
+        }
+        if attempt == 0 {
+            if let Some(leader) = info.leader {
+                return Some(leader);
+            }
+        }
+        info.replicas.get(attempt % info.replicas.len().max(1)).copied()
+    }
+
+    /// Runs `op` on `shard`'s leader, following redirects until the deadline.
+    pub async fn exec(&self, shard: ShardId, op: ShardOp) -> Result<Frame, Error> {
+        let deadline = Instant::now() + RETRY_DEADLINE;
+        let is_read = matches!(op, ShardOp::Read(_));
+        let mut attempt = 0usize;
+        loop {
+            let table = self.table();
+            let target = self.pick_target(&table, shard, attempt);
+            let addr = target.and_then(|n| table.addr_of(n)).and_then(|a| a.parse().ok());
+            let mut backoff = true;
+            if let (Some(node), Some(addr)) = (target, addr) {
+                let request = NodeRequest::Exec { shard, version: table.version, op: op.clone() };
+                match self.endpoint.call::<_, NodeResponse>(addr, &request, CALL_TIMEOUT).await {
+                    Ok(NodeResponse::Reply(frame)) => {
+                        self.leaders.insert(shard, node);
+                        return Ok(frame);
+                    }
+                    Ok(NodeResponse::NotLeader { leader: Some(leader) }) if leader != node => {
+                        self.leaders.insert(shard, leader);
+                        backoff = false;
+                    }
+                    Ok(NodeResponse::NotLeader { .. }) | Ok(NodeResponse::NoShard) => {
+                        self.leaders.remove(&shard);
+                    }
+                    Ok(NodeResponse::WrongShard { .. }) => self.refresh().await,
+                    Ok(NodeResponse::Unknown(_)) => return Err(Error::Unknown),
+                    Ok(NodeResponse::Raft(_)) => {}
+                    Err(CallError::Unknown { .. }) if !is_read => {
+                        self.leaders.remove(&shard);
+                        return Err(Error::Unknown);
+                    }
+                    Err(e) => {
+                        tracing::debug!(shard_id = shard, error = %e, "call failed");
+                        self.leaders.remove(&shard);
+                    }
+                }
+            } else {
+                self.refresh().await;
+            }
+            attempt += 1;
+            if Instant::now() >= deadline {
+                return Err(if table.is_bootstrapped() {
+                    Error::TryAgain(shard)
+                } else {
+                    Error::ClusterDown("the cluster is not bootstrapped yet".into())
+                });
+            }
+            if backoff {
+                let ms = 20u64.saturating_mul(1 << attempt.min(4)) + rand::random::<u64>() % 20;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Raft RPCs of one group over the process's shared QUIC endpoint.
+//!
+//! Every group gets a cheap [`GroupNetwork`] factory; all of them share the
+//! process's single [`Endpoint`], so the RPCs of every group to one peer ride one
+//! QUIC connection, each on its own stream, tagged with the group id.
+//!
+//! Generic over the group's type configuration and over the envelope ([`RaftWire`]),
+//! so shard groups (in `NodeRequest`) and the placement group (in `PdRequest`)
+//! share this code.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use redraft_common::ids::ShardId;
+use redraft_common::transport::{CallError, Endpoint};
+use redraft_common::wire::{self, NodeRequest, NodeResponse, PdRequest, PdResponse, RaftKind};
+use openraft::RaftTypeConfig;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<u64, E>;
+type RpcError<E = openraft::error::Infallible> = openraft::error::RPCError<u64, BasicNode, RaftError<E>>;
+
+/// How a process family wraps Raft RPCs in its request/response envelopes.
+pub trait RaftWire: Send + Sync + 'static {
+    /// The request envelope.
+    type Request: Serialize + Send + Sync;
+    /// The response envelope.
+    type Response: DeserializeOwned + std::fmt::Debug + Send;
+    /// Wraps an encoded Raft RPC of `group`.
+    fn wrap(group: ShardId, kind: RaftKind, payload: Vec<u8>) -> Self::Request;
+    /// Unwraps the answer to a Raft RPC: the encoded result, or why there is none.
+    fn unwrap(response: Self::Response) -> Result<Vec<u8>, String>;
+}
+
+/// Shard groups: `NodeRequest::Raft`.
+pub struct NodeWire;
+
+impl RaftWire for NodeWire {
+    type Request = NodeRequest;
+    type Response = NodeResponse;
+    fn wrap(group: ShardId, kind: RaftKind, payload: Vec<u8>) -> NodeRequest {
+        NodeRequest::Raft { group, kind, payload }
+    }
+    fn unwrap(response: NodeResponse) -> Result<Vec<u8>, String> {
+        match response {
+            NodeResponse::Raft(result) => result,
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+}
+
+/// The placement group: `PdRequest::Raft`.
+pub struct PdWire;
+
+impl RaftWire for PdWire {
+    type Request = PdRequest;
+    type Response = PdResponse;
+    fn wrap(_group: ShardId, kind: RaftKind, payload: Vec<u8>) -> PdRequest {
+        PdRequest::Raft { kind, payload }
+    }
+    fn unwrap(response: PdResponse) -> Result<Vec<u8>, String> {
+        match response {
+            PdResponse::Raft(result) => result,
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+}
+
+/// Creates connections for one group.
+pub struct GroupNetwork<C, W> {
+    /// The group id carried on every message.
+    pub group: ShardId,
+    /// The process's endpoint.
+    pub endpoint: Endpoint,
+    _types: std::marker::PhantomData<fn() -> (C, W)>,
+}
+
+impl<C, W> GroupNetwork<C, W> {
+    /// The network of `group` over `endpoint`.
+    pub fn new(group: ShardId, endpoint: Endpoint) -> Self {
+        GroupNetwork { group, endpoint, _types: std::marker::PhantomData }
+    }
+}
+
+/// One group's link to one peer.
+pub struct PeerLink<C, W> {
+    group: ShardId,
+    target: u64,
+    addr: Option<SocketAddr>,
+    endpoint: Endpoint,
+    _types: std::marker::PhantomData<fn() -> (C, W)>,
+}
+
+impl<C, W> RaftNetworkFactory<C> for GroupNetwork<C, W>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    C::Entry: Serialize + DeserializeOwned,
+    C::SnapshotData: tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+    W: RaftWire,
+{
+    type Network = PeerLink<C, W>;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerLink<C, W> {
+        PeerLink {
+            group: self.group,
+            target,
+            addr: node.addr.parse().ok(),
+            endpoint: self.endpoint.clone(),
+            _types: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<C, W: RaftWire> PeerLink<C, W> {
+    async fn send<Req, Resp, E>(&self, kind: RaftKind, req: &Req, timeout: Duration) -> Result<Resp, RpcError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let io = |text: String| std::io::Error::other(text);
+        let Some(addr) = self.addr else {
+            return Err(RpcError::Unreachable(Unreachable::new(&io(format!("member {} has no address", self.target)))));
+        };
+        let request = W::wrap(self.group, kind, wire::encode(req));
+        let response: W::Response = self.endpoint.call(addr, &request, timeout).await.map_err(|e| match e {
+            CallError::NotSent { .. } => RpcError::Unreachable(Unreachable::new(&e)),
+            CallError::Unknown { .. } => RpcError::Network(NetworkError::new(&e)),
+        })?;
+        let bytes = W::unwrap(response).map_err(|reason| RpcError::Network(NetworkError::new(&io(reason))))?;
+        let result: Result<Resp, RaftError<E>> =
+            wire::decode(&bytes).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RpcError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl<C, W> RaftNetwork<C> for PeerLink<C, W>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    C::Entry: Serialize + DeserializeOwned,
+    C::SnapshotData: tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+    W: RaftWire,
+{
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcError> {
+        self.send(RaftKind::AppendEntries, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<C>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RpcError<InstallSnapshotError>> {
+        self.send(RaftKind::InstallSnapshot, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Result<VoteResponse<u64>, RpcError> {
+        self.send(RaftKind::Vote, &rpc, option.hard_ttl()).await
+    }
+}
+
+/// Serves one inbound Raft RPC for `raft`: decodes, calls, encodes the result.
+pub async fn serve_rpc<C>(raft: &openraft::Raft<C>, kind: RaftKind, payload: &[u8]) -> Result<Vec<u8>, String>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    C::Entry: Serialize + DeserializeOwned,
+    C::SnapshotData: tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+{
+    let text = |e: wire::DecodeError| e.to_string();
+    Ok(match kind {
+        RaftKind::AppendEntries => wire::encode(&raft.append_entries(wire::decode(payload).map_err(text)?).await),
+        RaftKind::Vote => wire::encode(&raft.vote(wire::decode(payload).map_err(text)?).await),
+        RaftKind::InstallSnapshot => wire::encode(&raft.install_snapshot(wire::decode(payload).map_err(text)?).await),
+    })
+}

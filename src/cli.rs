@@ -1,0 +1,283 @@
+//! Command-line interface.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use redraft_common::pd_client::PdClient;
+
+use crate::local;
+
+#[derive(Parser)]
+#[command(name = "redraft", version, about = "A Redis-protocol key-value store that scales out")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "REDRAFT_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a placement driver member.
+    Placement(PlacementArgs),
+    /// Run a shard node.
+    Node(NodeArgs),
+    /// Run a RESP proxy.
+    Proxy(ProxyArgs),
+    /// Start a local cluster (placement driver, shard nodes, proxy) under one folder.
+    Up(local::UpArgs),
+    /// Stop the local cluster started by `up`.
+    Down {
+        /// The cluster's folder.
+        #[arg(long, default_value = "redraft-data")]
+        dir: PathBuf,
+    },
+    /// Operator tools.
+    Ctl {
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+#[derive(Args)]
+struct Membership {
+    /// Directory holding `ca.pem` and this member's certificate and key.
+    #[arg(long)]
+    certs: PathBuf,
+    /// Name of this member's certificate (`<name>.pem`, `<name>.key`).
+    #[arg(long)]
+    cert_name: String,
+}
+
+#[derive(Args)]
+struct PlacementArgs {
+    /// This member's id.
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// QUIC listen address.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// All members as `id=addr,...` (defaults to this one alone).
+    #[arg(long)]
+    members: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    data: PathBuf,
+    #[command(flatten)]
+    membership: Membership,
+    /// Bootstrap once this many nodes registered.
+    #[arg(long, default_value_t = 3)]
+    initial_nodes: usize,
+    /// Shards per node at bootstrap.
+    #[arg(long, default_value_t = 4)]
+    shards_per_node: u32,
+    /// Replicas per shard.
+    #[arg(long, default_value_t = 3)]
+    replicas: u32,
+    /// Virtual nodes on the ring (fixed once bootstrapped).
+    #[arg(long, default_value_t = redraft_common::keys::DEFAULT_VNODES)]
+    vnodes: u32,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// Node id (kept in the data directory after the first start).
+    #[arg(long)]
+    id: Option<u64>,
+    /// QUIC listen address.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Address to advertise to other members (defaults to the bound address).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Placement driver members, comma-separated.
+    #[arg(long)]
+    placement: String,
+    /// Data directory.
+    #[arg(long)]
+    data: PathBuf,
+    #[command(flatten)]
+    membership: Membership,
+    /// `always` (fsync every batch before acknowledging) or `interval=<ms>`.
+    #[arg(long, default_value = "always")]
+    fsync: redraft_raft_storage_policy::FsyncPolicyArg,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    heartbeat_ms: u64,
+    /// Raft election timeout lower bound in milliseconds (upper bound is twice it).
+    #[arg(long, default_value_t = 1000)]
+    election_ms: u64,
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// RESP listen address.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    listen: SocketAddr,
+    /// Placement driver members, comma-separated.
+    #[arg(long)]
+    placement: String,
+    #[command(flatten)]
+    membership: Membership,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Create the cluster CA (if missing) and member certificates.
+    Certs {
+        /// Certificate directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Member names, comma-separated.
+        #[arg(long)]
+        members: String,
+    },
+    /// Print the routing table as JSON.
+    Routing {
+        /// Placement driver members, comma-separated.
+        #[arg(long)]
+        placement: String,
+        #[command(flatten)]
+        membership: Membership,
+    },
+}
+
+/// `FsyncPolicy` as a clap value.
+mod redraft_raft_storage_policy {
+    /// Wrapper so clap can parse the policy.
+    #[derive(Clone, Debug)]
+    pub struct FsyncPolicyArg(pub redraft_node::FsyncPolicy);
+
+    impl std::str::FromStr for FsyncPolicyArg {
+        type Err = String;
+        fn from_str(s: &str) -> Result<Self, String> {
+            s.parse().map(FsyncPolicyArg)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REDRAFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,quinn=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn parse_members(list: &str) -> Result<BTreeMap<u64, SocketAddr>> {
+    list.split(',')
+        .map(|item| {
+            let (id, addr) = item.split_once('=').ok_or_else(|| anyhow!("member '{item}' is not id=addr"))?;
+            Ok((id.trim().parse()?, addr.trim().parse()?))
+        })
+        .collect()
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Placement(a) => {
+            let members = match &a.members {
+                Some(list) => parse_members(list)?,
+                None => BTreeMap::from([(a.id, a.listen)]),
+            };
+            let config = redraft_placement::Config {
+                id: a.id,
+                listen: a.listen,
+                members,
+                data_dir: a.data,
+                certs_dir: a.membership.certs,
+                cert_name: a.membership.cert_name,
+                initial_nodes: a.initial_nodes,
+                shards_per_node: a.shards_per_node,
+                replicas: a.replicas,
+                vnodes: a.vnodes,
+            };
+            redraft_placement::run(config, shutdown_signal()).await
+        }
+        Command::Node(a) => {
+            let config = redraft_node::Config {
+                node_id: a.id,
+                listen: a.listen,
+                advertise: a.advertise,
+                placement: PdClient::parse_members(&a.placement)?,
+                data_dir: a.data,
+                certs_dir: a.membership.certs,
+                cert_name: a.membership.cert_name,
+                fsync: a.fsync.0,
+                raft: redraft_node::RaftTiming {
+                    heartbeat_ms: a.heartbeat_ms,
+                    election_min_ms: a.election_ms,
+                    election_max_ms: a.election_ms * 2,
+                },
+            };
+            redraft_node::run(config, shutdown_signal()).await
+        }
+        Command::Proxy(a) => {
+            let config = redraft_proxy::Config {
+                listen: a.listen,
+                placement: PdClient::parse_members(&a.placement)?,
+                certs_dir: a.membership.certs,
+                cert_name: a.membership.cert_name,
+            };
+            redraft_proxy::run(config, shutdown_signal()).await
+        }
+        Command::Up(args) => local::up(args).await,
+        Command::Down { dir } => local::down(&dir),
+        Command::Ctl { command } => match command {
+            CtlCommand::Certs { dir, members } => {
+                let members: Vec<String> = members.split(',').map(|s| s.trim().to_string()).collect();
+                redraft_common::tls::ensure_certs(&dir, &members)
+            }
+            CtlCommand::Routing { placement, membership } => {
+                let tls = redraft_common::tls::TlsIdentity::load(&membership.certs, &membership.cert_name)?;
+                let endpoint = redraft_common::transport::Endpoint::client(&tls)?;
+                let pd = PdClient::new(endpoint, PdClient::parse_members(&placement)?);
+                let table = pd.routing(u64::MAX, u64::MAX, std::time::Duration::ZERO).await?;
+                println!("{}", serde_json::to_string_pretty(&table)?);
+                Ok(())
+            }
+        },
+    }
+}

@@ -1,0 +1,10 @@
+//! Redraft's single binary: `redraft node`, `redraft placement`, `redraft proxy`,
+//! `redraft up` / `redraft down` (a local cluster), `redraft ctl` (operator tools).
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`cli`] | command-line parsing and logging set-up |
+//! | [`local`] | the local cluster: layout on disk, `up.json`, spawning members |
+
+pub mod cli;
+pub mod local;

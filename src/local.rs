@@ -1,0 +1,314 @@
+//! A local cluster under one folder: `redraft up` and `redraft down`.
+//!
+//! `up` creates the cluster CA and member certificates, then starts one placement
+//! driver, N shard nodes and a proxy as detached child processes of this binary,
+//! each with its data and log under the folder, writes `up.json` (members, their
+//! addresses, pids) and returns once the proxy answers commands. Running `up` again
+//! on the same folder restarts the same members on the same ports with their data.
+//!
+//! The integration tests drive the same [`MemberSpec`]s, so what they test is what
+//! `up` runs.
+//!
+//! ```text
+//! DIR/up.json  DIR/certs/  DIR/placement-1/  DIR/node-1/ ...  DIR/logs/<member>.log
+//! ```
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// Arguments of `redraft up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// The cluster's folder (data, certificates, logs, `up.json`).
+    #[arg(long, default_value = "redraft-data")]
+    pub dir: PathBuf,
+    /// The proxy's RESP port on 127.0.0.1.
+    #[arg(long, default_value_t = 6379)]
+    pub port: u16,
+    /// First QUIC port: the placement driver gets it, nodes the next ones.
+    #[arg(long, default_value_t = 7100)]
+    pub base_port: u16,
+    /// Number of shard nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Shards per node at bootstrap.
+    #[arg(long, default_value_t = 4)]
+    pub shards_per_node: u32,
+    /// `always` or `interval=<ms>`.
+    #[arg(long, default_value = "always")]
+    pub fsync: String,
+    /// Stay in the foreground and stop the cluster on Ctrl-C.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// What kind of member a process is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Placement driver.
+    Placement,
+    /// Shard node.
+    Node,
+    /// RESP proxy.
+    Proxy,
+}
+
+/// One member of a local cluster: enough to start (and restart) it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberSpec {
+    /// Its role.
+    pub role: Role,
+    /// Member id (node id, PD member id; 1 for the proxy).
+    pub id: u64,
+    /// Certificate and folder name, e.g. `node-2`.
+    pub name: String,
+    /// Listen address (QUIC for PD and nodes, TCP for the proxy).
+    pub addr: SocketAddr,
+    /// Process id while running.
+    pub pid: Option<u32>,
+}
+
+/// Everything about a local cluster, written to `up.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Cluster {
+    /// The cluster's folder.
+    pub dir: PathBuf,
+    /// Placement driver members.
+    pub placement: Vec<MemberSpec>,
+    /// Shard nodes.
+    pub nodes: Vec<MemberSpec>,
+    /// Proxies.
+    pub proxies: Vec<MemberSpec>,
+    /// Shards per node at bootstrap.
+    pub shards_per_node: u32,
+    /// Fsync policy of the nodes.
+    pub fsync: String,
+}
+
+impl Cluster {
+    /// A new layout: PD at `base_port`, nodes after it, one proxy on `proxy_port`.
+    pub fn new(dir: &Path, proxy_port: u16, base_port: u16, nodes: u16) -> Cluster {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let member = |role, id: u64, name: String, port| MemberSpec { role, id, name, addr: addr(port), pid: None };
+        Cluster {
+            dir: dir.to_path_buf(),
+            placement: vec![member(Role::Placement, 1, "placement-1".into(), base_port)],
+            nodes: (1..=nodes).map(|i| member(Role::Node, u64::from(i), format!("node-{i}"), base_port + i)).collect(),
+            proxies: vec![member(Role::Proxy, 1, "proxy-1".into(), proxy_port)],
+            shards_per_node: 4,
+            fsync: "always".into(),
+        }
+    }
+
+    /// Path of `up.json`.
+    pub fn file(dir: &Path) -> PathBuf {
+        dir.join("up.json")
+    }
+
+    /// Loads `up.json`.
+    pub fn load(dir: &Path) -> Result<Cluster> {
+        let path = Self::file(dir);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Writes `up.json`.
+    pub fn save(&self) -> Result<()> {
+        std::fs::write(Self::file(&self.dir), serde_json::to_string_pretty(self)?)?;
+        Ok(())
+    }
+
+    /// The certificate directory.
+    pub fn certs(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+
+    /// Every member.
+    pub fn members(&self) -> impl Iterator<Item = &MemberSpec> {
+        self.placement.iter().chain(&self.nodes).chain(&self.proxies)
+    }
+
+    fn members_mut(&mut self) -> impl Iterator<Item = &mut MemberSpec> {
+        self.placement.iter_mut().chain(self.nodes.iter_mut()).chain(self.proxies.iter_mut())
+    }
+
+    /// Creates the CA and every member's certificate (idempotent).
+    pub fn ensure_certs(&self) -> Result<()> {
+        let names: Vec<String> = self.members().map(|m| m.name.clone()).chain(["ctl".to_string()]).collect();
+        redraft_common::tls::ensure_certs(&self.certs(), &names)
+    }
+
+    fn placement_list(&self) -> String {
+        self.placement.iter().map(|m| m.addr.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The command that starts `member` (binary `exe`), logging to its log file.
+    pub fn command(&self, exe: &Path, member: &MemberSpec) -> Command {
+        let mut cmd = Command::new(exe);
+        let data = self.dir.join(&member.name);
+        let certs = self.certs();
+        match member.role {
+            Role::Placement => {
+                let members = self.placement.iter().map(|m| format!("{}={}", m.id, m.addr)).collect::<Vec<_>>().join(",");
+                cmd.arg("placement")
+                    .args(["--id", &member.id.to_string(), "--listen", &member.addr.to_string()])
+                    .args(["--members", &members])
+                    .args(["--initial-nodes", &self.nodes.len().min(3).to_string()])
+                    .args(["--shards-per-node", &self.shards_per_node.to_string()])
+                    .args(["--replicas", &self.nodes.len().min(3).to_string()]);
+            }
+            Role::Node => {
+                cmd.arg("node")
+                    .args(["--id", &member.id.to_string(), "--listen", &member.addr.to_string()])
+                    .args(["--placement", &self.placement_list(), "--fsync", &self.fsync]);
+            }
+            Role::Proxy => {
+                cmd.arg("proxy").args(["--listen", &member.addr.to_string(), "--placement", &self.placement_list()]);
+            }
+        }
+        if member.role != Role::Proxy {
+            cmd.arg("--data").arg(&data);
+        }
+        cmd.arg("--certs").arg(&certs).args(["--cert-name", &member.name]);
+        cmd
+    }
+
+    /// Log file of `member`.
+    pub fn log_path(&self, member: &MemberSpec) -> PathBuf {
+        self.dir.join("logs").join(format!("{}.log", member.name))
+    }
+
+    /// Starts `member` detached (own process group, output appended to its log).
+    pub fn spawn(&self, exe: &Path, member: &MemberSpec) -> Result<Child> {
+        std::fs::create_dir_all(self.dir.join("logs"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(member))?;
+        use std::os::unix::process::CommandExt;
+        let child = self
+            .command(exe, member)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", member.name))?;
+        Ok(child)
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.split_whitespace().nth(2).is_some_and(|state| state == "Z"))
+        .unwrap_or(false)
+}
+
+/// Sends one RESP command over a fresh connection and returns the raw reply.
+pub fn resp_call(addr: SocketAddr, args: &[&str], timeout: Duration) -> Result<redraft_common::resp::Frame> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let request =
+        redraft_common::resp::Frame::Array(args.iter().map(|a| redraft_common::resp::Frame::bulk(a.as_bytes())).collect());
+    stream.write_all(&request.to_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some((frame, _)) = redraft_common::resp::Frame::parse(&buf)? {
+            return Ok(frame);
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Waits until the proxy at `addr` serves a cluster-wide command (every shard has
+/// a leader), or `timeout` passes.
+pub fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match resp_call(addr, &["DBSIZE"], Duration::from_secs(10)) {
+            Ok(redraft_common::resp::Frame::Integer(_)) => return Ok(()),
+            Ok(other) => last = format!("{other:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("cluster not ready after {timeout:?}: {last}")
+}
+
+/// `redraft up`.
+pub async fn up(args: UpArgs) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let dir = args.dir.canonicalize()?;
+    let mut cluster = match Cluster::load(&dir) {
+        Ok(existing) => {
+            if let Some(m) = existing.members().find(|m| m.pid.is_some_and(alive)) {
+                bail!("{} is already running (pid {}); run `redraft down --dir {}` first", m.name, m.pid.unwrap_or(0), dir.display());
+            }
+            existing
+        }
+        Err(_) => {
+            let mut c = Cluster::new(&dir, args.port, args.base_port, args.nodes);
+            c.shards_per_node = args.shards_per_node;
+            c.fsync = args.fsync.clone();
+            c
+        }
+    };
+    cluster.ensure_certs()?;
+    let specs: Vec<MemberSpec> = cluster.members().cloned().collect();
+    let mut pids = Vec::new();
+    for spec in &specs {
+        let child = cluster.spawn(&exe, spec)?;
+        pids.push((spec.name.clone(), child.id()));
+    }
+    for m in cluster.members_mut() {
+        m.pid = pids.iter().find(|(n, _)| *n == m.name).map(|(_, p)| *p);
+    }
+    cluster.save()?;
+    let proxy = cluster.proxies[0].addr;
+    let ready = tokio::task::spawn_blocking(move || wait_ready(proxy, Duration::from_secs(120))).await?;
+    if let Err(e) = ready {
+        eprintln!("{e:#}; logs are in {}", dir.join("logs").display());
+        down(&dir)?;
+        return Err(e);
+    }
+    println!("redraft is up: redis-cli -p {} (data and logs in {}; stop with `redraft down --dir {}`)", proxy.port(), dir.display(), dir.display());
+    if args.foreground {
+        tokio::signal::ctrl_c().await?;
+        down(&dir)?;
+    }
+    Ok(())
+}
+
+/// `redraft down`: SIGTERM every member, then SIGKILL what is left after 10 s.
+pub fn down(dir: &Path) -> Result<()> {
+    let mut cluster = Cluster::load(dir)?;
+    let pids: Vec<u32> = cluster.members().filter_map(|m| m.pid).filter(|p| alive(*p)).collect();
+    for pid in &pids {
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pid in pids.iter().filter(|p| alive(**p)) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    for m in cluster.members_mut() {
+        m.pid = None;
+    }
+    cluster.save()?;
+    println!("redraft in {} is down", dir.display());
+    Ok(())
+}
