@@ -12,7 +12,11 @@ use redraft_common::pd_client::PdClient;
 use crate::local;
 
 #[derive(Parser)]
-#[command(name = "redraft", version, about = "A Redis-protocol key-value store that scales out")]
+#[command(
+    name = "redraft",
+    version,
+    about = "A Redis-protocol key-value store that scales out"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "REDRAFT_LOG_FORMAT")]
@@ -170,7 +174,11 @@ mod redraft_raft_storage_policy {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REDRAFT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,quinn=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -189,7 +197,9 @@ async fn shutdown_signal() {
 fn parse_members(list: &str) -> Result<BTreeMap<u64, SocketAddr>> {
     list.split(',')
         .map(|item| {
-            let (id, addr) = item.split_once('=').ok_or_else(|| anyhow!("member '{item}' is not id=addr"))?;
+            let (id, addr) = item
+                .split_once('=')
+                .ok_or_else(|| anyhow!("member '{item}' is not id=addr"))?;
             Ok((id.trim().parse()?, addr.trim().parse()?))
         })
         .collect()

@@ -97,11 +97,19 @@ impl Cluster {
     /// A new layout: PD at `base_port`, nodes after it, one proxy on `proxy_port`.
     pub fn new(dir: &Path, proxy_port: u16, base_port: u16, nodes: u16) -> Cluster {
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let member = |role, id: u64, name: String, port| MemberSpec { role, id, name, addr: addr(port), pid: None };
+        let member = |role, id: u64, name: String, port| MemberSpec {
+            role,
+            id,
+            name,
+            addr: addr(port),
+            pid: None,
+        };
         Cluster {
             dir: dir.to_path_buf(),
             placement: vec![member(Role::Placement, 1, "placement-1".into(), base_port)],
-            nodes: (1..=nodes).map(|i| member(Role::Node, u64::from(i), format!("node-{i}"), base_port + i)).collect(),
+            nodes: (1..=nodes)
+                .map(|i| member(Role::Node, u64::from(i), format!("node-{i}"), base_port + i))
+                .collect(),
             proxies: vec![member(Role::Proxy, 1, "proxy-1".into(), proxy_port)],
             shards_per_node: 4,
             fsync: "always".into(),
@@ -137,17 +145,28 @@ impl Cluster {
     }
 
     fn members_mut(&mut self) -> impl Iterator<Item = &mut MemberSpec> {
-        self.placement.iter_mut().chain(self.nodes.iter_mut()).chain(self.proxies.iter_mut())
+        self.placement
+            .iter_mut()
+            .chain(self.nodes.iter_mut())
+            .chain(self.proxies.iter_mut())
     }
 
     /// Creates the CA and every member's certificate (idempotent).
     pub fn ensure_certs(&self) -> Result<()> {
-        let names: Vec<String> = self.members().map(|m| m.name.clone()).chain(["ctl".to_string()]).collect();
+        let names: Vec<String> = self
+            .members()
+            .map(|m| m.name.clone())
+            .chain(["ctl".to_string()])
+            .collect();
         redraft_common::tls::ensure_certs(&self.certs(), &names)
     }
 
     fn placement_list(&self) -> String {
-        self.placement.iter().map(|m| m.addr.to_string()).collect::<Vec<_>>().join(",")
+        self.placement
+            .iter()
+            .map(|m| m.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The command that starts `member` (binary `exe`), logging to its log file.
@@ -157,7 +176,12 @@ impl Cluster {
         let certs = self.certs();
         match member.role {
             Role::Placement => {
-                let members = self.placement.iter().map(|m| format!("{}={}", m.id, m.addr)).collect::<Vec<_>>().join(",");
+                let members = self
+                    .placement
+                    .iter()
+                    .map(|m| format!("{}={}", m.id, m.addr))
+                    .collect::<Vec<_>>()
+                    .join(",");
                 cmd.arg("placement")
                     .args(["--id", &member.id.to_string(), "--listen", &member.addr.to_string()])
                     .args(["--members", &members])
@@ -171,7 +195,12 @@ impl Cluster {
                     .args(["--placement", &self.placement_list(), "--fsync", &self.fsync]);
             }
             Role::Proxy => {
-                cmd.arg("proxy").args(["--listen", &member.addr.to_string(), "--placement", &self.placement_list()]);
+                cmd.arg("proxy").args([
+                    "--listen",
+                    &member.addr.to_string(),
+                    "--placement",
+                    &self.placement_list(),
+                ]);
             }
         }
         if member.role != Role::Proxy {
@@ -189,7 +218,10 @@ impl Cluster {
     /// Starts `member` detached (own process group, output appended to its log).
     pub fn spawn(&self, exe: &Path, member: &MemberSpec) -> Result<Child> {
         std::fs::create_dir_all(self.dir.join("logs"))?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(member))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(member))?;
         use std::os::unix::process::CommandExt;
         let child = self
             .command(exe, member)
@@ -205,7 +237,7 @@ impl Cluster {
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.split_whitespace().nth(2).is_some_and(|state| state == "Z"))
+        .map(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
         .unwrap_or(false)
 }
 
@@ -213,8 +245,11 @@ fn alive(pid: u32) -> bool {
 pub fn resp_call(addr: SocketAddr, args: &[&str], timeout: Duration) -> Result<redraft_common::resp::Frame> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
-    let request =
-        redraft_common::resp::Frame::Array(args.iter().map(|a| redraft_common::resp::Frame::bulk(a.as_bytes())).collect());
+    let request = redraft_common::resp::Frame::Array(
+        args.iter()
+            .map(|a| redraft_common::resp::Frame::bulk(a.as_bytes()))
+            .collect(),
+    );
     stream.write_all(&request.to_bytes())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -254,7 +289,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let mut cluster = match Cluster::load(&dir) {
         Ok(existing) => {
             if let Some(m) = existing.members().find(|m| m.pid.is_some_and(alive)) {
-                bail!("{} is already running (pid {}); run `redraft down --dir {}` first", m.name, m.pid.unwrap_or(0), dir.display());
+                bail!(
+                    "{} is already running (pid {}); run `redraft down --dir {}` first",
+                    m.name,
+                    m.pid.unwrap_or(0),
+                    dir.display()
+                );
             }
             existing
         }
@@ -283,7 +323,12 @@ pub async fn up(args: UpArgs) -> Result<()> {
         down(&dir)?;
         return Err(e);
     }
-    println!("redraft is up: redis-cli -p {} (data and logs in {}; stop with `redraft down --dir {}`)", proxy.port(), dir.display(), dir.display());
+    println!(
+        "redraft is up: redis-cli -p {} (data and logs in {}; stop with `redraft down --dir {}`)",
+        proxy.port(),
+        dir.display(),
+        dir.display()
+    );
     if args.foreground {
         tokio::signal::ctrl_c().await?;
         down(&dir)?;

@@ -1,1 +1,9 @@
-fn main(){}
+//! Integration tests of the root package: real multi-process clusters on loopback.
+//!
+//! One test binary (this file plus modules) to keep link time down.
+
+mod harness;
+
+mod compat;
+mod durability;
+mod protocol;

@@ -99,7 +99,10 @@ impl Ring {
     /// # Panics
     /// When `count` is 0 or does not fit a [`VnodeId`].
     pub fn new(count: u32) -> Ring {
-        assert!(count > 0 && count <= u32::from(VnodeId::MAX), "vnode count out of range");
+        assert!(
+            count > 0 && count <= u32::from(VnodeId::MAX),
+            "vnode count out of range"
+        );
         let mut ring = HashRing::with_hasher(StableHasher);
         ring.batch_add((0..count).map(|v| VnodePoint(v as VnodeId)).collect());
         Ring { ring, count }
@@ -143,7 +146,10 @@ mod tests {
 
     #[test]
     fn stable_hasher_is_plain_xxh3() {
-        assert_eq!(StableHasher.hash_one(KeyPoint(b"hello")), xxhash_rust::xxh3::xxh3_64(b"hello"));
+        assert_eq!(
+            StableHasher.hash_one(KeyPoint(b"hello")),
+            xxhash_rust::xxh3::xxh3_64(b"hello")
+        );
         assert_eq!(key_position(b"{a}x"), xxhash_rust::xxh3::xxh3_64(b"a"));
     }
 

@@ -120,7 +120,11 @@ pub enum WriteOp {
     /// SETRANGE
     SetRange { key: Bytes, offset: u64, value: Bytes },
     /// EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT.
-    Expire { key: Bytes, expiry: Expiry, condition: ExpireCondition },
+    Expire {
+        key: Bytes,
+        expiry: Expiry,
+        condition: ExpireCondition,
+    },
     /// PERSIST
     Persist { key: Bytes },
     /// FLUSHALL: every key of the shard.
@@ -174,4 +178,20 @@ impl WriteOp {
             WriteOp::FlushAll => vec![],
         }
     }
+}
+
+/// Parses a decimal integer the way Redis's `string2ll` does: no spaces, no `+`,
+/// no leading zeros, within `i64`.
+pub fn parse_strict_i64(bytes: &[u8]) -> Option<i64> {
+    if bytes.is_empty() || bytes.len() > 20 {
+        return None;
+    }
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    if digits.is_empty() || (digits[0] == b'0' && (digits.len() > 1 || bytes[0] == b'-')) {
+        return None;
+    }
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
 }

@@ -25,14 +25,22 @@ pub struct PdClient {
 impl PdClient {
     /// A client of the PD whose members listen at `members`.
     pub fn new(endpoint: Endpoint, members: Vec<SocketAddr>) -> PdClient {
-        PdClient { endpoint, members: Arc::new(members), preferred: Arc::new(AtomicUsize::new(0)) }
+        PdClient {
+            endpoint,
+            members: Arc::new(members),
+            preferred: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// Parses a comma-separated list of member addresses.
     pub fn parse_members(list: &str) -> Result<Vec<SocketAddr>> {
         list.split(',')
             .filter(|s| !s.trim().is_empty())
-            .map(|s| s.trim().parse().map_err(|e| anyhow!("bad placement address '{s}': {e}")))
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .map_err(|e| anyhow!("bad placement address '{s}': {e}"))
+            })
             .collect()
     }
 
@@ -46,11 +54,16 @@ impl PdClient {
         let mut last_error = anyhow!("no placement member answered");
         for attempt in 0..n {
             let i = (start + attempt) % n;
-            match self.endpoint.call::<_, PdResponse>(self.members[i], request, timeout).await {
+            match self
+                .endpoint
+                .call::<_, PdResponse>(self.members[i], request, timeout)
+                .await
+            {
                 Ok(PdResponse::NotLeader { leader }) => {
-                    if let Some(j) = leader.and_then(|a| a.parse().ok()).and_then(|a: SocketAddr| {
-                        self.members.iter().position(|m| *m == a)
-                    }) {
+                    if let Some(j) = leader
+                        .and_then(|a| a.parse().ok())
+                        .and_then(|a: SocketAddr| self.members.iter().position(|m| *m == a))
+                    {
                         self.preferred.store(j, Ordering::Relaxed);
                     }
                     last_error = anyhow!("placement member {} is not the leader", self.members[i]);
@@ -68,7 +81,11 @@ impl PdClient {
     /// The routing table once it is newer than `(version, leaders)`, or after
     /// `wait` at the latest.
     pub async fn routing(&self, version: u64, leaders: u64, wait: Duration) -> Result<RoutingTable> {
-        let request = PdRequest::Routing { known_version: version, known_leaders: leaders, wait_ms: wait.as_millis() as u64 };
+        let request = PdRequest::Routing {
+            known_version: version,
+            known_leaders: leaders,
+            wait_ms: wait.as_millis() as u64,
+        };
         match self.call(&request, wait + Duration::from_secs(3)).await? {
             PdResponse::Routing(table) => Ok(table),
             other => bail!("unexpected placement answer {other:?}"),

@@ -115,6 +115,9 @@ impl ProtocolError {
     }
 }
 
+/// A parsed request (its arguments and the bytes it used), `None` while incomplete.
+pub type ParseResult = Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError>;
+
 /// Finds the `\r\n`-terminated line starting at `start`; returns its end (index of `\r`).
 fn find_crlf(buf: &[u8], start: usize) -> Option<usize> {
     buf.get(start..)?
@@ -129,7 +132,9 @@ fn parse_int(bytes: &[u8]) -> Option<i64> {
 
 fn parse_frame(buf: &[u8], pos: &mut usize) -> Result<Option<Frame>, ProtocolError> {
     let Some(&kind) = buf.get(*pos) else { return Ok(None) };
-    let Some(end) = find_crlf(buf, *pos + 1) else { return Ok(None) };
+    let Some(end) = find_crlf(buf, *pos + 1) else {
+        return Ok(None);
+    };
     let body = &buf[*pos + 1..end];
     let text = || String::from_utf8_lossy(body).into_owned();
     let after = end + 2;
@@ -178,7 +183,7 @@ fn parse_frame(buf: &[u8], pos: &mut usize) -> Result<Option<Frame>, ProtocolErr
 /// Returns `Ok(None)` when the request is incomplete, or the arguments and the
 /// number of bytes consumed. An empty inline line yields an empty argument list
 /// (Redis ignores it).
-pub fn parse_request(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+pub fn parse_request(buf: &[u8]) -> ParseResult {
     match buf.first() {
         None => Ok(None),
         Some(b'*') => parse_multibulk(buf),
@@ -186,7 +191,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, Protoc
     }
 }
 
-fn parse_multibulk(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+fn parse_multibulk(buf: &[u8]) -> ParseResult {
     let Some(end) = find_crlf(buf, 1) else {
         if buf.len() > MAX_INLINE_LEN {
             return Err(ProtocolError::new("too big mbulk count string"));
@@ -228,7 +233,7 @@ fn parse_multibulk(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, Protocol
     Ok(Some((args, pos)))
 }
 
-fn parse_inline(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ProtocolError> {
+fn parse_inline(buf: &[u8]) -> ParseResult {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > MAX_INLINE_LEN {
             return Err(ProtocolError::new("too big inline request"));

@@ -58,8 +58,10 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     config
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
-        .keep_alive_interval(Some(Duration::from_secs(1)))
-        .max_idle_timeout(Some(Duration::from_secs(5).try_into().expect("5s fits")));
+        // A dead peer is noticed after 3 s of silence; keep-alives every 500 ms keep
+        // healthy idle connections open.
+        .keep_alive_interval(Some(Duration::from_millis(500)))
+        .max_idle_timeout(Some(Duration::from_secs(3).try_into().expect("3s fits")));
     Arc::new(config)
 }
 
@@ -115,7 +117,10 @@ impl Endpoint {
                 return Ok(conn.clone());
             }
         }
-        let connecting = self.endpoint.connect(addr, SERVER_NAME).map_err(|e| not_sent(e.to_string()))?;
+        let connecting = self
+            .endpoint
+            .connect(addr, SERVER_NAME)
+            .map_err(|e| not_sent(e.to_string()))?;
         let conn = tokio::time::timeout(Duration::from_secs(2), connecting)
             .await
             .map_err(|_| not_sent("connect timed out".into()))?
@@ -134,12 +139,21 @@ impl Endpoint {
         let exchange = async {
             let conn = self.connection(addr).await?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| {
-                self.connections.remove_if(&addr, |_, c| c.stable_id() == conn.stable_id());
-                CallError::NotSent { addr, reason: e.to_string() }
+                self.connections
+                    .remove_if(&addr, |_, c| c.stable_id() == conn.stable_id());
+                CallError::NotSent {
+                    addr,
+                    reason: e.to_string(),
+                }
             })?;
-            send.write_all(&wire::encode(request)).await.map_err(|e| unknown(e.to_string()))?;
+            send.write_all(&wire::encode(request))
+                .await
+                .map_err(|e| unknown(e.to_string()))?;
             send.finish().map_err(|e| unknown(e.to_string()))?;
-            let bytes = recv.read_to_end(MAX_MESSAGE).await.map_err(|e| unknown(e.to_string()))?;
+            let bytes = recv
+                .read_to_end(MAX_MESSAGE)
+                .await
+                .map_err(|e| unknown(e.to_string()))?;
             wire::decode(&bytes).map_err(|e| unknown(e.to_string()))
         };
         tokio::time::timeout(timeout, exchange)
@@ -167,7 +181,9 @@ impl Endpoint {
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let handler = handler.clone();
                     tokio::spawn(async move {
-                        let Ok(request) = recv.read_to_end(MAX_MESSAGE).await else { return };
+                        let Ok(request) = recv.read_to_end(MAX_MESSAGE).await else {
+                            return;
+                        };
                         let response = handler(request).await;
                         let _ = send.write_all(&response).await;
                         let _ = send.finish();
@@ -193,8 +209,11 @@ mod tests {
         let dir = tempfile_dir("transport");
         crate::tls::ensure_certs(&dir.join("a"), &["server".into(), "client".into()]).unwrap();
         crate::tls::ensure_certs(&dir.join("b"), &["intruder".into()]).unwrap();
-        let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), &TlsIdentity::load(&dir.join("a"), "server").unwrap())
-            .unwrap();
+        let server = Endpoint::server(
+            "127.0.0.1:0".parse().unwrap(),
+            &TlsIdentity::load(&dir.join("a"), "server").unwrap(),
+        )
+        .unwrap();
         let addr = server.local_addr().unwrap();
         let s = server.clone();
         tokio::spawn(async move {

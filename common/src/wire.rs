@@ -27,9 +27,17 @@ pub enum RaftKind {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum NodeRequest {
     /// A Raft RPC for group `group`, encoded by the shard node.
-    Raft { group: ShardId, kind: RaftKind, payload: Vec<u8> },
+    Raft {
+        group: ShardId,
+        kind: RaftKind,
+        payload: Vec<u8>,
+    },
     /// Execute `op` on `shard`; `version` is the routing version the caller used.
-    Exec { shard: ShardId, version: RoutingVersion, op: ShardOp },
+    Exec {
+        shard: ShardId,
+        version: RoutingVersion,
+        op: ShardOp,
+    },
 }
 
 /// A shard node's answer.
@@ -59,7 +67,11 @@ pub enum PdRequest {
     Heartbeat { node_id: NodeId, leaders: Vec<ShardId> },
     /// The routing table once it is newer than what the caller knows, or after
     /// `wait_ms` at the latest (long poll: a push on change, a pull otherwise).
-    Routing { known_version: RoutingVersion, known_leaders: u64, wait_ms: u64 },
+    Routing {
+        known_version: RoutingVersion,
+        known_leaders: u64,
+        wait_ms: u64,
+    },
     /// A Raft RPC between placement members, encoded by the placement driver.
     Raft { kind: RaftKind, payload: Vec<u8> },
 }
@@ -108,7 +120,11 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_and_reject_garbage() {
-        let req = NodeRequest::Exec { shard: 7, version: 3, op: ShardOp::Read(ReadOp::Get { key: b"k".to_vec() }) };
+        let req = NodeRequest::Exec {
+            shard: 7,
+            version: 3,
+            op: ShardOp::Read(ReadOp::Get { key: b"k".to_vec() }),
+        };
         let bytes = encode(&req);
         match decode::<NodeRequest>(&bytes).unwrap() {
             NodeRequest::Exec { shard, version, .. } => assert_eq!((shard, version), (7, 3)),

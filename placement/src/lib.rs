@@ -112,12 +112,25 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     .await
     .context("starting the placement Raft group")?;
     if config.members.keys().next() == Some(&config.id) && !raft.is_initialized().await? {
-        let members = config.members.iter().map(|(id, a)| (*id, BasicNode::new(a.to_string()))).collect::<BTreeMap<_, _>>();
-        raft.initialize(members).await.context("initialising the placement group")?;
+        let members = config
+            .members
+            .iter()
+            .map(|(id, a)| (*id, BasicNode::new(a.to_string())))
+            .collect::<BTreeMap<_, _>>();
+        raft.initialize(members)
+            .await
+            .context("initialising the placement group")?;
         tracing::info!(member = config.id, "initialised placement group");
     }
     let (leaders_tx, _) = watch::channel(0);
-    let pd = Arc::new(Pd { raft, store, members: config.members.clone(), soft: Mutex::default(), version_rx, leaders_tx });
+    let pd = Arc::new(Pd {
+        raft,
+        store,
+        members: config.members.clone(),
+        soft: Mutex::default(),
+        version_rx,
+        leaders_tx,
+    });
 
     let serve = {
         let pd = pd.clone();
@@ -147,9 +160,9 @@ impl Pd {
     async fn propose(&self, command: PdCommand) -> Result<PdReply, PdResponse> {
         match self.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(PdResponse::NotLeader { leader: self.leader_addr() })
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(PdResponse::NotLeader {
+                leader: self.leader_addr(),
+            }),
             Err(e) => Err(PdResponse::Error(e.to_string())),
         }
     }
@@ -194,7 +207,7 @@ impl Pd {
                 loop {
                     tokio::select! {
                         r = version_rx.changed() => if r.is_err() || *version_rx.borrow() != known_version { break },
-                        r = leaders_rx.changed(), if watch_leaders => if r.is_err() { break } else { break },
+                        _ = leaders_rx.changed(), if watch_leaders => break,
                     }
                 }
             };
@@ -213,7 +226,9 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
         return wire::encode(&PdResponse::Raft(serve_rpc(&pd.raft, *kind, payload).await));
     }
     if !pd.is_leader() {
-        return wire::encode(&PdResponse::NotLeader { leader: pd.leader_addr() });
+        return wire::encode(&PdResponse::NotLeader {
+            leader: pd.leader_addr(),
+        });
     }
     let response = match request {
         PdRequest::Register { node_id, addr } => {
@@ -222,7 +237,13 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
                 Some(info) if info.addr == addr && info.state == redraft_common::routing::NodeState::Up => {
                     PdResponse::Registered { node_id: info.id }
                 }
-                _ => match pd.propose(PdCommand::Register { requested: node_id, addr }).await {
+                _ => match pd
+                    .propose(PdCommand::Register {
+                        requested: node_id,
+                        addr,
+                    })
+                    .await
+                {
                     Ok(PdReply::NodeId(id)) => PdResponse::Registered { node_id: id },
                     Ok(PdReply::Refused(why)) => PdResponse::Error(why),
                     Ok(other) => PdResponse::Error(format!("unexpected reply {other:?}")),
@@ -234,8 +255,13 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
             pd.heartbeat(node_id, leaders);
             PdResponse::Ack
         }
-        PdRequest::Routing { known_version, known_leaders, wait_ms } => {
-            pd.routing(known_version, known_leaders, Duration::from_millis(wait_ms.min(30_000))).await
+        PdRequest::Routing {
+            known_version,
+            known_leaders,
+            wait_ms,
+        } => {
+            pd.routing(known_version, known_leaders, Duration::from_millis(wait_ms.min(30_000)))
+                .await
         }
         PdRequest::Raft { .. } => unreachable!("handled above"),
     };
@@ -262,7 +288,12 @@ async fn bootstrap_loop(pd: Arc<Pd>, config: Config) {
             match pd.propose(command).await {
                 Ok(PdReply::Done) => {
                     let t = pd.store.state().table;
-                    tracing::info!(shards = t.shards.len(), nodes = t.nodes.len(), version = t.version, "cluster bootstrapped");
+                    tracing::info!(
+                        shards = t.shards.len(),
+                        nodes = t.nodes.len(),
+                        version = t.version,
+                        "cluster bootstrapped"
+                    );
                 }
                 Ok(other) => tracing::warn!(reply = ?other, "bootstrap refused"),
                 Err(e) => tracing::warn!(answer = ?e, "bootstrap failed"),

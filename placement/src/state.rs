@@ -17,7 +17,11 @@ pub enum PdCommand {
     /// A node announces itself at `addr`; `requested` is the id it already has.
     Register { requested: Option<NodeId>, addr: String },
     /// Create the initial shards over the registered nodes.
-    Bootstrap { shards_per_node: u32, replicas: u32, vnode_count: u32 },
+    Bootstrap {
+        shards_per_node: u32,
+        replicas: u32,
+        vnode_count: u32,
+    },
 }
 
 /// The outcome of applying a [`PdCommand`].
@@ -47,9 +51,11 @@ impl PdState {
     pub fn apply(&mut self, command: &PdCommand) -> PdReply {
         match command {
             PdCommand::Register { requested, addr } => self.register(*requested, addr),
-            PdCommand::Bootstrap { shards_per_node, replicas, vnode_count } => {
-                self.bootstrap(*shards_per_node, *replicas, *vnode_count)
-            }
+            PdCommand::Bootstrap {
+                shards_per_node,
+                replicas,
+                vnode_count,
+            } => self.bootstrap(*shards_per_node, *replicas, *vnode_count),
         }
     }
 
@@ -68,7 +74,11 @@ impl PdState {
             return PdReply::Refused(format!("address {addr} is registered to node {}", other.id));
         }
         self.next_node_id = self.next_node_id.max(id + 1);
-        let info = NodeInfo { id, addr: addr.to_string(), state: NodeState::Up };
+        let info = NodeInfo {
+            id,
+            addr: addr.to_string(),
+            state: NodeState::Up,
+        };
         if self.table.nodes.insert(id, info.clone()).as_ref() != Some(&info) && self.table.is_bootstrapped() {
             // Nodes are part of the published table: watchers must see the change.
             self.table.version += 1;
@@ -94,7 +104,15 @@ impl PdState {
             let id = self.next_shard_id;
             self.next_shard_id += 1;
             let replica_nodes = (0..replicas as usize).map(|r| nodes[(i + r) % nodes.len()]).collect();
-            shards.insert(id, ShardInfo { id, epoch: 1, replicas: replica_nodes, leader: None });
+            shards.insert(
+                id,
+                ShardInfo {
+                    id,
+                    epoch: 1,
+                    replicas: replica_nodes,
+                    leader: None,
+                },
+            );
         }
         let ids: Vec<ShardId> = shards.keys().copied().collect();
         self.table.vnodes = (0..vnode_count as usize).map(|v| ids[v % ids.len()]).collect();
@@ -112,7 +130,10 @@ mod tests {
     fn registered(n: u64) -> PdState {
         let mut s = PdState::default();
         for i in 0..n {
-            s.apply(&PdCommand::Register { requested: None, addr: format!("127.0.0.1:{}", 7000 + i) });
+            s.apply(&PdCommand::Register {
+                requested: None,
+                addr: format!("127.0.0.1:{}", 7000 + i),
+            });
         }
         s
     }
@@ -121,16 +142,47 @@ mod tests {
     fn registration_assigns_and_keeps_ids() {
         let mut s = registered(2);
         assert_eq!(s.table.nodes.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
-        assert!(matches!(s.apply(&PdCommand::Register { requested: Some(2), addr: "127.0.0.1:7001".into() }), PdReply::NodeId(2)));
-        assert!(matches!(s.apply(&PdCommand::Register { requested: None, addr: "127.0.0.1:7000".into() }), PdReply::NodeId(1)));
-        assert!(matches!(s.apply(&PdCommand::Register { requested: Some(9), addr: "127.0.0.1:7000".into() }), PdReply::Refused(_)));
-        assert!(matches!(s.apply(&PdCommand::Register { requested: None, addr: "127.0.0.1:9".into() }), PdReply::NodeId(3)));
+        assert!(matches!(
+            s.apply(&PdCommand::Register {
+                requested: Some(2),
+                addr: "127.0.0.1:7001".into()
+            }),
+            PdReply::NodeId(2)
+        ));
+        assert!(matches!(
+            s.apply(&PdCommand::Register {
+                requested: None,
+                addr: "127.0.0.1:7000".into()
+            }),
+            PdReply::NodeId(1)
+        ));
+        assert!(matches!(
+            s.apply(&PdCommand::Register {
+                requested: Some(9),
+                addr: "127.0.0.1:7000".into()
+            }),
+            PdReply::Refused(_)
+        ));
+        assert!(matches!(
+            s.apply(&PdCommand::Register {
+                requested: None,
+                addr: "127.0.0.1:9".into()
+            }),
+            PdReply::NodeId(3)
+        ));
     }
 
     #[test]
     fn bootstrap_spreads_replicas_and_vnodes_evenly() {
         let mut s = registered(3);
-        assert!(matches!(s.apply(&PdCommand::Bootstrap { shards_per_node: 4, replicas: 3, vnode_count: 1024 }), PdReply::Done));
+        assert!(matches!(
+            s.apply(&PdCommand::Bootstrap {
+                shards_per_node: 4,
+                replicas: 3,
+                vnode_count: 1024
+            }),
+            PdReply::Done
+        ));
         let t = &s.table;
         assert_eq!(t.shards.len(), 12);
         for shard in t.shards.values() {
@@ -147,12 +199,26 @@ mod tests {
         assert!(first.values().all(|&c| c == 4), "initial leaders spread: {first:?}");
         let per_shard: Vec<usize> = t.shards.keys().map(|&id| t.vnodes_of(id).len()).collect();
         assert!(per_shard.iter().all(|&n| n == 85 || n == 86), "{per_shard:?}");
-        assert!(matches!(s.apply(&PdCommand::Bootstrap { shards_per_node: 4, replicas: 3, vnode_count: 1024 }), PdReply::Refused(_)));
+        assert!(matches!(
+            s.apply(&PdCommand::Bootstrap {
+                shards_per_node: 4,
+                replicas: 3,
+                vnode_count: 1024
+            }),
+            PdReply::Refused(_)
+        ));
     }
 
     #[test]
     fn bootstrap_needs_enough_nodes() {
         let mut s = registered(2);
-        assert!(matches!(s.apply(&PdCommand::Bootstrap { shards_per_node: 4, replicas: 3, vnode_count: 64 }), PdReply::Refused(_)));
+        assert!(matches!(
+            s.apply(&PdCommand::Bootstrap {
+                shards_per_node: 4,
+                replicas: 3,
+                vnode_count: 64
+            }),
+            PdReply::Refused(_)
+        ));
     }
 }

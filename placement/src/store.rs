@@ -64,7 +64,11 @@ impl PdStore {
             None => Persisted::default(),
         };
         version_tx.send_replace(persisted.state.table.version);
-        Ok(PdStore { engine, shared: Arc::new(RwLock::new(persisted)), version_tx })
+        Ok(PdStore {
+            engine,
+            shared: Arc::new(RwLock::new(persisted)),
+            version_tx,
+        })
     }
 
     /// A copy of the current placement state.
@@ -91,9 +95,16 @@ impl RaftSnapshotBuilder<PdTypes> for PdStore {
         };
         self.engine
             .db()
-            .put_cf(self.engine.cf(CF_META), SNAPSHOT_KEY, wire::encode(&(meta.clone(), data.clone())))
+            .put_cf(
+                self.engine.cf(CF_META),
+                SNAPSHOT_KEY,
+                wire::encode(&(meta.clone(), data.clone())),
+            )
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -143,14 +154,22 @@ impl RaftStateMachine<PdTypes> for PdStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError<u64>> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
         let data = snapshot.into_inner();
         let persisted: Persisted =
             wire::decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         self.persist(&persisted)?;
         self.engine
             .db()
-            .put_cf(self.engine.cf(CF_META), SNAPSHOT_KEY, wire::encode(&(meta.clone(), data)))
+            .put_cf(
+                self.engine.cf(CF_META),
+                SNAPSHOT_KEY,
+                wire::encode(&(meta.clone(), data)),
+            )
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let version = persisted.state.table.version;
         *self.shared.write().expect("pd state lock") = persisted;
@@ -167,6 +186,9 @@ impl RaftStateMachine<PdTypes> for PdStore {
         let Some(bytes) = bytes else { return Ok(None) };
         let (meta, data): (SnapshotMeta, Vec<u8>) =
             wire::decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use redraft_common::ids::ShardId;
 use redraft_common::ops::{
-    Bytes, Expiry, ExpireCondition, GetExChange, ReadOp, SetCondition, SetReply, ShardOp, WriteOp,
+    parse_strict_i64, Bytes, ExpireCondition, Expiry, GetExChange, ReadOp, SetCondition, SetReply, ShardOp, WriteOp,
 };
 use redraft_common::resp::Frame;
 
@@ -51,22 +51,7 @@ fn err(text: impl Into<String>) -> Command {
 }
 
 fn int_arg(arg: &[u8]) -> Result<i64, Command> {
-    std::str::from_utf8(arg)
-        .ok()
-        .and_then(parse_strict_i64)
-        .ok_or_else(|| err(NOT_INTEGER))
-}
-
-/// Redis's strict integer parse (no spaces, no `+`, no leading zeros).
-fn parse_strict_i64(s: &str) -> Option<i64> {
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if digits.len() > 1 && digits.starts_with('0') || s == "-0" {
-        return None;
-    }
-    s.parse().ok()
+    parse_strict_i64(arg).ok_or_else(|| err(NOT_INTEGER))
 }
 
 fn float_arg(arg: &[u8]) -> Result<f64, Command> {
@@ -75,7 +60,10 @@ fn float_arg(arg: &[u8]) -> Result<f64, Command> {
     if s.is_empty() || s.trim() != s || lower.contains("nan") {
         return Err(err("ERR value is not a valid float"));
     }
-    s.parse::<f64>().ok().filter(|f| !f.is_nan()).ok_or_else(|| err("ERR value is not a valid float"))
+    s.parse::<f64>()
+        .ok()
+        .filter(|f| !f.is_nan())
+        .ok_or_else(|| err("ERR value is not a valid float"))
 }
 
 /// Arity as Redis declares it: `n > 0` exactly n arguments (with the name),
@@ -157,7 +145,9 @@ fn unknown_command(args: &[Vec<u8>]) -> Command {
 /// Parses a request into a [`Command`]; invalid requests become `Local` errors.
 pub fn parse(args: &[Vec<u8>]) -> Command {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-    let Some(&(_, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else { return unknown_command(args) };
+    let Some(&(_, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
+        return unknown_command(args);
+    };
     if !arity_ok(arity, args.len()) {
         return err(format!("ERR wrong number of arguments for '{name}' command"));
     }
@@ -186,31 +176,61 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
         "client" => client(a),
         "dbsize" => Command::SumAll(ShardOp::Read(ReadOp::DbSize)),
         "flushall" | "flushdb" => {
-            if a.len() > 2 || a.get(1).is_some_and(|m| !m.eq_ignore_ascii_case(b"sync") && !m.eq_ignore_ascii_case(b"async")) {
+            if a.len() > 2
+                || a.get(1)
+                    .is_some_and(|m| !m.eq_ignore_ascii_case(b"sync") && !m.eq_ignore_ascii_case(b"async"))
+            {
                 return Err(err(SYNTAX));
             }
             Command::AllOk(ShardOp::Write(WriteOp::FlushAll))
         }
         "get" => read(&a[1], ReadOp::Get { key: key() }),
         "set" => parse_set(a)?,
-        "setnx" => write(&a[1], set_op(key(), a[2].clone(), None, SetCondition::IfAbsent, false, SetReply::Integer)),
+        "setnx" => write(
+            &a[1],
+            set_op(
+                key(),
+                a[2].clone(),
+                None,
+                SetCondition::IfAbsent,
+                false,
+                SetReply::Integer,
+            ),
+        ),
         "setex" | "psetex" => {
             let n = int_arg(&a[2])?;
             let ms = if name == "setex" { n.checked_mul(1000) } else { Some(n) };
             match ms.filter(|&ms| n > 0 && ms > 0) {
                 Some(ms) => write(
                     &a[1],
-                    set_op(key(), a[3].clone(), Some(Expiry::InMs(ms)), SetCondition::Always, false, SetReply::Ok),
+                    set_op(
+                        key(),
+                        a[3].clone(),
+                        Some(Expiry::InMs(ms)),
+                        SetCondition::Always,
+                        false,
+                        SetReply::Ok,
+                    ),
                 ),
                 None => err(format!("ERR invalid expire time in '{name}' command")),
             }
         }
-        "getset" => write(&a[1], set_op(key(), a[2].clone(), None, SetCondition::Always, false, SetReply::OldValue)),
+        "getset" => write(
+            &a[1],
+            set_op(
+                key(),
+                a[2].clone(),
+                None,
+                SetCondition::Always,
+                false,
+                SetReply::OldValue,
+            ),
+        ),
         "getdel" => write(&a[1], WriteOp::GetDel { key: key() }),
         "getex" => parse_getex(a)?,
         "mget" => Command::MGet(a[1..].to_vec()),
         "mset" | "msetnx" => {
-            if a.len() % 2 == 0 {
+            if a.len().is_multiple_of(2) {
                 return Err(err(format!("ERR wrong number of arguments for '{name}' command")));
             }
             let pairs = a[1..].chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect();
@@ -220,11 +240,23 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
                 Command::MSetNx(pairs)
             }
         }
-        "del" | "unlink" => Command::Count { keys: a[1..].to_vec(), write: true },
-        "exists" => Command::Count { keys: a[1..].to_vec(), write: false },
+        "del" | "unlink" => Command::Count {
+            keys: a[1..].to_vec(),
+            write: true,
+        },
+        "exists" => Command::Count {
+            keys: a[1..].to_vec(),
+            write: false,
+        },
         "incr" => write(&a[1], WriteOp::IncrBy { key: key(), delta: 1 }),
         "decr" => write(&a[1], WriteOp::IncrBy { key: key(), delta: -1 }),
-        "incrby" => write(&a[1], WriteOp::IncrBy { key: key(), delta: int_arg(&a[2])? }),
+        "incrby" => write(
+            &a[1],
+            WriteOp::IncrBy {
+                key: key(),
+                delta: int_arg(&a[2])?,
+            },
+        ),
         "decrby" => match int_arg(&a[2])?.checked_neg() {
             Some(delta) => write(&a[1], WriteOp::IncrBy { key: key(), delta }),
             None => err("ERR decrement would overflow"),
@@ -236,9 +268,22 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
             }
             write(&a[1], WriteOp::IncrByFloat { key: key(), delta })
         }
-        "append" => write(&a[1], WriteOp::Append { key: key(), value: a[2].clone() }),
+        "append" => write(
+            &a[1],
+            WriteOp::Append {
+                key: key(),
+                value: a[2].clone(),
+            },
+        ),
         "strlen" => read(&a[1], ReadOp::StrLen { key: key() }),
-        "getrange" => read(&a[1], ReadOp::GetRange { key: key(), start: int_arg(&a[2])?, end: int_arg(&a[3])? }),
+        "getrange" => read(
+            &a[1],
+            ReadOp::GetRange {
+                key: key(),
+                start: int_arg(&a[2])?,
+                end: int_arg(&a[3])?,
+            },
+        ),
         "setrange" => {
             let offset = int_arg(&a[2])?;
             if offset < 0 {
@@ -247,18 +292,45 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
             if offset as u64 + a[3].len() as u64 > 512 * 1024 * 1024 {
                 return Err(err("ERR string exceeds maximum allowed size (proto-max-bulk-len)"));
             }
-            write(&a[1], WriteOp::SetRange { key: key(), offset: offset as u64, value: a[3].clone() })
+            write(
+                &a[1],
+                WriteOp::SetRange {
+                    key: key(),
+                    offset: offset as u64,
+                    value: a[3].clone(),
+                },
+            )
         }
         "expire" | "pexpire" | "expireat" | "pexpireat" => parse_expire(name, a)?,
-        "ttl" | "pttl" => read(&a[1], ReadOp::Ttl { key: key(), millis: name == "pttl" }),
+        "ttl" | "pttl" => read(
+            &a[1],
+            ReadOp::Ttl {
+                key: key(),
+                millis: name == "pttl",
+            },
+        ),
         "persist" => write(&a[1], WriteOp::Persist { key: key() }),
         "type" => read(&a[1], ReadOp::Type { key: key() }),
         _ => unknown_command(a),
     })
 }
 
-fn set_op(key: Bytes, value: Bytes, expiry: Option<Expiry>, condition: SetCondition, keep_ttl: bool, reply: SetReply) -> WriteOp {
-    WriteOp::Set { key, value, expiry, condition, keep_ttl, reply }
+fn set_op(
+    key: Bytes,
+    value: Bytes,
+    expiry: Option<Expiry>,
+    condition: SetCondition,
+    keep_ttl: bool,
+    reply: SetReply,
+) -> WriteOp {
+    WriteOp::Set {
+        key,
+        value,
+        expiry,
+        condition,
+        keep_ttl,
+        reply,
+    }
 }
 
 /// Parses an expiry option's value: `unit_ms` is 1000 for seconds.
@@ -299,7 +371,10 @@ fn parse_set(a: &[Vec<u8>]) -> Result<Command, Command> {
         i += 1;
     }
     let reply = if get { SetReply::OldValue } else { SetReply::Ok };
-    Ok(write(&a[1], set_op(a[1].clone(), a[2].clone(), expiry, condition, keep_ttl, reply)))
+    Ok(write(
+        &a[1],
+        set_op(a[1].clone(), a[2].clone(), expiry, condition, keep_ttl, reply),
+    ))
 }
 
 fn parse_getex(a: &[Vec<u8>]) -> Result<Command, Command> {
@@ -318,7 +393,13 @@ fn parse_getex(a: &[Vec<u8>]) -> Result<Command, Command> {
         }
         i += 1;
     }
-    Ok(write(&a[1], WriteOp::GetEx { key: a[1].clone(), change }))
+    Ok(write(
+        &a[1],
+        WriteOp::GetEx {
+            key: a[1].clone(),
+            change,
+        },
+    ))
 }
 
 fn parse_expire(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
@@ -345,7 +426,9 @@ fn parse_expire(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
         }
     }
     if nx && (xx || gt || lt) {
-        return Err(err("ERR NX and XX, GT or LT options at the same time are not compatible"));
+        return Err(err(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
     }
     if gt && lt {
         return Err(err("ERR GT and LT options at the same time are not compatible"));
@@ -357,7 +440,14 @@ fn parse_expire(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
         (_, true, ..) => ExpireCondition::IfExpiry,
         _ => ExpireCondition::Always,
     };
-    Ok(write(&a[1], WriteOp::Expire { key: a[1].clone(), expiry, condition }))
+    Ok(write(
+        &a[1],
+        WriteOp::Expire {
+            key: a[1].clone(),
+            expiry,
+            condition,
+        },
+    ))
 }
 
 fn command_info(a: &[Vec<u8>]) -> Command {
@@ -397,7 +487,11 @@ fn sum(frames: Vec<Frame>) -> Frame {
 }
 
 /// Groups `items` by the shard of their key, remembering each item's position.
-fn split<T>(router: &Router, items: Vec<T>, key: impl Fn(&T) -> &[u8]) -> Result<BTreeMap<ShardId, Vec<(usize, T)>>, Error> {
+fn split<T>(
+    router: &Router,
+    items: Vec<T>,
+    key: impl Fn(&T) -> &[u8],
+) -> Result<BTreeMap<ShardId, Vec<(usize, T)>>, Error> {
     let mut groups: BTreeMap<ShardId, Vec<(usize, T)>> = BTreeMap::new();
     for (i, item) in items.into_iter().enumerate() {
         groups.entry(router.shard_of(key(&item))?).or_default().push((i, item));
@@ -452,7 +546,12 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
             let ops = split(router, pairs, |p| &p.0)?
                 .into_iter()
                 .map(|(shard, items)| {
-                    (shard, ShardOp::Write(WriteOp::MSet { pairs: items.into_iter().map(|(_, p)| p).collect() }))
+                    (
+                        shard,
+                        ShardOp::Write(WriteOp::MSet {
+                            pairs: items.into_iter().map(|(_, p)| p).collect(),
+                        }),
+                    )
                 })
                 .collect();
             all_ok(fan_out(router, ops).await?)
@@ -464,7 +563,12 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
             }
             let (shard, items) = groups.pop_first().expect("at least one pair");
             router
-                .exec(shard, ShardOp::Write(WriteOp::MSetNx { pairs: items.into_iter().map(|(_, p)| p).collect() }))
+                .exec(
+                    shard,
+                    ShardOp::Write(WriteOp::MSetNx {
+                        pairs: items.into_iter().map(|(_, p)| p).collect(),
+                    }),
+                )
                 .await?
         }
         Command::Count { keys, write } => {
@@ -472,7 +576,14 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
                 .into_iter()
                 .map(|(shard, items)| {
                     let keys = items.into_iter().map(|(_, k)| k).collect();
-                    (shard, if write { ShardOp::Write(WriteOp::Del { keys }) } else { ShardOp::Read(ReadOp::Exists { keys }) })
+                    (
+                        shard,
+                        if write {
+                            ShardOp::Write(WriteOp::Del { keys })
+                        } else {
+                            ShardOp::Read(ReadOp::Exists { keys })
+                        },
+                    )
                 })
                 .collect();
             sum(fan_out(router, ops).await?)
@@ -489,7 +600,10 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
 }
 
 fn all_ok(frames: Vec<Frame>) -> Frame {
-    frames.into_iter().find(|f| matches!(f, Frame::Error(_))).unwrap_or_else(Frame::ok)
+    frames
+        .into_iter()
+        .find(|f| matches!(f, Frame::Error(_)))
+        .unwrap_or_else(Frame::ok)
 }
 
 #[cfg(test)]

@@ -77,11 +77,21 @@ pub struct Shared {
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let tls = TlsIdentity::load(&config.certs_dir, &config.cert_name)?;
     let endpoint = Endpoint::client(&tls)?;
-    let router = Arc::new(Router::new(endpoint.clone(), PdClient::new(endpoint.clone(), config.placement.clone())));
+    let router = Arc::new(Router::new(
+        endpoint.clone(),
+        PdClient::new(endpoint.clone(), config.placement.clone()),
+    ));
     let watch = tokio::spawn(router.clone().watch());
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
     let port = listener.local_addr()?.port();
-    let shared = Arc::new(Shared { router, stats: Stats::default(), started: Instant::now(), port });
+    let shared = Arc::new(Shared {
+        router,
+        stats: Stats::default(),
+        started: Instant::now(),
+        port,
+    });
     let limit = Arc::new(Semaphore::new(MAX_CLIENTS));
     tracing::info!(addr = %listener.local_addr()?, "proxy listening");
     let accept = async {

@@ -32,8 +32,17 @@ mod tests {
 
     #[test]
     fn error_strings_are_redis_style() {
-        assert_eq!(to_frame(&Error::TryAgain(42)), Frame::error("TRYAGAIN shard 42 is moving or electing a leader"));
-        assert_eq!(to_frame(&Error::CrossSlot), Frame::error("CROSSSLOT Keys in request don't hash to the same slot"));
-        assert_eq!(to_frame(&Error::Unknown), Frame::error("ERR timeout; write may have been applied"));
+        assert_eq!(
+            to_frame(&Error::TryAgain(42)),
+            Frame::error("TRYAGAIN shard 42 is moving or electing a leader")
+        );
+        assert_eq!(
+            to_frame(&Error::CrossSlot),
+            Frame::error("CROSSSLOT Keys in request don't hash to the same slot")
+        );
+        assert_eq!(
+            to_frame(&Error::Unknown),
+            Frame::error("ERR timeout; write may have been applied")
+        );
     }
 }

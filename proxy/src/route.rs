@@ -32,6 +32,9 @@ use crate::reply::Error;
 pub const RETRY_DEADLINE: Duration = Duration::from_secs(8);
 /// How long one call to a node may take. Writes wait up to 5 s on the node.
 const CALL_TIMEOUT: Duration = Duration::from_secs(7);
+/// How long a node that failed a call is avoided when another replica can be
+/// asked instead: about one election timeout, the time a new leader needs.
+const SUSPECT_FOR: Duration = Duration::from_millis(1500);
 
 /// The proxy's view of the cluster.
 pub struct Router {
@@ -40,6 +43,7 @@ pub struct Router {
     table: RwLock<Arc<RoutingTable>>,
     ring: RwLock<Option<Arc<Ring>>>,
     leaders: DashMap<ShardId, NodeId>,
+    suspects: DashMap<NodeId, Instant>,
 }
 
 impl Router {
@@ -51,6 +55,7 @@ impl Router {
             table: RwLock::new(Arc::new(RoutingTable::default())),
             ring: RwLock::new(None),
             leaders: DashMap::new(),
+            suspects: DashMap::new(),
         }
     }
 
@@ -88,7 +93,11 @@ impl Router {
     pub async fn watch(self: Arc<Self>) {
         loop {
             let current = self.table();
-            match self.pd.routing(current.version, current.leaders_generation, Duration::from_secs(5)).await {
+            match self
+                .pd
+                .routing(current.version, current.leaders_generation, Duration::from_secs(5))
+                .await
+            {
                 Ok(table) => self.install(table),
                 Err(e) => {
                     tracing::debug!(error = %e, "routing watch failed");
@@ -103,9 +112,9 @@ impl Router {
         let ring = self.ring.read().expect("ring lock").clone();
         let table = self.table();
         match ring {
-            Some(ring) if table.is_bootstrapped() => {
-                table.shard_of(ring.vnode_of(key)).ok_or_else(|| Error::ClusterDown("routing table is incomplete".into()))
-            }
+            Some(ring) if table.is_bootstrapped() => table
+                .shard_of(ring.vnode_of(key))
+                .ok_or_else(|| Error::ClusterDown("routing table is incomplete".into())),
             _ => Err(Error::ClusterDown("the cluster is not bootstrapped yet".into())),
         }
     }
@@ -119,17 +128,30 @@ impl Router {
         Ok(table.shards.keys().copied().collect())
     }
 
+    fn is_suspect(&self, node: NodeId) -> bool {
+        self.suspects.get(&node).is_some_and(|until| Instant::now() < *until)
+    }
+
+    fn suspect(&self, node: NodeId) {
+        self.suspects.insert(node, Instant::now() + SUSPECT_FOR);
+    }
+
+    /// The node to ask: the known leader, else the published leader hint, else the
+    /// replicas in turn, skipping nodes that just failed while others remain.
     fn pick_target(&self, table: &RoutingTable, shard: ShardId, attempt: usize) -> Option<NodeId> {
         let info = table.shards.get(&shard)?;
-        if let Some(leader) = self.leaders.get(&shard).map(|l| *l).filter(|l| info.replicas.contains(l)) {
+        let usable = |n: &NodeId| info.replicas.contains(n) && !self.is_suspect(*n);
+        if let Some(leader) = self.leaders.get(&shard).map(|l| *l).filter(usable) {
             return Some(leader);
         }
-        if attempt == 0 {
-            if let Some(leader) = info.leader {
-                return Some(leader);
-            }
+        if let Some(leader) = info.leader.filter(|l| attempt == 0 && usable(l)) {
+            return Some(leader);
         }
-        info.replicas.get(attempt % info.replicas.len().max(1)).copied()
+        let n = info.replicas.len().max(1);
+        (0..n)
+            .map(|i| info.replicas[(attempt + i) % n])
+            .find(|r| !self.is_suspect(*r))
+            .or_else(|| info.replicas.get(attempt % n).copied())
     }
 
     /// Runs `op` on `shard`'s leader, following redirects until the deadline.
@@ -143,8 +165,16 @@ impl Router {
             let addr = target.and_then(|n| table.addr_of(n)).and_then(|a| a.parse().ok());
             let mut backoff = true;
             if let (Some(node), Some(addr)) = (target, addr) {
-                let request = NodeRequest::Exec { shard, version: table.version, op: op.clone() };
-                match self.endpoint.call::<_, NodeResponse>(addr, &request, CALL_TIMEOUT).await {
+                let request = NodeRequest::Exec {
+                    shard,
+                    version: table.version,
+                    op: op.clone(),
+                };
+                match self
+                    .endpoint
+                    .call::<_, NodeResponse>(addr, &request, CALL_TIMEOUT)
+                    .await
+                {
                     Ok(NodeResponse::Reply(frame)) => {
                         self.leaders.insert(shard, node);
                         return Ok(frame);
@@ -161,11 +191,13 @@ impl Router {
                     Ok(NodeResponse::Raft(_)) => {}
                     Err(CallError::Unknown { .. }) if !is_read => {
                         self.leaders.remove(&shard);
+                        self.suspect(node);
                         return Err(Error::Unknown);
                     }
                     Err(e) => {
                         tracing::debug!(shard_id = shard, error = %e, "call failed");
                         self.leaders.remove(&shard);
+                        self.suspect(node);
                     }
                 }
             } else {

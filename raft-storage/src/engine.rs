@@ -68,7 +68,8 @@ impl Engine {
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = Arc::new(
-            DB::open_cf_descriptors(&opts, path, cfs).with_context(|| format!("opening RocksDB at {}", path.display()))?,
+            DB::open_cf_descriptors(&opts, path, cfs)
+                .with_context(|| format!("opening RocksDB at {}", path.display()))?,
         );
         if let FsyncPolicy::Interval(ms) = fsync {
             let weak = Arc::downgrade(&db);

@@ -39,9 +39,17 @@ const COMMIT_QUEUE: usize = 4096;
 #[derive(Debug)]
 pub enum LogWrite {
     /// Put `key = value` into column family `cf`.
-    Put { cf: &'static str, key: Vec<u8>, value: Vec<u8> },
+    Put {
+        cf: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// Delete `[from, to)` in column family `cf`.
-    DeleteRange { cf: &'static str, from: Vec<u8>, to: Vec<u8> },
+    DeleteRange {
+        cf: &'static str,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
 }
 
 struct CommitRequest {
@@ -80,38 +88,44 @@ impl Committer {
     /// Starts the committer thread; `sync` makes every batch durable before release.
     pub fn start(db: Arc<DB>, sync: bool) -> std::io::Result<Committer> {
         let (queue, mut rx) = mpsc::channel::<CommitRequest>(COMMIT_QUEUE);
-        std::thread::Builder::new().name("raft-log-commit".into()).spawn(move || {
-            let mut opts = WriteOptions::default();
-            opts.set_sync(sync);
-            while let Some(first) = rx.blocking_recv() {
-                let mut waiters = Vec::new();
-                let mut batch = WriteBatch::default();
-                let mut next = Some(first);
-                while let Some(request) = next {
-                    for write in &request.writes {
-                        match write {
-                            LogWrite::Put { cf, key, value } => {
-                                batch.put_cf(db.cf_handle(cf).expect("log column family"), key, value)
-                            }
-                            LogWrite::DeleteRange { cf, from, to } => {
-                                batch.delete_range_cf(db.cf_handle(cf).expect("log column family"), from, to)
+        std::thread::Builder::new()
+            .name("raft-log-commit".into())
+            .spawn(move || {
+                let mut opts = WriteOptions::default();
+                opts.set_sync(sync);
+                while let Some(first) = rx.blocking_recv() {
+                    let mut waiters = Vec::new();
+                    let mut batch = WriteBatch::default();
+                    let mut next = Some(first);
+                    while let Some(request) = next {
+                        for write in &request.writes {
+                            match write {
+                                LogWrite::Put { cf, key, value } => {
+                                    batch.put_cf(db.cf_handle(cf).expect("log column family"), key, value)
+                                }
+                                LogWrite::DeleteRange { cf, from, to } => {
+                                    batch.delete_range_cf(db.cf_handle(cf).expect("log column family"), from, to)
+                                }
                             }
                         }
+                        waiters.push(request.done);
+                        next = if waiters.len() < COMMIT_QUEUE {
+                            rx.try_recv().ok()
+                        } else {
+                            None
+                        };
                     }
-                    waiters.push(request.done);
-                    next = if waiters.len() < COMMIT_QUEUE { rx.try_recv().ok() } else { None };
+                    let started = std::time::Instant::now();
+                    let result = db.write_opt(batch, &opts).map_err(|e| e.to_string());
+                    use std::sync::atomic::Ordering::Relaxed;
+                    stats::WRITE_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+                    stats::BATCHES.fetch_add(1, Relaxed);
+                    stats::REQUESTS.fetch_add(waiters.len() as u64, Relaxed);
+                    for waiter in waiters {
+                        let _ = waiter.send(result.clone());
+                    }
                 }
-                let started = std::time::Instant::now();
-                let result = db.write_opt(batch, &opts).map_err(|e| e.to_string());
-                use std::sync::atomic::Ordering::Relaxed;
-                stats::WRITE_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
-                stats::BATCHES.fetch_add(1, Relaxed);
-                stats::REQUESTS.fetch_add(waiters.len() as u64, Relaxed);
-                for waiter in waiters {
-                    let _ = waiter.send(result.clone());
-                }
-            }
-        })?;
+            })?;
         Ok(Committer { queue })
     }
 
@@ -164,13 +178,23 @@ pub struct LogStore<C> {
 
 impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
-        LogStore { group: self.group, db: self.db.clone(), committer: self.committer.clone(), _types: PhantomData }
+        LogStore {
+            group: self.group,
+            db: self.db.clone(),
+            committer: self.committer.clone(),
+            _types: PhantomData,
+        }
     }
 }
 
 impl<C: RaftTypeConfig> LogStore<C> {
     pub(crate) fn new(group: u64, db: Arc<DB>, committer: Committer) -> LogStore<C> {
-        LogStore { group, db, committer, _types: PhantomData }
+        LogStore {
+            group,
+            db,
+            committer,
+            _types: PhantomData,
+        }
     }
 
     /// Deletes the group's whole log and Raft state (when a replica is removed).
@@ -178,15 +202,26 @@ impl<C: RaftTypeConfig> LogStore<C> {
         let g = self.group;
         self.committer
             .commit(vec![
-                LogWrite::DeleteRange { cf: CF_RAFT_LOG, from: log_key(g, 0), to: log_key(g + 1, 0) },
-                LogWrite::DeleteRange { cf: CF_RAFT_STATE, from: state_key(g, 0), to: state_key(g + 1, 0) },
+                LogWrite::DeleteRange {
+                    cf: CF_RAFT_LOG,
+                    from: log_key(g, 0),
+                    to: log_key(g + 1, 0),
+                },
+                LogWrite::DeleteRange {
+                    cf: CF_RAFT_STATE,
+                    from: state_key(g, 0),
+                    to: state_key(g + 1, 0),
+                },
             ])
             .await
     }
 
     fn read_state<T: DeserializeOwned>(&self, tag: u8) -> Result<Option<T>, StorageError<C::NodeId>> {
         let cf = self.db.cf_handle(CF_RAFT_STATE).expect("cf");
-        let bytes = self.db.get_cf(cf, state_key(self.group, tag)).map_err(|e| StorageIOError::read(&e))?;
+        let bytes = self
+            .db
+            .get_cf(cf, state_key(self.group, tag))
+            .map_err(|e| StorageIOError::read(&e))?;
         bytes
             .map(|b| decode(&b).map_err(|e| StorageIOError::read(&std::io::Error::other(e)).into()))
             .transpose()
@@ -251,7 +286,10 @@ where
         }
         let last_purged_log_id: Option<LogId<C::NodeId>> = self.read_state(TAG_PURGED)?;
         let last_log_id = last_log_id.or_else(|| last_purged_log_id.clone());
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -259,9 +297,13 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
-        self.commit(vec![LogWrite::Put { cf: CF_RAFT_STATE, key: state_key(self.group, TAG_VOTE), value: encode(vote) }])
-            .await
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+        self.commit(vec![LogWrite::Put {
+            cf: CF_RAFT_STATE,
+            key: state_key(self.group, TAG_VOTE),
+            value: encode(vote),
+        }])
+        .await
+        .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<C::NodeId>>, StorageError<C::NodeId>> {
@@ -292,16 +334,28 @@ where
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let g = self.group;
-        self.commit(vec![LogWrite::DeleteRange { cf: CF_RAFT_LOG, from: log_key(g, log_id.index), to: log_key(g + 1, 0) }])
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e).into())
+        self.commit(vec![LogWrite::DeleteRange {
+            cf: CF_RAFT_LOG,
+            from: log_key(g, log_id.index),
+            to: log_key(g + 1, 0),
+        }])
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let g = self.group;
         self.commit(vec![
-            LogWrite::Put { cf: CF_RAFT_STATE, key: state_key(g, TAG_PURGED), value: encode(&log_id) },
-            LogWrite::DeleteRange { cf: CF_RAFT_LOG, from: log_key(g, 0), to: log_key(g, log_id.index + 1) },
+            LogWrite::Put {
+                cf: CF_RAFT_STATE,
+                key: state_key(g, TAG_PURGED),
+                value: encode(&log_id),
+            },
+            LogWrite::DeleteRange {
+                cf: CF_RAFT_LOG,
+                from: log_key(g, 0),
+                to: log_key(g, log_id.index + 1),
+            },
         ])
         .await
         .map_err(|e| StorageIOError::write_logs(&e).into())

@@ -18,10 +18,10 @@ use openraft::raft::{
     VoteResponse,
 };
 use openraft::BasicNode;
+use openraft::RaftTypeConfig;
 use redraft_common::ids::ShardId;
 use redraft_common::transport::{CallError, Endpoint};
 use redraft_common::wire::{self, NodeRequest, NodeResponse, PdRequest, PdResponse, RaftKind};
-use openraft::RaftTypeConfig;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -86,7 +86,11 @@ pub struct GroupNetwork<C, W> {
 impl<C, W> GroupNetwork<C, W> {
     /// The network of `group` over `endpoint`.
     pub fn new(group: ShardId, endpoint: Endpoint) -> Self {
-        GroupNetwork { group, endpoint, _types: std::marker::PhantomData }
+        GroupNetwork {
+            group,
+            endpoint,
+            _types: std::marker::PhantomData,
+        }
     }
 }
 
@@ -128,7 +132,10 @@ impl<C, W: RaftWire> PeerLink<C, W> {
     {
         let io = |text: String| std::io::Error::other(text);
         let Some(addr) = self.addr else {
-            return Err(RpcError::Unreachable(Unreachable::new(&io(format!("member {} has no address", self.target)))));
+            return Err(RpcError::Unreachable(Unreachable::new(&io(format!(
+                "member {} has no address",
+                self.target
+            )))));
         };
         let request = W::wrap(self.group, kind, wire::encode(req));
         let response: W::Response = self.endpoint.call(addr, &request, timeout).await.map_err(|e| match e {

@@ -31,7 +31,11 @@ impl SnapshotWriter {
     /// Creates (truncates) `path`.
     pub fn create(path: &Path) -> Result<SnapshotWriter> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        let mut writer = SnapshotWriter { out: BufWriter::with_capacity(1 << 20, file), hash: Xxh3::new(), records: 0 };
+        let mut writer = SnapshotWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            hash: Xxh3::new(),
+            records: 0,
+        };
         writer.raw(MAGIC)?;
         Ok(writer)
     }

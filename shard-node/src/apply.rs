@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use redraft_common::ids::VnodeId;
 use redraft_common::keys::Ring;
 use redraft_common::ops::{
-    Expiry, ExpireCondition, GetExChange, ReadOp, SetCondition, SetReply, WriteOp,
+    parse_strict_i64, ExpireCondition, Expiry, GetExChange, ReadOp, SetCondition, SetReply, WriteOp,
 };
 use redraft_common::resp::Frame;
 use rocksdb::{ColumnFamily, IteratorMode, ReadOptions, WriteBatch, DB};
@@ -52,7 +52,16 @@ pub struct Keyspace<'a> {
 impl<'a> Keyspace<'a> {
     /// A view of the shard owning `owned`, at time `now_ms`.
     pub fn new(db: &'a DB, cf: &'a ColumnFamily, ring: &'a Ring, owned: &'a BTreeSet<VnodeId>, now_ms: u64) -> Self {
-        Keyspace { db, cf, ring, owned, overlay: HashMap::new(), flushed: false, batch: WriteBatch::default(), now_ms }
+        Keyspace {
+            db,
+            cf,
+            ring,
+            owned,
+            overlay: HashMap::new(),
+            flushed: false,
+            batch: WriteBatch::default(),
+            now_ms,
+        }
     }
 
     /// Sets the clock for the next operation (the next entry's leader timestamp).
@@ -86,7 +95,10 @@ impl<'a> Keyspace<'a> {
         let raw = match self.overlay.get(skey) {
             Some(pending) => pending.clone(),
             None if self.flushed => None,
-            None => self.db.get_cf(self.cf, skey).unwrap_or_else(|e| panic!("RocksDB read failed: {e}")),
+            None => self
+                .db
+                .get_cf(self.cf, skey)
+                .unwrap_or_else(|e| panic!("RocksDB read failed: {e}")),
         };
         raw.map(|b| Value::decode(&b))
     }
@@ -167,9 +179,11 @@ impl<'a> Keyspace<'a> {
                     Frame::Integer(if *millis { left } else { (left + 500) / 1000 })
                 }
             },
-            ReadOp::Type { key } => {
-                Frame::Simple(self.load(&self.storage_key(key)?).map_or("none", |v| v.kind.name()).to_string())
-            }
+            ReadOp::Type { key } => Frame::Simple(
+                self.load(&self.storage_key(key)?)
+                    .map_or("none", |v| v.kind.name())
+                    .to_string(),
+            ),
             ReadOp::DbSize => Frame::Integer(self.count_live() as i64),
         })
     }
@@ -180,7 +194,9 @@ impl<'a> Keyspace<'a> {
             let mut opts = ReadOptions::default();
             opts.set_iterate_upper_bound(vnode_end(vnode));
             let start = vnode_start(vnode);
-            let iter = self.db.iterator_cf_opt(self.cf, opts, IteratorMode::From(&start, rocksdb::Direction::Forward));
+            let iter = self
+                .db
+                .iterator_cf_opt(self.cf, opts, IteratorMode::From(&start, rocksdb::Direction::Forward));
             for item in iter {
                 let (_, value) = item.unwrap_or_else(|e| panic!("RocksDB scan failed: {e}"));
                 count += u64::from(!Value::decode(&value).is_expired(self.now_ms));
@@ -193,11 +209,20 @@ impl<'a> Keyspace<'a> {
     /// [`NotOwned`] is an `Err`, and then nothing was written.
     pub fn write(&mut self, op: &WriteOp) -> Result<Frame, NotOwned> {
         // Check every key before touching anything, so a partly-owned request is a no-op.
-        let skeys = op.keys().into_iter().map(|k| self.storage_key(k)).collect::<Result<Vec<_>, _>>()?;
+        let skeys = op
+            .keys()
+            .into_iter()
+            .map(|k| self.storage_key(k))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(match op {
-            WriteOp::Set { value, expiry, condition, keep_ttl, reply, .. } => {
-                self.set(skeys[0].clone(), value, *expiry, *condition, *keep_ttl, *reply)
-            }
+            WriteOp::Set {
+                value,
+                expiry,
+                condition,
+                keep_ttl,
+                reply,
+                ..
+            } => self.set(skeys[0].clone(), value, *expiry, *condition, *keep_ttl, *reply),
             WriteOp::GetDel { .. } => match self.string(&skeys[0]) {
                 Ok(Some(v)) => {
                     self.remove(skeys[0].clone());
@@ -264,7 +289,9 @@ impl<'a> Keyspace<'a> {
                 Ok(existing) => {
                     let mut v = existing.unwrap_or_else(|| Value::string(Vec::new(), 0));
                     if v.payload.len() as u64 + value.len() as u64 > MAX_STRING {
-                        return Ok(Frame::error("ERR string exceeds maximum allowed size (proto-max-bulk-len)"));
+                        return Ok(Frame::error(
+                            "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+                        ));
                     }
                     v.payload.extend_from_slice(value);
                     let len = v.payload.len() as i64;
@@ -301,7 +328,8 @@ impl<'a> Keyspace<'a> {
             },
             WriteOp::FlushAll => {
                 for &vnode in self.owned {
-                    self.batch.delete_range_cf(self.cf, vnode_start(vnode), vnode_end(vnode));
+                    self.batch
+                        .delete_range_cf(self.cf, vnode_start(vnode), vnode_end(vnode));
                 }
                 // Later operations of this batch must not read flushed keys from the DB.
                 self.overlay.clear();
@@ -338,7 +366,11 @@ impl<'a> Keyspace<'a> {
         } else {
             self.load(&skey)
         };
-        let old = || existing.as_ref().map_or(Frame::Null, |v| Frame::Bulk(v.payload.clone()));
+        let old = || {
+            existing
+                .as_ref()
+                .map_or(Frame::Null, |v| Frame::Bulk(v.payload.clone()))
+        };
         let allowed = match condition {
             SetCondition::Always => true,
             SetCondition::IfAbsent => existing.is_none(),
@@ -408,7 +440,9 @@ impl<'a> Keyspace<'a> {
     }
 
     fn expire(&mut self, skey: Vec<u8>, expiry: Expiry, condition: ExpireCondition) -> Frame {
-        let Some(mut v) = self.load(&skey) else { return Frame::Integer(0) };
+        let Some(mut v) = self.load(&skey) else {
+            return Frame::Integer(0);
+        };
         let deadline = self.deadline(expiry);
         let current = (v.expires_at != 0).then_some(v.expires_at as i64);
         let allowed = match condition {
@@ -443,22 +477,6 @@ pub fn substring(s: &[u8], start: i64, end: i64) -> &[u8] {
         return &[];
     }
     &s[start as usize..=end as usize]
-}
-
-/// Parses a decimal integer the way Redis's `string2ll` does: no spaces, no `+`,
-/// no leading zeros, within `i64`.
-pub fn parse_strict_i64(bytes: &[u8]) -> Option<i64> {
-    if bytes.is_empty() || bytes.len() > 20 {
-        return None;
-    }
-    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
-    if digits.is_empty() || (digits[0] == b'0' && (digits.len() > 1 || bytes[0] == b'-')) {
-        return None;
-    }
-    if !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 /// Parses a float as Redis's INCRBYFLOAT accepts it (no spaces, finite).

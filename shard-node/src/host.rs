@@ -29,9 +29,9 @@ use redraft_raft_storage::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{Keyspace, NotOwned};
-use redraft_raft_storage::network::{GroupNetwork, NodeWire};
 use crate::raft::state_machine::{group_meta_key, ShardStateMachine};
 use crate::raft::{typ, ShardRequest, ShardResponse};
+use redraft_raft_storage::network::{GroupNetwork, NodeWire};
 
 /// How long a write may wait for commit and apply before its outcome is reported
 /// as unknown. Longer than an election (so a leader change usually completes),
@@ -71,7 +71,13 @@ pub struct Host {
 
 impl Host {
     /// A host with no groups yet.
-    pub fn new(node_id: NodeId, engine: Engine, endpoint: Endpoint, raft_config: Config, snapshot_dir: PathBuf) -> Result<Host> {
+    pub fn new(
+        node_id: NodeId,
+        engine: Engine,
+        endpoint: Endpoint,
+        raft_config: Config,
+        snapshot_dir: PathBuf,
+    ) -> Result<Host> {
         Ok(Host {
             node_id,
             engine,
@@ -131,9 +137,15 @@ impl Host {
             self.snapshot_dir.join(shard.to_string()),
         )?;
         let network = GroupNetwork::<_, NodeWire>::new(shard, self.endpoint.clone());
-        let raft = typ::Raft::new(self.node_id, self.raft_config.clone(), network, self.engine.log_store(shard), sm)
-            .await
-            .with_context(|| format!("starting Raft of shard {shard}"))?;
+        let raft = typ::Raft::new(
+            self.node_id,
+            self.raft_config.clone(),
+            network,
+            self.engine.log_store(shard),
+            sm,
+        )
+        .await
+        .with_context(|| format!("starting Raft of shard {shard}"))?;
         let group = Arc::new(Group { raft, owned, ring });
         self.groups.insert(shard, group.clone());
         Ok(group)
@@ -146,14 +158,25 @@ impl Host {
             if !shard.replicas.contains(&self.node_id) || self.groups.contains_key(&shard.id) {
                 continue;
             }
-            let record = GroupRecord { vnodes: table.vnodes_of(shard.id), vnode_count: table.vnode_count };
+            let record = GroupRecord {
+                vnodes: table.vnodes_of(shard.id),
+                vnode_count: table.vnode_count,
+            };
             let mut batch = rocksdb::WriteBatch::default();
-            batch.put_cf(self.engine.cf(CF_META), group_meta_key(shard.id, "record"), wire::encode(&record));
+            batch.put_cf(
+                self.engine.cf(CF_META),
+                group_meta_key(shard.id, "record"),
+                wire::encode(&record),
+            );
             let mut sync = rocksdb::WriteOptions::default();
             sync.set_sync(true);
             self.engine.db().write_opt(batch, &sync)?;
             let group = self.open_group(shard.id, &record).await?;
-            tracing::info!(shard_id = shard.id, vnodes = record.vnodes.len(), "created shard replica");
+            tracing::info!(
+                shard_id = shard.id,
+                vnodes = record.vnodes.len(),
+                "created shard replica"
+            );
             if shard.replicas.first() == Some(&self.node_id) && !group.raft.is_initialized().await? {
                 let members: BTreeMap<u64, BasicNode> = shard
                     .replicas
@@ -185,25 +208,25 @@ impl Host {
 
     /// Runs one routed operation.
     pub async fn exec(&self, shard: ShardId, op: ShardOp) -> NodeResponse {
-        let Some(group) = self.group(shard) else { return NodeResponse::NoShard };
+        let Some(group) = self.group(shard) else {
+            return NodeResponse::NoShard;
+        };
         match op {
-            ShardOp::Read(read) => {
-                match tokio::time::timeout(READ_TIMEOUT, group.raft.ensure_linearizable()).await {
-                    Err(_) => NodeResponse::NotLeader { leader: None },
-                    Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                        NodeResponse::NotLeader { leader: f.leader_id }
-                    }
-                    Ok(Err(_)) => NodeResponse::NotLeader { leader: None },
-                    Ok(Ok(_)) => {
-                        let db = self.engine.db();
-                        let ks = Keyspace::new(db, self.engine.cf(CF_DATA), &group.ring, &group.owned, now_ms());
-                        match ks.read(&read) {
-                            Ok(frame) => NodeResponse::Reply(frame),
-                            Err(NotOwned) => NodeResponse::WrongShard { version: 0 },
-                        }
+            ShardOp::Read(read) => match tokio::time::timeout(READ_TIMEOUT, group.raft.ensure_linearizable()).await {
+                Err(_) => NodeResponse::NotLeader { leader: None },
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    NodeResponse::NotLeader { leader: f.leader_id }
+                }
+                Ok(Err(_)) => NodeResponse::NotLeader { leader: None },
+                Ok(Ok(_)) => {
+                    let db = self.engine.db();
+                    let ks = Keyspace::new(db, self.engine.cf(CF_DATA), &group.ring, &group.owned, now_ms());
+                    match ks.read(&read) {
+                        Ok(frame) => NodeResponse::Reply(frame),
+                        Err(NotOwned) => NodeResponse::WrongShard { version: 0 },
                     }
                 }
-            }
+            },
             ShardOp::Write(write) => self.propose(&group, write).await,
         }
     }
@@ -247,7 +270,11 @@ impl Host {
             let mut opts = rocksdb::ReadOptions::default();
             opts.set_iterate_upper_bound(crate::storage::vnode_end(vnode));
             let start = crate::storage::vnode_start(vnode);
-            for item in db.iterator_cf_opt(cf, opts, rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+            for item in db.iterator_cf_opt(
+                cf,
+                opts,
+                rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+            ) {
                 let Ok((key, value)) = item else { return out };
                 if crate::storage::Value::decode(&value).is_expired(now) {
                     out.push(crate::storage::user_key(&key).to_vec());

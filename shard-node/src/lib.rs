@@ -71,7 +71,11 @@ pub struct RaftTiming {
 
 impl Default for RaftTiming {
     fn default() -> Self {
-        RaftTiming { heartbeat_ms: 200, election_min_ms: 1000, election_max_ms: 2000 }
+        RaftTiming {
+            heartbeat_ms: 200,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+        }
     }
 }
 
@@ -115,7 +119,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     if stored.is_none() {
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
-        engine.db().put_cf_opt(engine.cf(CF_META), NODE_ID_KEY, wire::encode(&node_id), &opts)?;
+        engine
+            .db()
+            .put_cf_opt(engine.cf(CF_META), NODE_ID_KEY, wire::encode(&node_id), &opts)?;
     }
     tracing::info!(node_id, addr = %advertise, "shard node registered");
 
@@ -156,7 +162,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 }
 
 async fn register(pd: &PdClient, node_id: Option<NodeId>, addr: &str) -> Result<NodeId> {
-    let request = PdRequest::Register { node_id, addr: addr.to_string() };
+    let request = PdRequest::Register {
+        node_id,
+        addr: addr.to_string(),
+    };
     loop {
         match pd.call(&request, Duration::from_secs(3)).await {
             Ok(PdResponse::Registered { node_id }) => return Ok(node_id),
@@ -185,7 +194,10 @@ const HEARTBEAT: Duration = Duration::from_millis(500);
 
 async fn heartbeat_loop(host: Arc<Host>, pd: PdClient) {
     loop {
-        let request = PdRequest::Heartbeat { node_id: host.node_id(), leaders: host.leaders() };
+        let request = PdRequest::Heartbeat {
+            node_id: host.node_id(),
+            leaders: host.leaders(),
+        };
         if let Err(e) = pd.call(&request, Duration::from_secs(2)).await {
             tracing::debug!(error = %e, "heartbeat failed");
         }
@@ -214,4 +226,3 @@ async fn watch_loop(host: Arc<Host>, pd: PdClient) {
         }
     }
 }
-

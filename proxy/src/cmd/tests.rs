@@ -19,7 +19,10 @@ fn errors_match_redis_byte_for_byte() {
     let cases = [
         ("get", "ERR wrong number of arguments for 'get' command"),
         ("GET a b", "ERR wrong number of arguments for 'get' command"),
-        ("foo a b", "ERR unknown command 'foo', with args beginning with: 'a' 'b' "),
+        (
+            "foo a b",
+            "ERR unknown command 'foo', with args beginning with: 'a' 'b' ",
+        ),
         ("incrby k x", "ERR value is not an integer or out of range"),
         ("incrby k 01", "ERR value is not an integer or out of range"),
         ("set k v EX 0", "ERR invalid expire time in 'set' command"),
@@ -30,8 +33,14 @@ fn errors_match_redis_byte_for_byte() {
         ("set k v EX", "ERR syntax error"),
         ("setex k -1 v", "ERR invalid expire time in 'setex' command"),
         ("mset a 1 b", "ERR wrong number of arguments for 'mset' command"),
-        ("expire k 10 NX XX", "ERR NX and XX, GT or LT options at the same time are not compatible"),
-        ("expire k 10 GT LT", "ERR GT and LT options at the same time are not compatible"),
+        (
+            "expire k 10 NX XX",
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ),
+        (
+            "expire k 10 GT LT",
+            "ERR GT and LT options at the same time are not compatible",
+        ),
         ("expire k 10 FOO", "ERR Unsupported option FOO"),
         ("setrange k -1 v", "ERR offset is out of range"),
         ("incrbyfloat k abc", "ERR value is not a valid float"),
@@ -47,7 +56,17 @@ fn errors_match_redis_byte_for_byte() {
 #[test]
 fn set_options_are_parsed() {
     match p("SET k v nx px 100 get") {
-        Command::Keyed { op: ShardOp::Write(WriteOp::Set { expiry, condition, reply, keep_ttl, .. }), .. } => {
+        Command::Keyed {
+            op:
+                ShardOp::Write(WriteOp::Set {
+                    expiry,
+                    condition,
+                    reply,
+                    keep_ttl,
+                    ..
+                }),
+            ..
+        } => {
             assert_eq!(expiry, Some(Expiry::InMs(100)));
             assert_eq!(condition, SetCondition::IfAbsent);
             assert_eq!(reply, SetReply::OldValue);
@@ -56,7 +75,10 @@ fn set_options_are_parsed() {
         other => panic!("{other:?}"),
     }
     match p("set k v EXAT 2000000000") {
-        Command::Keyed { op: ShardOp::Write(WriteOp::Set { expiry, .. }), .. } => {
+        Command::Keyed {
+            op: ShardOp::Write(WriteOp::Set { expiry, .. }),
+            ..
+        } => {
             assert_eq!(expiry, Some(Expiry::AtMs(2_000_000_000_000)))
         }
         other => panic!("{other:?}"),
@@ -69,5 +91,8 @@ fn local_commands_answer_without_the_cluster() {
     assert_eq!(p("ping hi"), Command::Local(Frame::bulk("hi")));
     assert_eq!(p("echo x"), Command::Local(Frame::bulk("x")));
     assert_eq!(p("select 0"), Command::Local(Frame::ok()));
-    assert_eq!(p("command count"), Command::Local(Frame::Integer(COMMANDS.len() as i64)));
+    assert_eq!(
+        p("command count"),
+        Command::Local(Frame::Integer(COMMANDS.len() as i64))
+    );
 }

@@ -79,7 +79,14 @@ impl ShardStateMachine {
         snapshot_dir: PathBuf,
     ) -> anyhow::Result<ShardStateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        let sm = ShardStateMachine { group, engine, ring, owned, snapshot_dir, incoming: None };
+        let sm = ShardStateMachine {
+            group,
+            engine,
+            ring,
+            owned,
+            snapshot_dir,
+            incoming: None,
+        };
         if let Some((meta, file)) = sm.read_meta::<(SnapshotMeta, String)>(INSTALLING) {
             tracing::warn!(shard_id = group, "resuming interrupted snapshot install");
             sm.install_file(&meta, &sm.snapshot_dir.join(file))?;
@@ -96,7 +103,11 @@ impl ShardStateMachine {
     }
 
     fn put_meta<T: serde::Serialize>(&self, batch: &mut WriteBatch, item: &str, value: &T) {
-        batch.put_cf(self.engine.cf(CF_META), group_meta_key(self.group, item), wire::encode(value));
+        batch.put_cf(
+            self.engine.cf(CF_META),
+            group_meta_key(self.group, item),
+            wire::encode(value),
+        );
     }
 
     /// The vnodes this replica owns.
@@ -111,7 +122,11 @@ impl ShardStateMachine {
         for &vnode in self.owned.iter() {
             batch.delete_range_cf(self.engine.cf(CF_DATA), vnode_start(vnode), vnode_end(vnode));
         }
-        batch.delete_range_cf(self.engine.cf(CF_META), group_meta_key(self.group, ""), group_meta_key(self.group + 1, ""));
+        batch.delete_range_cf(
+            self.engine.cf(CF_META),
+            group_meta_key(self.group, ""),
+            group_meta_key(self.group + 1, ""),
+        );
         db.write(batch)?;
         if let Some((_, file)) = self.read_meta::<(SnapshotMeta, String)>(SNAPSHOT) {
             let _ = std::fs::remove_file(self.snapshot_dir.join(file));
@@ -123,7 +138,11 @@ impl ShardStateMachine {
     fn install_file(&self, meta: &SnapshotMeta, path: &std::path::Path) -> anyhow::Result<()> {
         let db = self.engine.db();
         let (data, meta_cf) = (self.engine.cf(CF_DATA), self.engine.cf(CF_META));
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         let mut batch = WriteBatch::default();
         self.put_meta(&mut batch, INSTALLING, &(meta.clone(), file_name.clone()));
         let mut sync = rocksdb::WriteOptions::default();
@@ -169,8 +188,10 @@ impl ShardStateMachine {
             Ok(snap.get_cf(self.engine.cf(CF_META), group_meta_key(self.group, item))?)
         };
         let applied: Option<LogId> = read_meta(APPLIED)?.map(|b| wire::decode(&b)).transpose()?.flatten();
-        let membership: StoredMembership =
-            read_meta(MEMBERSHIP)?.map(|b| wire::decode(&b)).transpose()?.unwrap_or_default();
+        let membership: StoredMembership = read_meta(MEMBERSHIP)?
+            .map(|b| wire::decode(&b))
+            .transpose()?
+            .unwrap_or_default();
         let name = self.snapshot_name(&applied.map_or(0, |l| l.index).to_string());
         let path = self.snapshot_dir.join(&name);
         let mut writer = SnapshotWriter::create(&path)?;
@@ -178,14 +199,22 @@ impl ShardStateMachine {
             let mut opts = ReadOptions::default();
             opts.set_iterate_upper_bound(vnode_end(vnode));
             let start = vnode_start(vnode);
-            for item in snap.iterator_cf_opt(self.engine.cf(CF_DATA), opts, IteratorMode::From(&start, rocksdb::Direction::Forward)) {
+            for item in snap.iterator_cf_opt(
+                self.engine.cf(CF_DATA),
+                opts,
+                IteratorMode::From(&start, rocksdb::Direction::Forward),
+            ) {
                 let (key, value) = item?;
                 writer.record(&key, &value)?;
             }
         }
         let records = writer.records;
         writer.finish()?;
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id: name.clone() };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id: name.clone(),
+        };
         let previous = self.read_meta::<(SnapshotMeta, String)>(SNAPSHOT);
         let mut batch = WriteBatch::default();
         self.put_meta(&mut batch, SNAPSHOT, &(meta.clone(), name));
@@ -206,8 +235,13 @@ impl RaftSnapshotBuilder<ShardTypes> for ShardStateMachine {
             .map_err(io_err)
             .and_then(|r| r.map_err(io_err))
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let file = tokio::fs::File::open(&path).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
@@ -215,7 +249,10 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> StorageResult<(Option<LogId>, StoredMembership)> {
-        Ok((self.read_meta::<Option<LogId>>(APPLIED).flatten(), self.read_meta(MEMBERSHIP).unwrap_or_default()))
+        Ok((
+            self.read_meta::<Option<LogId>>(APPLIED).flatten(),
+            self.read_meta(MEMBERSHIP).unwrap_or_default(),
+        ))
     }
 
     async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<ShardResponse>>
@@ -254,7 +291,8 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
             self.put_meta(&mut batch, MEMBERSHIP, m);
         }
         // A failed write would leave this replica behind its log: stop the node.
-        db.write(batch).unwrap_or_else(|e| panic!("RocksDB apply write failed: {e}"));
+        db.write(batch)
+            .unwrap_or_else(|e| panic!("RocksDB apply write failed: {e}"));
         Ok(replies)
     }
 
@@ -281,7 +319,10 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         let fail = |e: std::io::Error| StorageError::from(StorageIOError::write_snapshot(signature.clone(), &e));
         snapshot.sync_all().await.map_err(fail)?;
         drop(snapshot);
-        let path = self.incoming.take().ok_or_else(|| fail(io_err("no snapshot being received")))?;
+        let path = self
+            .incoming
+            .take()
+            .ok_or_else(|| fail(io_err("no snapshot being received")))?;
         let this = self.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -294,9 +335,14 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<ShardTypes>>> {
-        let Some((meta, name)) = self.read_meta::<(SnapshotMeta, String)>(SNAPSHOT) else { return Ok(None) };
+        let Some((meta, name)) = self.read_meta::<(SnapshotMeta, String)>(SNAPSHOT) else {
+            return Ok(None);
+        };
         match tokio::fs::File::open(self.snapshot_dir.join(&name)).await {
-            Ok(file) => Ok(Some(Snapshot { meta, snapshot: Box::new(file) })),
+            Ok(file) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(file),
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StorageIOError::read_snapshot(Some(meta.signature()), &e).into()),
         }

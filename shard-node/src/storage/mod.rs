@@ -64,7 +64,11 @@ pub struct Value {
 impl Value {
     /// A string value.
     pub fn string(payload: Vec<u8>, expires_at: u64) -> Value {
-        Value { kind: Kind::String, expires_at, payload }
+        Value {
+            kind: Kind::String,
+            expires_at,
+            payload,
+        }
     }
 
     /// Whether the value is expired at `now_ms`.
@@ -87,7 +91,10 @@ impl Value {
     /// On a malformed value: storage corruption must stop the node rather than let
     /// it diverge from its peers.
     pub fn decode(bytes: &[u8]) -> Value {
-        assert!(bytes.len() >= 9 && bytes[0] == Kind::String as u8, "corrupt value in data column family");
+        assert!(
+            bytes.len() >= 9 && bytes[0] == Kind::String as u8,
+            "corrupt value in data column family"
+        );
         Value {
             kind: Kind::String,
             expires_at: u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")),

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, the dependency rule, unit tests
+# and the multi-process integration tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The proxy must never depend on a storage engine or on Raft, even transitively.
+for forbidden in librocksdb-sys openraft; do
+  if cargo tree -p redraft-proxy -e normal -i "$forbidden" >/dev/null 2>&1; then
+    echo "redraft-proxy depends on $forbidden"; exit 1
+  fi
+done
+cargo test --workspace -- --test-threads 2

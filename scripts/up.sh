@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Starts a local Redraft cluster: placement driver, 3 shard nodes and a proxy on
+# 127.0.0.1:6379, with data, certificates and logs under ./redraft-data.
+# Extra arguments go to `redraft up` (see `redraft up --help`).
+# Stop it with: cargo run --quiet -- down --dir redraft-data
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo build --bin redraft
+exec cargo run --quiet --bin redraft -- up --dir redraft-data "$@"

@@ -1,0 +1,87 @@
+//! Replies compared byte for byte with a stock `redis-server` started by the test.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{free_port, Resp, TestCluster};
+
+struct RedisServer(Child);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis(port: u16) -> RedisServer {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (the test command installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    RedisServer(child)
+}
+
+/// Every command of the end-to-end issue, with the error cases clients hit.
+/// Each line is sent to both servers; replies must be identical bytes.
+const SCRIPT: &str = include_str!("scripts/strings.txt");
+
+#[test]
+fn replies_match_redis_server_byte_for_byte() {
+    let cluster = TestCluster::start(3);
+    let port = free_port();
+    let _redis = start_redis(port);
+    let mut ours = Resp::connect(cluster.proxy());
+    let mut theirs = Resp::connect(([127, 0, 0, 1], port).into());
+    let mut checked = 0;
+    for line in SCRIPT
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        ours.send(&args);
+        theirs.send(&args);
+        let (a, b) = (ours.read().unwrap(), theirs.read().unwrap());
+        assert_eq!(
+            String::from_utf8_lossy(&a.to_bytes()),
+            String::from_utf8_lossy(&b.to_bytes()),
+            "reply to `{line}` differs from redis-server"
+        );
+        checked += 1;
+    }
+    assert!(checked > 100, "script too short: {checked}");
+}
+
+#[test]
+fn redis_cli_works_through_the_proxy() {
+    let cluster = TestCluster::start(3);
+    let port = cluster.proxy().port().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .expect("redis-cli installed");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run(&["set", "a", "b"]), "OK");
+    assert_eq!(run(&["get", "a"]), "b");
+    assert_eq!(run(&["dbsize"]), "1");
+    assert!(run(&["info"]).contains("redis_version:"));
+}

@@ -1,0 +1,178 @@
+//! Multi-process cluster harness: the real `redraft` binary, real processes on
+//! free 127.0.0.1 ports in a temporary folder, killed when the test ends.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use redraft::local::{Cluster, MemberSpec};
+use redraft_common::resp::Frame;
+
+/// A free port on 127.0.0.1 (TCP and UDP both free at the time of the call).
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A running local cluster owned by one test.
+pub struct TestCluster {
+    /// Layout and member specs.
+    pub cluster: Cluster,
+    children: Vec<(String, Child)>,
+    _dir: tempfile::TempDir,
+}
+
+fn exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_redraft"))
+}
+
+impl TestCluster {
+    /// Starts a PD, `nodes` shard nodes and a proxy; waits until every shard serves.
+    pub fn start(nodes: u16) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = Cluster::new(dir.path(), free_port(), 0, nodes);
+        for member in cluster.placement.iter_mut().chain(cluster.nodes.iter_mut()) {
+            member.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        }
+        cluster.shards_per_node = 2;
+        cluster.ensure_certs().unwrap();
+        let mut tc = TestCluster {
+            cluster,
+            children: Vec::new(),
+            _dir: dir,
+        };
+        let specs: Vec<MemberSpec> = tc.cluster.members().cloned().collect();
+        for spec in specs {
+            tc.spawn(&spec);
+        }
+        tc.wait_ready();
+        tc
+    }
+
+    fn spawn(&mut self, spec: &MemberSpec) {
+        let child = self.cluster.spawn(&exe(), spec).unwrap();
+        self.children.push((spec.name.clone(), child));
+    }
+
+    /// The proxy's address.
+    pub fn proxy(&self) -> SocketAddr {
+        self.cluster.proxies[0].addr
+    }
+
+    /// Waits until every shard has a leader and the proxy answers.
+    pub fn wait_ready(&self) {
+        if let Err(e) = redraft::local::wait_ready(self.proxy(), Duration::from_secs(60)) {
+            self.dump_logs();
+            panic!("{e:#}");
+        }
+    }
+
+    /// Prints every member's log (on failure).
+    pub fn dump_logs(&self) {
+        for m in self.cluster.members() {
+            let log = std::fs::read_to_string(self.cluster.log_path(m)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("----- {} -----", m.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    /// `kill -9` of a member by name (e.g. `node-2`).
+    pub fn kill9(&mut self, name: &str) {
+        let i = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} not running"));
+        let (_, mut child) = self.children.remove(i);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts a stopped member again with the same data.
+    pub fn restart(&mut self, name: &str) {
+        let spec = self.cluster.members().find(|m| m.name == name).unwrap().clone();
+        self.spawn(&spec);
+    }
+
+    /// Names of every member.
+    pub fn member_names(&self) -> Vec<String> {
+        self.cluster.members().map(|m| m.name.clone()).collect()
+    }
+
+    /// The cluster's folder.
+    pub fn dir(&self) -> &Path {
+        &self.cluster.dir
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A raw RESP connection: sends requests, reads whole reply frames.
+pub struct Resp {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Resp {
+    /// Connects to `addr`.
+    pub fn connect(addr: SocketAddr) -> Resp {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Resp {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Sends one command.
+    pub fn send(&mut self, args: &[&[u8]]) {
+        let frame = Frame::Array(args.iter().map(|a| Frame::bulk(a.to_vec())).collect());
+        self.send_raw(&frame.to_bytes());
+    }
+
+    /// Reads one reply; `None` when the server closed the connection.
+    pub fn read(&mut self) -> Option<Frame> {
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some((frame, used)) = Frame::parse(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Sends a command given as space-separated words and reads its reply.
+    pub fn cmd(&mut self, line: &str) -> Frame {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        self.send(&args);
+        self.read().expect("connection closed")
+    }
+}
