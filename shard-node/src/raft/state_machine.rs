@@ -176,6 +176,28 @@ impl ShardStateMachine {
         Ok(())
     }
 
+    /// The path of a received snapshot: the file `begin_receiving_snapshot` created
+    /// when `file` is that file, else a copy of `file` (openraft may hand over
+    /// another handle, e.g. a local snapshot), so the install can always resume
+    /// from a file of our own.
+    fn received_file(&self, mut file: std::fs::File, incoming: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+        use std::io::Seek;
+        use std::os::unix::fs::MetadataExt;
+        if let Some(path) = incoming {
+            let (ours, theirs) = (std::fs::metadata(&path)?, file.metadata()?);
+            if ours.dev() == theirs.dev() && ours.ino() == theirs.ino() {
+                return Ok(path);
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let path = self.snapshot_dir.join(self.snapshot_name("received"));
+        let mut copy = std::fs::File::create(&path)?;
+        file.seek(std::io::SeekFrom::Start(0))?;
+        std::io::copy(&mut file, &mut copy)?;
+        copy.sync_all()?;
+        Ok(path)
+    }
+
     fn snapshot_name(&self, tag: &str) -> String {
         format!("{}-{}-{:016x}.snap", self.group, tag, rand::random::<u64>())
     }
@@ -318,14 +340,12 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         let signature = Some(meta.signature());
         let fail = |e: std::io::Error| StorageError::from(StorageIOError::write_snapshot(signature.clone(), &e));
         snapshot.sync_all().await.map_err(fail)?;
-        drop(snapshot);
-        let path = self
-            .incoming
-            .take()
-            .ok_or_else(|| fail(io_err("no snapshot being received")))?;
+        let file = snapshot.into_std().await;
+        let incoming = self.incoming.take();
         let this = self.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let path = this.received_file(file, incoming)?;
             snapshot::verify(&path)?;
             this.install_file(&meta, &path)
         })
@@ -346,5 +366,34 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StorageIOError::read_snapshot(Some(meta.signature()), &e).into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::testing::{StoreBuilder, Suite};
+    use redraft_raft_storage::{FsyncPolicy, LogStore};
+
+    use super::*;
+
+    struct Builder;
+
+    impl StoreBuilder<ShardTypes, LogStore<ShardTypes>, ShardStateMachine, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore<ShardTypes>, ShardStateMachine), StorageError<u64>> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let engine = Engine::open(&dir.path().join("db"), FsyncPolicy::Always).expect("open engine");
+            let ring = Arc::new(Ring::new(16));
+            let sm = ShardStateMachine::open(7, engine.clone(), ring, Arc::new((0..16).collect()), dir.path().join("snap"))
+                .expect("open state machine");
+            Ok((dir, engine.log_store(7), sm))
+        }
+    }
+
+    /// openraft's own conformance suite against our RocksDB log store and state machine.
+    #[test]
+    fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
+        Suite::test_all(Builder)
     }
 }
