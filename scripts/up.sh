@@ -2,7 +2,8 @@
 # Starts a local Redraft cluster: placement driver, 3 shard nodes and a proxy on
 # 127.0.0.1:6379, with data, certificates and logs under ./redraft-data.
 # Extra arguments go to `redraft up` (see `redraft up --help`).
-# Stop it with: cargo run --quiet -- down --dir redraft-data
+# It runs in the foreground: Ctrl-C stops the cluster. With --detach it returns
+# once ready; stop it then with: cargo run --quiet -- down --dir redraft-data
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

@@ -86,6 +86,9 @@ struct PlacementArgs {
     /// Shards per node at bootstrap.
     #[arg(long, default_value_t = 4)]
     shards_per_node: u32,
+    /// Shards at bootstrap in all (overrides --shards-per-node).
+    #[arg(long, default_value_t = 0)]
+    shards: u32,
     /// Replicas per shard.
     #[arg(long, default_value_t = 3)]
     replicas: u32,
@@ -240,6 +243,7 @@ async fn run(command: Command) -> Result<()> {
                 certs_dir: a.membership.certs,
                 cert_name: a.membership.cert_name,
                 initial_nodes: a.initial_nodes,
+                shards: a.shards,
                 shards_per_node: a.shards_per_node,
                 replicas: a.replicas,
                 vnodes: a.vnodes,

@@ -1,10 +1,14 @@
 //! A local cluster under one folder: `redraft up` and `redraft down`.
 //!
 //! `up` creates the cluster CA and member certificates, then starts one placement
-//! driver, N shard nodes and a proxy as detached child processes of this binary,
-//! each with its data and log under the folder, writes `up.json` (members, their
-//! addresses, pids) and returns once the proxy answers commands. Running `up` again
-//! on the same folder restarts the same members on the same ports with their data.
+//! driver, N shard nodes and a proxy, each its own child process of this binary
+//! with its data and log under the folder, writes `up.json` (members, addresses,
+//! pids, logs) and prints `ready ...` once the proxy answers commands. It then
+//! supervises: a member that dies is reported and the others keep running;
+//! Ctrl-C or SIGTERM stops every member cleanly (proxy first, placement last).
+//! `--detach` returns after `ready` and leaves the members running
+//! (`redraft down` stops them). Running `up` again on the same folder restarts the
+//! same members on the same ports with their data.
 //!
 //! The integration tests drive the same [`MemberSpec`]s, so what they test is what
 //! `up` runs.
@@ -38,15 +42,15 @@ pub struct UpArgs {
     /// Number of shard nodes.
     #[arg(long, default_value_t = 3)]
     pub nodes: u16,
-    /// Shards per node at bootstrap.
-    #[arg(long, default_value_t = 4)]
-    pub shards_per_node: u32,
+    /// Shards created at bootstrap (default: 4 per node).
+    #[arg(long)]
+    pub shards: Option<u32>,
     /// `always` or `interval=<ms>`.
     #[arg(long, default_value = "always")]
     pub fsync: String,
-    /// Stay in the foreground and stop the cluster on Ctrl-C.
+    /// Return once the cluster is ready and leave it running in the background.
     #[arg(long)]
-    pub foreground: bool,
+    pub detach: bool,
 }
 
 /// What kind of member a process is.
@@ -74,6 +78,8 @@ pub struct MemberSpec {
     pub addr: SocketAddr,
     /// Process id while running.
     pub pid: Option<u32>,
+    /// Its log file.
+    pub log: PathBuf,
 }
 
 /// Everything about a local cluster, written to `up.json`.
@@ -86,9 +92,9 @@ pub struct Cluster {
     /// Shard nodes.
     pub nodes: Vec<MemberSpec>,
     /// Proxies.
-    pub proxies: Vec<MemberSpec>,
-    /// Shards per node at bootstrap.
-    pub shards_per_node: u32,
+    pub proxy: Vec<MemberSpec>,
+    /// Shards created at bootstrap (0: 4 per node).
+    pub shards: u32,
     /// Fsync policy of the nodes.
     pub fsync: String,
 }
@@ -100,6 +106,7 @@ impl Cluster {
         let member = |role, id: u64, name: String, port| MemberSpec {
             role,
             id,
+            log: dir.join("logs").join(format!("{name}.log")),
             name,
             addr: addr(port),
             pid: None,
@@ -110,8 +117,8 @@ impl Cluster {
             nodes: (1..=nodes)
                 .map(|i| member(Role::Node, u64::from(i), format!("node-{i}"), base_port + i))
                 .collect(),
-            proxies: vec![member(Role::Proxy, 1, "proxy-1".into(), proxy_port)],
-            shards_per_node: 4,
+            proxy: vec![member(Role::Proxy, 1, "proxy-1".into(), proxy_port)],
+            shards: 0,
             fsync: "always".into(),
         }
     }
@@ -141,14 +148,15 @@ impl Cluster {
 
     /// Every member.
     pub fn members(&self) -> impl Iterator<Item = &MemberSpec> {
-        self.placement.iter().chain(&self.nodes).chain(&self.proxies)
+        self.placement.iter().chain(&self.nodes).chain(&self.proxy)
     }
 
-    fn members_mut(&mut self) -> impl Iterator<Item = &mut MemberSpec> {
+    /// Every member, mutable.
+    pub fn members_mut(&mut self) -> impl Iterator<Item = &mut MemberSpec> {
         self.placement
             .iter_mut()
             .chain(self.nodes.iter_mut())
-            .chain(self.proxies.iter_mut())
+            .chain(self.proxy.iter_mut())
     }
 
     /// Creates the CA and every member's certificate (idempotent).
@@ -186,7 +194,7 @@ impl Cluster {
                     .args(["--id", &member.id.to_string(), "--listen", &member.addr.to_string()])
                     .args(["--members", &members])
                     .args(["--initial-nodes", &self.nodes.len().min(3).to_string()])
-                    .args(["--shards-per-node", &self.shards_per_node.to_string()])
+                    .args(["--shards", &self.shards.to_string()])
                     .args(["--replicas", &self.nodes.len().min(3).to_string()]);
             }
             Role::Node => {
@@ -210,18 +218,13 @@ impl Cluster {
         cmd
     }
 
-    /// Log file of `member`.
-    pub fn log_path(&self, member: &MemberSpec) -> PathBuf {
-        self.dir.join("logs").join(format!("{}.log", member.name))
-    }
-
     /// Starts `member` detached (own process group, output appended to its log).
     pub fn spawn(&self, exe: &Path, member: &MemberSpec) -> Result<Child> {
         std::fs::create_dir_all(self.dir.join("logs"))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path(member))?;
+            .open(&member.log)?;
         use std::os::unix::process::CommandExt;
         let child = self
             .command(exe, member)
@@ -300,23 +303,23 @@ pub async fn up(args: UpArgs) -> Result<()> {
         }
         Err(_) => {
             let mut c = Cluster::new(&dir, args.port, args.base_port, args.nodes);
-            c.shards_per_node = args.shards_per_node;
+            c.shards = args.shards.unwrap_or(0);
             c.fsync = args.fsync.clone();
             c
         }
     };
     cluster.ensure_certs()?;
     let specs: Vec<MemberSpec> = cluster.members().cloned().collect();
-    let mut pids = Vec::new();
+    let mut children = Vec::new();
     for spec in &specs {
         let child = cluster.spawn(&exe, spec)?;
-        pids.push((spec.name.clone(), child.id()));
-    }
-    for m in cluster.members_mut() {
-        m.pid = pids.iter().find(|(n, _)| *n == m.name).map(|(_, p)| *p);
+        if let Some(m) = cluster.members_mut().find(|m| m.name == spec.name) {
+            m.pid = Some(child.id());
+        }
+        children.push((spec.name.clone(), child));
     }
     cluster.save()?;
-    let proxy = cluster.proxies[0].addr;
+    let proxy = cluster.proxy[0].addr;
     let ready = tokio::task::spawn_blocking(move || wait_ready(proxy, Duration::from_secs(120))).await?;
     if let Err(e) = ready {
         eprintln!("{e:#}; logs are in {}", dir.join("logs").display());
@@ -324,31 +327,65 @@ pub async fn up(args: UpArgs) -> Result<()> {
         return Err(e);
     }
     println!(
-        "redraft is up: redis-cli -p {} (data and logs in {}; stop with `redraft down --dir {}`)",
+        "ready: redis-cli -p {} (endpoint {proxy}; data and logs in {})",
         proxy.port(),
-        dir.display(),
         dir.display()
     );
-    if args.foreground {
-        tokio::signal::ctrl_c().await?;
-        down(&dir)?;
+    if args.detach {
+        return Ok(());
     }
-    Ok(())
+    supervise(cluster, children).await
 }
 
-/// `redraft down`: SIGTERM every member, then SIGKILL what is left after 10 s.
+/// Watches the members until Ctrl-C or SIGTERM, reporting any that exit.
+async fn supervise(mut cluster: Cluster, mut children: Vec<(String, Child)>) -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tick.tick() => {
+                let mut changed = false;
+                children.retain_mut(|(name, child)| match child.try_wait() {
+                    Ok(Some(status)) => {
+                        eprintln!("member {name} (pid {}) exited ({status}); the others keep running", child.id());
+                        changed = true;
+                        false
+                    }
+                    _ => true,
+                });
+                if changed {
+                    for m in cluster.members_mut() {
+                        if !children.iter().any(|(n, _)| *n == m.name) {
+                            m.pid = None;
+                        }
+                    }
+                    cluster.save()?;
+                }
+            }
+        }
+    }
+    eprintln!("stopping the cluster");
+    down(&cluster.dir)
+}
+
+/// `redraft down`: SIGTERM the proxies, then the nodes, then the placement
+/// driver, each group given 10 s before SIGKILL.
 pub fn down(dir: &Path) -> Result<()> {
     let mut cluster = Cluster::load(dir)?;
-    let pids: Vec<u32> = cluster.members().filter_map(|m| m.pid).filter(|p| alive(*p)).collect();
-    for pid in &pids {
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for pid in pids.iter().filter(|p| alive(**p)) {
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    for group in [&cluster.proxy, &cluster.nodes, &cluster.placement] {
+        let pids: Vec<u32> = group.iter().filter_map(|m| m.pid).filter(|p| alive(*p)).collect();
+        for pid in &pids {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in pids.iter().filter(|p| alive(**p)) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
     }
     for m in cluster.members_mut() {
         m.pid = None;

@@ -41,7 +41,7 @@ impl TestCluster {
         for member in cluster.placement.iter_mut().chain(cluster.nodes.iter_mut()) {
             member.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         }
-        cluster.shards_per_node = 2;
+        cluster.shards = 6;
         cluster.ensure_certs().unwrap();
         let mut tc = TestCluster {
             cluster,
@@ -63,7 +63,7 @@ impl TestCluster {
 
     /// The proxy's address.
     pub fn proxy(&self) -> SocketAddr {
-        self.cluster.proxies[0].addr
+        self.cluster.proxy[0].addr
     }
 
     /// Waits until every shard has a leader and the proxy answers.
@@ -77,7 +77,7 @@ impl TestCluster {
     /// Prints every member's log (on failure).
     pub fn dump_logs(&self) {
         for m in self.cluster.members() {
-            let log = std::fs::read_to_string(self.cluster.log_path(m)).unwrap_or_default();
+            let log = std::fs::read_to_string(&m.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!("----- {} -----", m.name);
             for line in tail.into_iter().rev() {
@@ -175,4 +175,36 @@ impl Resp {
         self.send(&args);
         self.read().expect("connection closed")
     }
+}
+
+/// Every live string a (stopped) shard node holds in its RocksDB, by user key.
+pub fn stored_strings(node_dir: &Path) -> std::collections::HashMap<String, String> {
+    use redraft_raft_storage::engine::CF_DATA;
+    let engine = redraft_raft_storage::Engine::open(&node_dir.join("db"), redraft_raft_storage::FsyncPolicy::Always)
+        .expect("open the node's RocksDB");
+    let db = engine.db();
+    let mut out = std::collections::HashMap::new();
+    for item in db.iterator_cf(engine.cf(CF_DATA), rocksdb::IteratorMode::Start) {
+        let (key, value) = item.unwrap();
+        // `vnode u16 | user key` -> `kind u8 | expires_at u64 | payload`
+        let user_key = String::from_utf8_lossy(&key[2..]).into_owned();
+        out.insert(user_key, String::from_utf8_lossy(&value[9..]).into_owned());
+    }
+    out
+}
+
+/// The routing table as `redraft ctl routing` prints it.
+pub fn routing_table(cluster: &TestCluster) -> redraft_common::routing::RoutingTable {
+    let pd = cluster.cluster.placement[0].addr.to_string();
+    let out = std::process::Command::new(exe())
+        .args(["ctl", "routing", "--placement", &pd, "--cert-name", "ctl", "--certs"])
+        .arg(cluster.cluster.certs())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctl routing failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod cluster;
 mod compat;
 mod durability;
 mod protocol;

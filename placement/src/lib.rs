@@ -60,7 +60,9 @@ pub struct Config {
     pub cert_name: String,
     /// Bootstrap the cluster once this many nodes have registered.
     pub initial_nodes: usize,
-    /// Shards created per node at bootstrap.
+    /// Shards created at bootstrap in all; 0 means `shards_per_node` per node.
+    pub shards: u32,
+    /// Shards created per node at bootstrap (when `shards` is 0).
     pub shards_per_node: u32,
     /// Replicas per shard.
     pub replicas: u32,
@@ -281,6 +283,7 @@ async fn bootstrap_loop(pd: Arc<Pd>, config: Config) {
         }
         if state.table.nodes.len() >= config.initial_nodes.max(config.replicas as usize) {
             let command = PdCommand::Bootstrap {
+                shards: config.shards,
                 shards_per_node: config.shards_per_node,
                 replicas: config.replicas,
                 vnode_count: config.vnodes,

@@ -17,7 +17,9 @@ pub enum PdCommand {
     /// A node announces itself at `addr`; `requested` is the id it already has.
     Register { requested: Option<NodeId>, addr: String },
     /// Create the initial shards over the registered nodes.
+    /// `shards` in all when non-zero, else `shards_per_node` per node.
     Bootstrap {
+        shards: u32,
         shards_per_node: u32,
         replicas: u32,
         vnode_count: u32,
@@ -52,10 +54,18 @@ impl PdState {
         match command {
             PdCommand::Register { requested, addr } => self.register(*requested, addr),
             PdCommand::Bootstrap {
+                shards,
                 shards_per_node,
                 replicas,
                 vnode_count,
-            } => self.bootstrap(*shards_per_node, *replicas, *vnode_count),
+            } => {
+                let count = if *shards > 0 {
+                    *shards as usize
+                } else {
+                    *shards_per_node as usize * self.table.nodes.len()
+                };
+                self.bootstrap(count, *replicas, *vnode_count)
+            }
         }
     }
 
@@ -86,10 +96,10 @@ impl PdState {
         PdReply::NodeId(id)
     }
 
-    /// Creates `shards_per_node * nodes` shards of `replicas` replicas on distinct
-    /// nodes, spreading first replicas (initial leaders) round-robin, and deals the
+    /// Creates `shard_count` shards of `replicas` replicas on distinct nodes,
+    /// spreading first replicas (initial leaders) round-robin, and deals the
     /// virtual nodes out round-robin so every shard gets an equal share.
-    fn bootstrap(&mut self, shards_per_node: u32, replicas: u32, vnode_count: u32) -> PdReply {
+    fn bootstrap(&mut self, shard_count: usize, replicas: u32, vnode_count: u32) -> PdReply {
         if self.table.is_bootstrapped() {
             return PdReply::Refused("cluster is already bootstrapped".into());
         }
@@ -97,7 +107,7 @@ impl PdState {
         if nodes.len() < replicas as usize || replicas == 0 {
             return PdReply::Refused(format!("{} nodes cannot hold {replicas} replicas", nodes.len()));
         }
-        let shard_count = (shards_per_node as usize * nodes.len()).clamp(1, vnode_count as usize);
+        let shard_count = shard_count.clamp(1, vnode_count as usize);
         self.next_shard_id = self.next_shard_id.max(1);
         let mut shards = BTreeMap::new();
         for i in 0..shard_count {
@@ -177,6 +187,7 @@ mod tests {
         let mut s = registered(3);
         assert!(matches!(
             s.apply(&PdCommand::Bootstrap {
+                shards: 0,
                 shards_per_node: 4,
                 replicas: 3,
                 vnode_count: 1024
@@ -201,6 +212,7 @@ mod tests {
         assert!(per_shard.iter().all(|&n| n == 85 || n == 86), "{per_shard:?}");
         assert!(matches!(
             s.apply(&PdCommand::Bootstrap {
+                shards: 0,
                 shards_per_node: 4,
                 replicas: 3,
                 vnode_count: 1024
@@ -214,6 +226,7 @@ mod tests {
         let mut s = registered(2);
         assert!(matches!(
             s.apply(&PdCommand::Bootstrap {
+                shards: 0,
                 shards_per_node: 4,
                 replicas: 3,
                 vnode_count: 64

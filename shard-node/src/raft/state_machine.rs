@@ -385,8 +385,14 @@ mod tests {
             let dir = tempfile::tempdir().expect("temp dir");
             let engine = Engine::open(&dir.path().join("db"), FsyncPolicy::Always).expect("open engine");
             let ring = Arc::new(Ring::new(16));
-            let sm = ShardStateMachine::open(7, engine.clone(), ring, Arc::new((0..16).collect()), dir.path().join("snap"))
-                .expect("open state machine");
+            let sm = ShardStateMachine::open(
+                7,
+                engine.clone(),
+                ring,
+                Arc::new((0..16).collect()),
+                dir.path().join("snap"),
+            )
+            .expect("open state machine");
             Ok((dir, engine.log_store(7), sm))
         }
     }
