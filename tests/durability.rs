@@ -17,6 +17,8 @@ struct Acked {
     with_ttl: Vec<String>,
     incrs: i64,
     errors: u64,
+    /// Reads that returned the value last acknowledged for their key.
+    reads: u64,
 }
 
 /// Writes `SET w{id}:{n} v{n}` and `INCR counter` until `stop`, recording what
@@ -41,6 +43,21 @@ fn writer(cluster_proxy: std::net::SocketAddr, id: usize, stop: Arc<AtomicBool>,
                 }
             }
             _ => acked.lock().unwrap().errors += 1,
+        }
+        if n > 0 && n.is_multiple_of(3) {
+            // Read back an earlier write of this writer: once acknowledged, a value
+            // must be visible to every later read (reads are linearizable).
+            let earlier = format!("w{id}:{}", n / 2);
+            let expected = acked.lock().unwrap().values.get(&earlier).cloned();
+            match (conn.cmd(&format!("GET {earlier}")), expected) {
+                (Frame::Bulk(got), Some(want)) => {
+                    assert_eq!(String::from_utf8(got).unwrap(), want, "stale read of {earlier}");
+                    acked.lock().unwrap().reads += 1;
+                }
+                (Frame::Error(_), _) => acked.lock().unwrap().errors += 1,
+                (_, None) => {}
+                (other, Some(want)) => panic!("GET {earlier}: {other:?}, expected {want}"),
+            }
         }
         if n.is_multiple_of(5) {
             match conn.cmd("INCR counter") {
@@ -95,12 +112,22 @@ fn acknowledged_writes_survive_minority_kill_and_full_restart() {
     // Let writes flow, then kill -9 node-1 (the initial leader of a third of the
     // shards) while they continue; the other two nodes keep a quorum.
     std::thread::sleep(Duration::from_secs(2));
-    let before_kill = acked.lock().unwrap().values.len();
+    let (before_kill, reads_before) = {
+        let a = acked.lock().unwrap();
+        (a.values.len(), a.reads)
+    };
     cluster.kill9("node-1");
     let killed_at = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
-    let during = acked.lock().unwrap().values.len() - before_kill;
+    let (during, reads_during) = {
+        let a = acked.lock().unwrap();
+        (a.values.len() - before_kill, a.reads - reads_before)
+    };
     assert!(during > 50, "only {during} writes acknowledged with a minority down");
+    assert!(
+        reads_during > 10,
+        "only {reads_during} reads served with a minority down"
+    );
     cluster.restart("node-1");
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);

@@ -355,8 +355,11 @@ mod tests {
     #[test]
     fn reply_parser_handles_nested_arrays_and_nulls() {
         let bytes = b"*3\r\n*2\r\n:1\r\n$-1\r\n*-1\r\n$0\r\n\r\n";
-        let expected =
-            Frame::Array(vec![Frame::Array(vec![Frame::Integer(1), Frame::Null]), Frame::NullArray, Frame::bulk("")]);
+        let expected = Frame::Array(vec![
+            Frame::Array(vec![Frame::Integer(1), Frame::Null]),
+            Frame::NullArray,
+            Frame::bulk(""),
+        ]);
         assert_eq!(Frame::parse(bytes).unwrap(), Some((expected, bytes.len())));
         assert!(Frame::parse(b"?garbage\r\n").is_err());
         assert!(Frame::parse(b":12x\r\n").is_err());
