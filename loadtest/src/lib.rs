@@ -1,1 +1,20 @@
-//! redraft-loadtest
+//! `redraft-bench`: a load generator for any RESP endpoint, and its reports.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`workload`] | what to send: SET/GET mixes, YCSB A/B/C/F, uniform or zipfian keys |
+//! | [`client`] | a pipelining RESP connection |
+//! | [`runner`] | closed and open loops, HDR histograms, per-second timeline |
+//! | [`report`] | JSON results, text tables, SVG charts |
+//! | [`compare`] | the same workload against Redraft and stock `redis-server` |
+//!
+//! OPEN LOOP. With a target rate, every request has an intended send time on a
+//! fixed schedule and its latency is measured from that time, not from when it
+//! was actually sent, so a stalled server shows up as latency instead of being
+//! hidden by fewer requests (coordinated omission).
+
+pub mod client;
+pub mod compare;
+pub mod report;
+pub mod runner;
+pub mod workload;

@@ -1,22 +1,35 @@
-//! One client connection: read requests, run them in order, write replies.
+//! One client connection: read requests, run them, write replies in order.
 //!
-//! PIPELINING. Every complete request in the read buffer is executed, in order,
-//! and the replies are written back in one write once the buffer holds no more
-//! complete requests. Requests are executed one after another so that a pipeline
-//! keeps Redis's per-connection ordering (SET then GET of the same key).
+//! PIPELINING. All complete requests in the read buffer form a batch. Within a
+//! batch, single-key commands are queued per shard: each shard's queue runs in
+//! order, different shards' queues run concurrently. Commands that touch several
+//! shards (MGET, DEL of many keys, DBSIZE, ...) are barriers: everything before
+//! them finishes first. Replies are written in request order, in one write.
+//!
+//! Why this is still Redis's contract: commands on one key (one shard) keep their
+//! order, so `SET k 1` then `GET k` in a pipeline reads 1. Commands of a pipeline
+//! on different shards are concurrent operations (none was acknowledged before
+//! the others were sent), so running them in parallel stays linearizable.
 //!
 //! BAD INPUT. A protocol error is answered with Redis's text and the connection
 //! closed, as Redis does. Nothing a client sends can panic the proxy: parsing is
 //! bounded and every failure is a reply.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use redraft_common::ids::ShardId;
 use redraft_common::resp::{self, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cmd::{self, Command};
-use crate::Shared;
+use crate::{reply, Shared};
+
+/// Most requests taken from the buffer as one batch: bounds the memory of
+/// replies held back for ordering.
+const MAX_BATCH: usize = 1024;
 
 /// Serves one client until it disconnects or sends QUIT.
 pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Result<()> {
@@ -30,45 +43,94 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Resul
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut consumed = 0;
-        let mut close = false;
         loop {
-            match resp::parse_request(&buf[consumed..]) {
-                Ok(None) => break,
-                Ok(Some((args, used))) => {
-                    consumed += used;
-                    if args.is_empty() {
-                        continue;
-                    }
-                    let command = cmd::parse(&args);
-                    shared.stats.commands.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let reply = match command {
-                        Command::Quit => {
-                            close = true;
-                            Frame::ok()
+            let mut consumed = 0;
+            let mut batch = Vec::new();
+            let mut protocol_error = None;
+            while batch.len() < MAX_BATCH {
+                match resp::parse_request(&buf[consumed..]) {
+                    Ok(None) => break,
+                    Ok(Some((args, used))) => {
+                        consumed += used;
+                        if !args.is_empty() {
+                            batch.push(cmd::parse(&args));
                         }
-                        Command::Info => Frame::Bulk(crate::info::render(&shared).into_bytes()),
-                        other => cmd::execute(&shared.router, other).await,
-                    };
-                    reply.encode(&mut out);
-                    if close {
+                    }
+                    Err(e) => {
+                        protocol_error = Some(e);
                         break;
                     }
                 }
-                Err(e) => {
-                    e.to_frame().encode(&mut out);
-                    close = true;
-                    break;
-                }
+            }
+            buf.drain(..consumed);
+            let more = batch.len() == MAX_BATCH;
+            shared.stats.commands.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let (replies, quit) = run_batch(&shared, batch).await;
+            for reply in &replies {
+                reply.encode(&mut out);
+            }
+            if let Some(e) = &protocol_error {
+                e.to_frame().encode(&mut out);
+            }
+            if !out.is_empty() {
+                socket.write_all(&out).await?;
+                out.clear();
+            }
+            if quit || protocol_error.is_some() {
+                return Ok(());
+            }
+            if !more {
+                break;
             }
         }
-        buf.drain(..consumed);
-        if !out.is_empty() {
-            socket.write_all(&out).await?;
-            out.clear();
+    }
+}
+
+/// Runs a batch as described in the module docs; returns the replies in order and
+/// whether the client asked to quit (commands after QUIT are not run).
+async fn run_batch(shared: &Shared, batch: Vec<Command>) -> (Vec<Frame>, bool) {
+    let mut replies: Vec<Option<Frame>> = Vec::with_capacity(batch.len());
+    let mut lanes: BTreeMap<ShardId, Vec<(usize, Command)>> = BTreeMap::new();
+    let mut quit = false;
+    for command in batch {
+        let i = replies.len();
+        replies.push(None);
+        match command {
+            Command::Local(frame) => replies[i] = Some(frame),
+            Command::Info => replies[i] = Some(Frame::Bulk(crate::info::render(shared).into_bytes())),
+            Command::Quit => {
+                drain(shared, &mut lanes, &mut replies).await;
+                replies[i] = Some(Frame::ok());
+                quit = true;
+                break;
+            }
+            Command::Keyed { ref key, .. } => match shared.router.shard_of(key) {
+                Ok(shard) => lanes.entry(shard).or_default().push((i, command)),
+                Err(e) => replies[i] = Some(reply::to_frame(&e)),
+            },
+            other => {
+                drain(shared, &mut lanes, &mut replies).await;
+                replies[i] = Some(cmd::execute(&shared.router, other).await);
+            }
         }
-        if close {
-            return Ok(());
+    }
+    drain(shared, &mut lanes, &mut replies).await;
+    (replies.into_iter().map(|r| r.expect("every command answered")).collect(), quit)
+}
+
+/// Runs every queued lane (each in order, all concurrently) and stores the replies.
+async fn drain(shared: &Shared, lanes: &mut BTreeMap<ShardId, Vec<(usize, Command)>>, replies: &mut [Option<Frame>]) {
+    if lanes.is_empty() {
+        return;
+    }
+    let runs = std::mem::take(lanes).into_values().map(|lane| async move {
+        let mut out = Vec::with_capacity(lane.len());
+        for (i, command) in lane {
+            out.push((i, cmd::execute(&shared.router, command).await));
         }
+        out
+    });
+    for (i, frame) in futures::future::join_all(runs).await.into_iter().flatten() {
+        replies[i] = Some(frame);
     }
 }

@@ -67,6 +67,8 @@ pub struct Host {
     groups: DashMap<ShardId, Arc<Group>>,
     ring: OnceLock<Arc<Ring>>,
     creating: tokio::sync::Mutex<()>,
+    /// Where the background expiry scan of each led shard continues.
+    expiry_cursor: DashMap<ShardId, Vec<u8>>,
 }
 
 impl Host {
@@ -87,6 +89,7 @@ impl Host {
             groups: DashMap::new(),
             ring: OnceLock::new(),
             creating: tokio::sync::Mutex::new(()),
+            expiry_cursor: DashMap::new(),
         })
     }
 
@@ -247,13 +250,20 @@ impl Host {
         }
     }
 
-    /// Removes expired keys on the shards this node leads, at most `budget` keys per
-    /// shard per call, by proposing deletions (so followers delete them too).
-    pub async fn purge_expired(&self, budget: usize) {
+    /// Removes expired keys on the shards this node leads by proposing deletions
+    /// (so followers delete them too). Like Redis's active expiry, each call looks
+    /// at no more than `scan_budget` stored keys per shard, continuing where the
+    /// previous call stopped, so its cost is bounded whatever the data size.
+    pub async fn purge_expired(&self, scan_budget: usize) {
         let now = now_ms();
         for shard in self.leaders() {
             let Some(group) = self.group(shard) else { continue };
-            let expired = self.scan_expired(&group, now, budget);
+            let start = self.expiry_cursor.get(&shard).map(|c| c.clone());
+            let (expired, next) = self.scan_expired(&group, start, now, scan_budget);
+            match next {
+                Some(cursor) => self.expiry_cursor.insert(shard, cursor),
+                None => self.expiry_cursor.remove(&shard).map(|(_, c)| c),
+            };
             if !expired.is_empty() {
                 let n = expired.len();
                 let _ = self.propose(&group, WriteOp::PurgeExpired { keys: expired }).await;
@@ -262,29 +272,40 @@ impl Host {
         }
     }
 
-    fn scan_expired(&self, group: &Group, now: u64, budget: usize) -> Vec<Vec<u8>> {
+    /// Scans at most `budget` stored keys of `group` from `start` (a storage key),
+    /// returning the expired user keys and where to continue (`None`: wrapped).
+    fn scan_expired(
+        &self,
+        group: &Group,
+        start: Option<Vec<u8>>,
+        now: u64,
+        budget: usize,
+    ) -> (Vec<Vec<u8>>, Option<Vec<u8>>) {
         let db = self.engine.db();
         let cf = self.engine.cf(CF_DATA);
-        let mut out = Vec::new();
-        for &vnode in group.owned.iter() {
+        let mut expired = Vec::new();
+        let mut seen = 0;
+        let first_vnode = start.as_ref().map_or(0, |k| u16::from_be_bytes([k[0], k[1]]));
+        for &vnode in group.owned.range(first_vnode..) {
             let mut opts = rocksdb::ReadOptions::default();
             opts.set_iterate_upper_bound(crate::storage::vnode_end(vnode));
-            let start = crate::storage::vnode_start(vnode);
-            for item in db.iterator_cf_opt(
-                cf,
-                opts,
-                rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
-            ) {
-                let Ok((key, value)) = item else { return out };
+            let from = match &start {
+                Some(k) if k[..2] == vnode.to_be_bytes() => k.clone(),
+                _ => crate::storage::vnode_start(vnode),
+            };
+            let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
+            for item in db.iterator_cf_opt(cf, opts, mode) {
+                let Ok((key, value)) = item else { return (expired, None) };
+                if seen == budget {
+                    return (expired, Some(key.to_vec()));
+                }
+                seen += 1;
                 if crate::storage::Value::decode(&value).is_expired(now) {
-                    out.push(crate::storage::user_key(&key).to_vec());
-                    if out.len() >= budget {
-                        return out;
-                    }
+                    expired.push(crate::storage::user_key(&key).to_vec());
                 }
             }
         }
-        out
+        (expired, None)
     }
 
     /// Stops every group.

@@ -1,0 +1,158 @@
+//! `redraft-bench`: load generator for any RESP endpoint.
+//!
+//! ```text
+//! redraft-bench run --target 127.0.0.1:6379 --mix a --connections 50 --pipeline 1 --requests 100000
+//! redraft-bench run ... --rate 20000 --duration 30      # open loop
+//! redraft-bench run ... --compare                       # also stock redis-server, ratios
+//! redraft-bench plot a.json b.json --out chart.svg      # comparison chart
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use redraft_loadtest::compare::RedisServer;
+use redraft_loadtest::report;
+use redraft_loadtest::runner::{self, RunConfig, RunResult};
+use redraft_loadtest::workload::{KeyDistribution, Mix, Workload};
+
+#[derive(Parser)]
+#[command(name = "redraft-bench", version, about = "RESP load generator with HDR latency histograms")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a workload against an endpoint.
+    Run(RunArgs),
+    /// Draw a comparison chart of result files.
+    Plot {
+        /// Result files written by `run --json`.
+        files: Vec<PathBuf>,
+        /// SVG to write.
+        #[arg(long, default_value = "comparison.svg")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// RESP endpoint.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    target: SocketAddr,
+    /// Label of the target in reports.
+    #[arg(long, default_value = "redraft")]
+    label: String,
+    /// Operation mix: set, get, or YCSB a, b, c, f.
+    #[arg(long, value_enum, default_value_t = Mix::A)]
+    mix: Mix,
+    /// Key distribution.
+    #[arg(long, value_enum, default_value_t = KeyDistribution::Uniform)]
+    distribution: KeyDistribution,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+    /// Connections.
+    #[arg(long, short = 'c', default_value_t = 50)]
+    connections: usize,
+    /// Pipeline depth per connection.
+    #[arg(long, short = 'P', default_value_t = 1)]
+    pipeline: usize,
+    /// Total requests (default 100000 when no duration is given).
+    #[arg(long, short = 'n')]
+    requests: Option<u64>,
+    /// Seconds to run.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Open loop at this many requests per second in all.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a timeline chart (SVG) here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Also run the workload against stock redis-server (in memory, and with
+    /// appendfsync always) started on free ports, and print ratios.
+    #[arg(long)]
+    compare: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::Plot { files, out } => {
+            let mut results = Vec::new();
+            for f in files {
+                results.extend(report::read_json(&f)?);
+            }
+            report::comparison_svg(&out, &results)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let requests = match (args.requests, args.duration) {
+        (None, None) => Some(100_000),
+        (r, _) => r,
+    };
+    let config = RunConfig {
+        target: args.target,
+        connections: args.connections.max(1),
+        pipeline: args.pipeline.max(1),
+        requests,
+        duration: args.duration.map(Duration::from_secs),
+        rate: args.rate,
+        workload: Workload { mix: args.mix, distribution: args.distribution, keys: args.keys, value_size: args.value_size },
+        seed: args.seed,
+        progress: true,
+    };
+    let mut results: Vec<RunResult> = Vec::new();
+    let mut servers = Vec::new();
+    let scratch = std::env::temp_dir().join(format!("redraft-bench-{}", std::process::id()));
+    if args.compare {
+        servers.push(RedisServer::start(&scratch, false)?);
+        servers.push(RedisServer::start(&scratch, true)?);
+    }
+    results.push(runner::run(&args.label, config.clone()).await?);
+    for server in &servers {
+        let mut c = config.clone();
+        c.target = server.addr;
+        results.push(runner::run(&server.label, c).await?);
+    }
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&scratch);
+    print!("{}", report::table(&results));
+    if results.len() > 1 {
+        for reference in &results[1..] {
+            println!(
+                "{} / {}: throughput {:.2}x, p50 latency {:.2}x",
+                results[0].label,
+                reference.label,
+                results[0].throughput / reference.throughput.max(1e-9),
+                results[0].latency.p50_us as f64 / reference.latency.p50_us.max(1) as f64
+            );
+        }
+    }
+    if let Some(path) = &args.json {
+        report::write_json(path, &results)?;
+    }
+    if let Some(path) = &args.svg {
+        report::timeline_svg(path, &results)?;
+    }
+    Ok(())
+}
