@@ -38,6 +38,8 @@ pub enum NodeRequest {
         version: RoutingVersion,
         op: ShardOp,
     },
+    /// Several requests sent together; answered by a `Batch` of the same length.
+    Batch(Vec<NodeRequest>),
 }
 
 /// A shard node's answer.
@@ -56,6 +58,8 @@ pub enum NodeResponse {
     /// The write was proposed but its outcome is unknown (timeout, leader lost).
     /// Never retried: the client is told.
     Unknown(String),
+    /// Answers to a `NodeRequest::Batch`, in order.
+    Batch(Vec<NodeResponse>),
 }
 
 /// A request to the placement driver.

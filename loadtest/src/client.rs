@@ -19,7 +19,11 @@ impl Connection {
     pub async fn connect(addr: SocketAddr) -> Result<Connection> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Connection { stream, buf: Vec::with_capacity(64 * 1024), chunk: vec![0; 64 * 1024] })
+        Ok(Connection {
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            chunk: vec![0; 64 * 1024],
+        })
     }
 
     /// Writes already-encoded requests.

@@ -37,7 +37,9 @@ impl RedisServer {
         let work: PathBuf = dir.join(format!("redis-{port}"));
         std::fs::create_dir_all(&work)?;
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]).arg("--dir").arg(&work);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .arg("--dir")
+            .arg(&work);
         if fsync_always {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -56,7 +58,15 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let label = if fsync_always { "redis-server (fsync always)" } else { "redis-server (in memory)" };
-        Ok(RedisServer { child, addr, label: label.to_string() })
+        let label = if fsync_always {
+            "redis-server (fsync always)"
+        } else {
+            "redis-server (in memory)"
+        };
+        Ok(RedisServer {
+            child,
+            addr,
+            label: label.to_string(),
+        })
     }
 }

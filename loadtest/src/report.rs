@@ -52,9 +52,19 @@ pub fn timeline_svg(path: &Path, results: &[RunResult]) -> Result<()> {
     root.fill(&WHITE).map_err(plot_err)?;
     let (top, bottom) = root.split_vertically(300);
     let seconds = results.iter().map(|r| r.timeline.len()).max().unwrap_or(1).max(1) as u64;
-    let max_rate = results.iter().flat_map(|r| r.timeline.iter().map(|s| s.requests)).max().unwrap_or(1).max(1);
-    let max_ms =
-        results.iter().flat_map(|r| r.timeline.iter().map(|s| s.p99_us)).max().unwrap_or(1).max(1) as f64 / 1000.0;
+    let max_rate = results
+        .iter()
+        .flat_map(|r| r.timeline.iter().map(|s| s.requests))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let max_ms = results
+        .iter()
+        .flat_map(|r| r.timeline.iter().map(|s| s.p99_us))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        / 1000.0;
     let mut chart = ChartBuilder::on(&top)
         .caption("throughput (requests/s)", ("sans-serif", 18))
         .margin(10)
@@ -66,12 +76,19 @@ pub fn timeline_svg(path: &Path, results: &[RunResult]) -> Result<()> {
     for (i, r) in results.iter().enumerate() {
         let colour = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(r.timeline.iter().map(|s| (s.t, s.requests)), colour.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                r.timeline.iter().map(|s| (s.t, s.requests)),
+                colour.stroke_width(2),
+            ))
             .map_err(plot_err)?
             .label(r.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], colour));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).draw().map_err(plot_err)?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&bottom)
         .caption("latency p50 (solid) and p99 (thin), ms", ("sans-serif", 18))
         .margin(10)
@@ -84,10 +101,16 @@ pub fn timeline_svg(path: &Path, results: &[RunResult]) -> Result<()> {
         let colour = Palette99::pick(i).to_rgba();
         let ms = |us: u64| us as f64 / 1000.0;
         chart
-            .draw_series(LineSeries::new(r.timeline.iter().map(|s| (s.t, ms(s.p50_us))), colour.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                r.timeline.iter().map(|s| (s.t, ms(s.p50_us))),
+                colour.stroke_width(2),
+            ))
             .map_err(plot_err)?;
         chart
-            .draw_series(LineSeries::new(r.timeline.iter().map(|s| (s.t, ms(s.p99_us))), colour.stroke_width(1)))
+            .draw_series(LineSeries::new(
+                r.timeline.iter().map(|s| (s.t, ms(s.p99_us))),
+                colour.stroke_width(1),
+            ))
             .map_err(plot_err)?;
     }
     root.present().map_err(plot_err)?;
@@ -120,7 +143,10 @@ pub fn comparison_svg(path: &Path, results: &[RunResult]) -> Result<()> {
         .draw_series(results.iter().enumerate().map(|(i, r)| {
             let i = i as u32;
             let mut bar = Rectangle::new(
-                [(0.0, SegmentValue::Exact(i)), (r.throughput, SegmentValue::Exact(i + 1))],
+                [
+                    (0.0, SegmentValue::Exact(i)),
+                    (r.throughput, SegmentValue::Exact(i + 1)),
+                ],
                 Palette99::pick(i as usize).filled(),
             );
             bar.set_margin(6, 6, 0, 0);

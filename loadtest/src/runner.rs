@@ -122,7 +122,12 @@ struct Measured {
 
 impl Measured {
     fn new() -> Measured {
-        Measured { total: histogram(), by_op: BTreeMap::new(), seconds: Vec::new(), errors: 0 }
+        Measured {
+            total: histogram(),
+            by_op: BTreeMap::new(),
+            seconds: Vec::new(),
+            errors: 0,
+        }
     }
 
     fn record(&mut self, op: &'static str, since_start: Duration, latency: Duration) {
@@ -139,7 +144,11 @@ impl Measured {
     fn merge(&mut self, other: Measured) {
         self.total.add(&other.total).expect("same bounds");
         for (op, h) in other.by_op {
-            self.by_op.entry(op).or_insert_with(histogram).add(&h).expect("same bounds");
+            self.by_op
+                .entry(op)
+                .or_insert_with(histogram)
+                .add(&h)
+                .expect("same bounds");
         }
         for (i, h) in other.seconds.into_iter().enumerate() {
             while self.seconds.len() <= i {
@@ -191,7 +200,9 @@ pub async fn run(label: &str, config: RunConfig) -> Result<RunResult> {
     let mut tasks = Vec::new();
     for c in 0..config.connections {
         let (budget, generator, cfg) = (budget.clone(), generator.clone(), config.clone());
-        tasks.push(tokio::spawn(async move { connection_loop(c, cfg, budget, generator, start).await }));
+        tasks.push(tokio::spawn(async move {
+            connection_loop(c, cfg, budget, generator, start).await
+        }));
     }
     let mut measured = Measured::new();
     let mut failure = None;
@@ -220,7 +231,11 @@ pub async fn run(label: &str, config: RunConfig) -> Result<RunResult> {
         elapsed_s,
         throughput: requests as f64 / elapsed_s.max(1e-9),
         latency: Percentiles::of(&measured.total),
-        by_op: measured.by_op.iter().map(|(k, h)| (k.to_string(), Percentiles::of(h))).collect(),
+        by_op: measured
+            .by_op
+            .iter()
+            .map(|(k, h)| (k.to_string(), Percentiles::of(h)))
+            .collect(),
         timeline: measured
             .seconds
             .iter()

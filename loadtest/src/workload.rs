@@ -138,19 +138,31 @@ mod tests {
     use super::*;
 
     fn ops(mix: Mix, distribution: KeyDistribution) -> Vec<Op> {
-        let g = Generator::new(Workload { mix, distribution, keys: 1000, value_size: 8 });
+        let g = Generator::new(Workload {
+            mix,
+            distribution,
+            keys: 1000,
+            value_size: 8,
+        });
         let mut rng = SmallRng::seed_from_u64(7);
         (0..10_000).map(|_| g.next(&mut rng)).collect()
     }
 
     #[test]
     fn mixes_have_their_read_ratio() {
-        let reads = |m| ops(m, KeyDistribution::Uniform).iter().filter(|o| matches!(o, Op::Get(_))).count();
+        let reads = |m| {
+            ops(m, KeyDistribution::Uniform)
+                .iter()
+                .filter(|o| matches!(o, Op::Get(_)))
+                .count()
+        };
         assert_eq!(reads(Mix::Set), 0);
         assert_eq!(reads(Mix::C), 10_000);
         assert!((4_500..5_500).contains(&reads(Mix::A)));
         assert!((9_300..9_700).contains(&reads(Mix::B)));
-        assert!(ops(Mix::F, KeyDistribution::Uniform).iter().any(|o| matches!(o, Op::Incr(_))));
+        assert!(ops(Mix::F, KeyDistribution::Uniform)
+            .iter()
+            .any(|o| matches!(o, Op::Incr(_))));
     }
 
     #[test]

@@ -115,7 +115,13 @@ async fn run_batch(shared: &Shared, batch: Vec<Command>) -> (Vec<Frame>, bool) {
         }
     }
     drain(shared, &mut lanes, &mut replies).await;
-    (replies.into_iter().map(|r| r.expect("every command answered")).collect(), quit)
+    (
+        replies
+            .into_iter()
+            .map(|r| r.expect("every command answered"))
+            .collect(),
+        quit,
+    )
 }
 
 /// Runs every queued lane (each in order, all concurrently) and stores the replies.

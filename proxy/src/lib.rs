@@ -5,6 +5,7 @@
 //! | [`connection`] | one client: parse, execute in order, reply (pipelining) |
 //! | [`cmd`] | the command table: parsing to shard operations, split and merge |
 //! | [`route`] | the routing-table cache, leader hints, retries |
+//! | [`pool`] | requests to shard nodes, batched per node |
 //! | [`reply`] | proxy errors and their wire strings |
 //! | [`info`] | INFO |
 //!
@@ -14,6 +15,7 @@
 pub mod cmd;
 pub mod connection;
 pub mod info;
+pub mod pool;
 pub mod reply;
 pub mod route;
 

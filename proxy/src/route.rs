@@ -25,6 +25,7 @@ use redraft_common::routing::RoutingTable;
 use redraft_common::transport::{CallError, Endpoint};
 use redraft_common::wire::{NodeRequest, NodeResponse};
 
+use crate::pool::NodeLinks;
 use crate::reply::Error;
 
 /// How long the proxy keeps retrying a command before answering an error.
@@ -38,7 +39,7 @@ const SUSPECT_FOR: Duration = Duration::from_millis(1500);
 
 /// The proxy's view of the cluster.
 pub struct Router {
-    endpoint: Endpoint,
+    links: NodeLinks,
     pd: PdClient,
     table: RwLock<Arc<RoutingTable>>,
     ring: RwLock<Option<Arc<Ring>>>,
@@ -50,7 +51,7 @@ impl Router {
     /// A router with no table yet.
     pub fn new(endpoint: Endpoint, pd: PdClient) -> Router {
         Router {
-            endpoint,
+            links: NodeLinks::new(endpoint),
             pd,
             table: RwLock::new(Arc::new(RoutingTable::default())),
             ring: RwLock::new(None),
@@ -170,11 +171,7 @@ impl Router {
                     version: table.version,
                     op: op.clone(),
                 };
-                match self
-                    .endpoint
-                    .call::<_, NodeResponse>(addr, &request, CALL_TIMEOUT)
-                    .await
-                {
+                match self.links.call(addr, request, CALL_TIMEOUT).await {
                     Ok(NodeResponse::Reply(frame)) => {
                         self.leaders.insert(shard, node);
                         return Ok(frame);
@@ -188,7 +185,7 @@ impl Router {
                     }
                     Ok(NodeResponse::WrongShard { .. }) => self.refresh().await,
                     Ok(NodeResponse::Unknown(_)) => return Err(Error::Unknown),
-                    Ok(NodeResponse::Raft(_)) => {}
+                    Ok(NodeResponse::Raft(_)) | Ok(NodeResponse::Batch(_)) => {}
                     Err(CallError::Unknown { .. }) if !is_read => {
                         self.leaders.remove(&shard);
                         self.suspect(node);

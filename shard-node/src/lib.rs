@@ -180,13 +180,23 @@ async fn register(pd: &PdClient, node_id: Option<NodeId>, addr: &str) -> Result<
 async fn handle(host: Arc<Host>, bytes: Vec<u8>) -> Vec<u8> {
     let response = match wire::decode::<NodeRequest>(&bytes) {
         Err(e) => NodeResponse::Raft(Err(e.to_string())),
-        Ok(NodeRequest::Raft { group, kind, payload }) => match host.group(group) {
+        Ok(request) => serve(&host, request).await,
+    };
+    wire::encode(&response)
+}
+
+async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
+    match request {
+        NodeRequest::Raft { group, kind, payload } => match host.group(group) {
             Some(g) => NodeResponse::Raft(redraft_raft_storage::network::serve_rpc(&g.raft, kind, &payload).await),
             None => NodeResponse::Raft(Err(format!("shard {group} is not hosted on node {}", host.node_id()))),
         },
-        Ok(NodeRequest::Exec { shard, op, .. }) => host.exec(shard, op).await,
-    };
-    wire::encode(&response)
+        NodeRequest::Exec { shard, op, .. } => host.exec(shard, op).await,
+        // Requests of a batch run concurrently; openraft then batches their entries.
+        NodeRequest::Batch(requests) => {
+            NodeResponse::Batch(futures::future::join_all(requests.into_iter().map(|r| Box::pin(serve(host, r)))).await)
+        }
+    }
 }
 
 /// Stored keys the background expiry looks at per led shard per second: bounded

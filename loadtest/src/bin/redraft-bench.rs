@@ -19,7 +19,11 @@ use redraft_loadtest::runner::{self, RunConfig, RunResult};
 use redraft_loadtest::workload::{KeyDistribution, Mix, Workload};
 
 #[derive(Parser)]
-#[command(name = "redraft-bench", version, about = "RESP load generator with HDR latency histograms")]
+#[command(
+    name = "redraft-bench",
+    version,
+    about = "RESP load generator with HDR latency histograms"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -117,7 +121,12 @@ async fn run(args: RunArgs) -> Result<()> {
         requests,
         duration: args.duration.map(Duration::from_secs),
         rate: args.rate,
-        workload: Workload { mix: args.mix, distribution: args.distribution, keys: args.keys, value_size: args.value_size },
+        workload: Workload {
+            mix: args.mix,
+            distribution: args.distribution,
+            keys: args.keys,
+            value_size: args.value_size,
+        },
         seed: args.seed,
         progress: true,
     };

@@ -1,0 +1,130 @@
+//! Requests to shard nodes, batched per node.
+//!
+//! Every node gets a batcher task. Requests that arrive while the node already has
+//! [`MAX_IN_FLIGHT`] batches outstanding wait and leave together as one
+//! `NodeRequest::Batch` on one QUIC stream, so under load the per-message cost
+//! (stream, packets, wake-ups) is shared by many requests, while a lone request
+//! leaves at once: there is no timer and no added latency when idle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use redraft_common::transport::{CallError, Endpoint};
+use redraft_common::wire::{NodeRequest, NodeResponse};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Batches in flight per node before requests start to queue into bigger batches.
+const MAX_IN_FLIGHT: usize = 4;
+/// Most requests in one batch.
+const MAX_BATCH: usize = 256;
+/// Requests waiting for a node's batcher; beyond this, callers wait (backpressure).
+const QUEUE: usize = 4096;
+
+type Reply = oneshot::Sender<Result<NodeResponse, CallError>>;
+
+/// Batched links to shard nodes.
+pub struct NodeLinks {
+    endpoint: Endpoint,
+    links: DashMap<SocketAddr, mpsc::Sender<(NodeRequest, Reply)>>,
+}
+
+impl NodeLinks {
+    /// Links over `endpoint`.
+    pub fn new(endpoint: Endpoint) -> NodeLinks {
+        NodeLinks {
+            endpoint,
+            links: DashMap::new(),
+        }
+    }
+
+    /// Sends `request` to `addr` (possibly inside a batch) and waits for its answer.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        request: NodeRequest,
+        timeout: Duration,
+    ) -> Result<NodeResponse, CallError> {
+        let link = self
+            .links
+            .entry(addr)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(batcher(self.endpoint.clone(), addr, rx, timeout));
+                tx
+            })
+            .clone();
+        let (reply, answer) = oneshot::channel();
+        let stopped = || CallError::NotSent {
+            addr,
+            reason: "node link stopped".into(),
+        };
+        link.send((request, reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn batcher(
+    endpoint: Endpoint,
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<(NodeRequest, Reply)>,
+    timeout: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            send(&endpoint, addr, batch, timeout).await;
+        });
+    }
+}
+
+async fn send(endpoint: &Endpoint, addr: SocketAddr, mut batch: Vec<(NodeRequest, Reply)>, timeout: Duration) {
+    if batch.len() == 1 {
+        let (request, reply) = batch.pop().expect("one request");
+        let _ = reply.send(endpoint.call(addr, &request, timeout).await);
+        return;
+    }
+    let (requests, replies): (Vec<NodeRequest>, Vec<Reply>) = batch.into_iter().unzip();
+    let n = replies.len();
+    match endpoint.call(addr, &NodeRequest::Batch(requests), timeout).await {
+        Ok(NodeResponse::Batch(answers)) if answers.len() == n => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
+            }
+        }
+        Ok(other) => {
+            let reason = format!("malformed batch answer {other:?}");
+            for reply in replies {
+                let _ = reply.send(Err(CallError::Unknown {
+                    addr,
+                    reason: reason.clone(),
+                }));
+            }
+        }
+        Err(e) => {
+            let not_sent = matches!(e, CallError::NotSent { .. });
+            let reason = e.to_string();
+            for reply in replies {
+                let reason = reason.clone();
+                let _ = reply.send(Err(if not_sent {
+                    CallError::NotSent { addr, reason }
+                } else {
+                    CallError::Unknown { addr, reason }
+                }));
+            }
+        }
+    }
+}
