@@ -63,3 +63,41 @@ fn ten_thousand_keys_land_on_every_shard_and_read_back() {
         assert_eq!(conn.cmd(&format!("GET key:{i}")), Frame::bulk(format!("value:{i}")));
     }
 }
+
+/// A short smoke run of the load generator (the long runs are `scripts/bench.sh`).
+#[test]
+fn load_generator_smoke_run() {
+    use redraft_loadtest::runner::{run, RunConfig};
+    use redraft_loadtest::workload::{KeyDistribution, Mix, Workload};
+    let cluster = TestCluster::start(3);
+    let config = RunConfig {
+        target: cluster.proxy(),
+        connections: 8,
+        pipeline: 4,
+        requests: Some(4_000),
+        duration: None,
+        rate: None,
+        workload: Workload {
+            mix: Mix::F,
+            distribution: KeyDistribution::Zipfian,
+            keys: 1_000,
+            value_size: 32,
+        },
+        seed: 3,
+        progress: false,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let result = runtime.block_on(run("redraft", config)).unwrap();
+    assert_eq!(result.requests, 4_000);
+    assert_eq!(result.errors, 0);
+    assert!(result.by_op.contains_key("get") && result.by_op.contains_key("incr"));
+    assert!(result.latency.p50_us > 0 && result.latency.p50_us <= result.latency.max_us);
+    let dir = tempfile::tempdir().unwrap();
+    redraft_loadtest::report::write_json(&dir.path().join("r.json"), std::slice::from_ref(&result)).unwrap();
+    let back = redraft_loadtest::report::read_json(&dir.path().join("r.json")).unwrap();
+    assert_eq!(back[0].requests, 4_000);
+    redraft_loadtest::report::timeline_svg(&dir.path().join("t.svg"), &back).unwrap();
+    assert!(std::fs::read_to_string(dir.path().join("t.svg"))
+        .unwrap()
+        .contains("<svg"));
+}

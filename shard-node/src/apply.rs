@@ -363,6 +363,9 @@ impl<'a> Keyspace<'a> {
                 Ok(v) => v,
                 Err(e) => return e,
             }
+        } else if condition == SetCondition::Always && !keep_ttl {
+            // A plain SET overwrites whatever is there: no need to read it.
+            None
         } else {
             self.load(&skey)
         };

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Reruns every benchmark in docs/benchmarks.md with one command:
+#   1. a local Redraft cluster (3 nodes, RF=3, fsync always) and two stock
+#      redis-server references (in memory; appendonly with appendfsync always),
+#      all on 127.0.0.1 free ports;
+#   2. redraft-bench --compare for SET/GET at pipeline 1 and 16 (50 connections),
+#      JSON results and SVG charts into docs/bench/;
+#   3. redis-benchmark -t set,get -c 50 -P 1|16 against all three;
+#   4. the criterion micro-benchmarks.
+# Usage: scripts/bench.sh [requests per run, default 100000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+N="${1:-100000}"
+cargo build --bins
+target="${CARGO_TARGET_DIR:-target}/debug"
+out=docs/bench
+mkdir -p "$out"
+work=$(mktemp -d)
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rport=$(port); mport=$(port); aport=$(port); base=$(( 20000 + RANDOM % 20000 ))
+cleanup() {
+  "$target/redraft" down --dir "$work/redraft" >/dev/null 2>&1 || true
+  redis-cli -p "$mport" shutdown nosave >/dev/null 2>&1 || true
+  redis-cli -p "$aport" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+"$target/redraft" up --dir "$work/redraft" --port "$rport" --base-port "$base" --detach
+redis-server --port "$mport" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --daemonize yes >/dev/null
+redis-server --port "$aport" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync always \
+  --appendfilename always.aof --dir "$work" --daemonize yes >/dev/null
+sleep 1
+
+echo "## redraft-bench (50 connections, $N requests per run)"
+for mix in set get; do
+  for p in 1 16; do
+    echo "### $mix P$p"
+    "$target/redraft-bench" run --target "127.0.0.1:$rport" --mix "$mix" -c 50 -P "$p" -n "$N" --compare \
+      --json "$out/$mix-p$p.json" --svg "$out/$mix-p$p.svg"
+  done
+done
+"$target/redraft-bench" plot "$out"/set-p1.json "$out"/get-p1.json "$out"/set-p16.json "$out"/get-p16.json \
+  --out "$out/comparison.svg"
+
+echo "## redis-benchmark -t set,get -n $N -c 50"
+for p in 1 16; do
+  for target_port in "redraft:$rport" "redis-server (in memory):$mport" "redis-server (appendfsync always):$aport"; do
+    name="${target_port%:*}"; pt="${target_port##*:}"
+    line=$(redis-benchmark -p "$pt" -t set,get -n "$N" -c 50 -P "$p" -q 2>/dev/null | tr '\r' '\n' \
+      | grep -E "requests per second" | sed -E 's/ requests per second.*//' | tr '\n' ' ')
+    echo "P$p | $name | $line"
+  done
+done
+
+echo "## criterion micro-benchmarks"
+for b in "redraft-common codec" "redraft-node apply" "redraft-raft-storage log_append"; do
+  set -- $b
+  cargo bench --profile dev -p "$1" --bench "$2" 2>/dev/null | grep -E "^[a-z].*/|time:|thrpt:|committer" || true
+done
