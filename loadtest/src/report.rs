@@ -117,42 +117,53 @@ pub fn timeline_svg(path: &Path, results: &[RunResult]) -> Result<()> {
     Ok(())
 }
 
-/// Bars of throughput per run, for comparing several runs.
+/// The run's target and workload, e.g. `redraft set P16`.
+pub fn run_name(r: &RunResult) -> String {
+    format!("{} {:?} P{}", r.label, r.config.workload.mix, r.config.pipeline)
+        .replace(" Set ", " set ")
+        .replace(" Get ", " get ")
+}
+
+/// Bars of throughput per run (log scale), for comparing several runs.
 pub fn comparison_svg(path: &Path, results: &[RunResult]) -> Result<()> {
-    let root = SVGBackend::new(path, (900, 120 + 40 * results.len() as u32)).into_drawing_area();
+    let n = results.len().max(1);
+    let root = SVGBackend::new(path, (900, 80 + 32 * n as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let max = results.iter().map(|r| r.throughput).fold(1.0, f64::max);
-    let n = results.len() as u32;
+    let max = results.iter().map(|r| r.throughput).fold(10.0, f64::max);
     let mut chart = ChartBuilder::on(&root)
-        .caption("throughput (requests/s)", ("sans-serif", 18))
+        .caption("throughput, requests/s (log scale)", ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(30)
-        .y_label_area_size(260)
-        .build_cartesian_2d(0.0..max * 1.15, (0..n).into_segmented())
+        .y_label_area_size(10)
+        .build_cartesian_2d((100.0..max * 2.0).log_scale(), 0.0..n as f64)
         .map_err(plot_err)?;
-    let labels: Vec<String> = results.iter().map(|r| r.label.clone()).collect();
     chart
         .configure_mesh()
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
+        .disable_y_mesh()
+        .disable_y_axis()
         .draw()
         .map_err(plot_err)?;
-    chart
-        .draw_series(results.iter().enumerate().map(|(i, r)| {
-            let i = i as u32;
-            let mut bar = Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(i)),
-                    (r.throughput, SegmentValue::Exact(i + 1)),
-                ],
-                Palette99::pick(i as usize).filled(),
-            );
-            bar.set_margin(6, 6, 0, 0);
-            bar
-        }))
-        .map_err(plot_err)?;
+    for (i, r) in results.iter().enumerate() {
+        let y = (n - 1 - i) as f64;
+        let colour = if r.label == "redraft" {
+            RGBColor(200, 30, 60)
+        } else {
+            RGBColor(120, 120, 120)
+        };
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(100.0, y + 0.15), (r.throughput.max(100.0), y + 0.85)],
+                colour.filled(),
+            )))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{}  {:.0}/s", run_name(r), r.throughput),
+                (110.0, y + 0.5),
+                ("sans-serif", 13).into_font().color(&BLACK),
+            )))
+            .map_err(plot_err)?;
+    }
     root.present().map_err(plot_err)?;
     Ok(())
 }
