@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 N="${1:-100000}"
-cargo build --bins
+cargo build --workspace --bins
 target="${CARGO_TARGET_DIR:-target}/debug"
 out=docs/bench
 mkdir -p "$out"

@@ -3,13 +3,14 @@
 #   libclang-dev  bindgen, to build the bundled RocksDB
 #   redis-tools   redis-cli (tests, benchmarks, and for you)
 #   redis-server  the reference server the compatibility tests compare against
+#   iptables      real network cuts between members in the fault tests
 set -euo pipefail
 
 missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v clang >/dev/null 2>&1 || dpkg -s libclang-dev >/dev/null 2>&1 || true
+command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"

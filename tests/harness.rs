@@ -208,3 +208,74 @@ pub fn routing_table(cluster: &TestCluster) -> redraft_common::routing::RoutingT
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Counter for unique iptables chain names within this test process.
+static CHAIN_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Real network cuts between members on loopback, with an iptables chain of our
+/// own: packets between the members' QUIC ports are dropped by the kernel.
+pub struct Partitions {
+    chain: String,
+}
+
+fn iptables(args: &[&str]) -> bool {
+    std::process::Command::new("iptables").args(args).status().is_ok_and(|s| s.success())
+}
+
+impl Partitions {
+    /// Creates an empty chain hooked into loopback input.
+    pub fn new() -> Partitions {
+        let chain = format!("RDT{}-{}", std::process::id(), CHAIN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        assert!(iptables(&["-N", &chain]), "iptables is needed for partition tests (scripts/setup.sh installs it)");
+        assert!(iptables(&["-I", "INPUT", "-i", "lo", "-j", &chain]));
+        Partitions { chain }
+    }
+
+    /// Drops every packet between `a` and `b` (both directions).
+    pub fn cut(&self, a: SocketAddr, b: SocketAddr) {
+        for (from, to) in [(a, b), (b, a)] {
+            let (sport, dport) = (from.port().to_string(), to.port().to_string());
+            assert!(iptables(&["-A", &self.chain, "-p", "udp", "--sport", &sport, "--dport", &dport, "-j", "DROP"]));
+        }
+    }
+
+    /// Removes every cut.
+    pub fn heal(&self) {
+        assert!(iptables(&["-F", &self.chain]));
+    }
+}
+
+impl Drop for Partitions {
+    fn drop(&mut self) {
+        iptables(&["-D", "INPUT", "-i", "lo", "-j", &self.chain]);
+        iptables(&["-F", &self.chain]);
+        iptables(&["-X", &self.chain]);
+    }
+}
+
+impl TestCluster {
+    /// The QUIC address of a member.
+    pub fn addr_of(&self, name: &str) -> SocketAddr {
+        self.cluster.members().find(|m| m.name == name).unwrap().addr
+    }
+
+    /// Stops (`pause: true`, SIGSTOP) or resumes (SIGCONT) a member.
+    pub fn signal_stop(&self, name: &str, pause: bool) {
+        let (_, child) = self.children.iter().find(|(n, _)| n == name).unwrap();
+        let signal = if pause { "-STOP" } else { "-CONT" };
+        assert!(std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success());
+    }
+
+    /// The shard node that currently leads the most shards.
+    pub fn busiest_leader(&self) -> String {
+        let table = routing_table(self);
+        let mut counts = std::collections::BTreeMap::new();
+        for shard in table.shards.values() {
+            if let Some(l) = shard.leader {
+                *counts.entry(l).or_insert(0) += 1;
+            }
+        }
+        let id = counts.into_iter().max_by_key(|&(_, c)| c).map(|(id, _)| id).unwrap_or(1);
+        format!("node-{id}")
+    }
+}

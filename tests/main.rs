@@ -7,4 +7,5 @@ mod harness;
 mod cluster;
 mod compat;
 mod durability;
+mod faults;
 mod protocol;

@@ -5,6 +5,8 @@
 //! redraft-bench run ... --rate 20000 --duration 30      # open loop
 //! redraft-bench run ... --compare                       # also stock redis-server, ratios
 //! redraft-bench plot a.json b.json --out chart.svg      # comparison chart
+//! redraft-bench check --target 127.0.0.1:6379 --duration 30 --history h.jsonl
+//! redraft-bench check --verify h.jsonl                  # check a recorded history
 //! ```
 
 use std::net::SocketAddr;
@@ -33,6 +35,9 @@ struct Cli {
 enum Command {
     /// Run a workload against an endpoint.
     Run(RunArgs),
+    /// Record a history of concurrent operations and check it for linearizability.
+    /// Exits with 1 on a violation, 2 when the checker's time budget ran out.
+    Check(CheckArgs),
     /// Draw a comparison chart of result files.
     Plot {
         /// Result files written by `run --json`.
@@ -93,10 +98,91 @@ struct RunArgs {
     compare: bool,
 }
 
+#[derive(Args)]
+struct CheckArgs {
+    /// RESP endpoint.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    target: SocketAddr,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Keys the clients share (few keys, many conflicts).
+    #[arg(long, default_value_t = 5)]
+    keys: usize,
+    /// Seconds without an answer after which an operation's outcome is unknown.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// Write the history (JSON lines) here.
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Check this recorded history instead of running a workload.
+    #[arg(long)]
+    verify: Option<PathBuf>,
+    /// Seconds the checker may search before answering "unknown".
+    #[arg(long, default_value_t = 60)]
+    budget: u64,
+    /// A shell command run once, `--fault-at` seconds into the run (e.g. one that
+    /// kills a node), to check behaviour under a fault.
+    #[arg(long)]
+    fault: Option<String>,
+    /// When to run `--fault`, in seconds from the start.
+    #[arg(long, default_value_t = 3)]
+    fault_at: u64,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+async fn check(args: CheckArgs) -> Result<()> {
+    use redraft_loadtest::{check, history, linearizability};
+    let ops = match &args.verify {
+        Some(path) => history::read(path)?,
+        None => {
+            let fault = args.fault.clone().map(|cmd| {
+                let at = Duration::from_secs(args.fault_at);
+                tokio::spawn(async move {
+                    tokio::time::sleep(at).await;
+                    let status = tokio::process::Command::new("sh").arg("-c").arg(&cmd).status().await;
+                    eprintln!("fault `{cmd}`: {status:?}");
+                })
+            });
+            let config = check::CheckConfig {
+                target: args.target,
+                clients: args.clients.max(1),
+                keys: args.keys.max(1),
+                duration: Duration::from_secs(args.duration),
+                timeout: Duration::from_secs(args.timeout),
+                seed: args.seed,
+            };
+            let ops = check::run(config).await?;
+            if let Some(f) = fault {
+                let _ = f.await;
+            }
+            ops
+        }
+    };
+    if let Some(path) = &args.history {
+        history::write(path, &ops)?;
+    }
+    let unknown = ops.iter().filter(|o| o.output.is_none()).count();
+    println!("{} operations ({unknown} with unknown outcome)", ops.len());
+    let verdict = linearizability::check(&ops, Duration::from_secs(args.budget));
+    println!("{}", linearizability::describe(&verdict));
+    match verdict {
+        linearizability::Verdict::Linearizable => Ok(()),
+        linearizability::Verdict::Violation { .. } => std::process::exit(1),
+        linearizability::Verdict::Unknown => std::process::exit(2),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
+        Command::Check(args) => check(args).await,
         Command::Plot { files, out } => {
             let mut results = Vec::new();
             for f in files {

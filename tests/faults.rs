@@ -1,0 +1,121 @@
+//! Fault scenarios under live clients, each checked for linearizability (which
+//! includes a final read of every key: an acknowledged write that was lost fails
+//! the check).
+//!
+//! Each scenario runs the checking workload of `redraft-bench check` for
+//! `REDRAFT_FAULT_SECS` seconds (default 10) while the test injects the fault with
+//! real processes and real network cuts. `docs/testing.md` says how to run long
+//! versions.
+
+use std::thread;
+use std::time::Duration;
+
+use redraft_loadtest::check::{run, CheckConfig};
+use redraft_loadtest::linearizability::{check, describe, Verdict};
+
+use crate::harness::{Partitions, TestCluster};
+
+fn scenario_secs() -> u64 {
+    std::env::var("REDRAFT_FAULT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10)
+}
+
+/// Runs the checking workload while `fault` acts on the cluster, then checks.
+fn scenario(name: &str, fault: impl FnOnce(&mut TestCluster, Duration)) {
+    let mut cluster = TestCluster::start(3);
+    let secs = scenario_secs();
+    let config = CheckConfig {
+        target: cluster.proxy(),
+        clients: 8,
+        keys: 6,
+        duration: Duration::from_secs(secs),
+        timeout: Duration::from_secs(10),
+        seed: secs ^ name.len() as u64,
+    };
+    let workload = thread::spawn(move || tokio::runtime::Runtime::new().unwrap().block_on(run(config)));
+    fault(&mut cluster, Duration::from_secs(secs));
+    let history = workload.join().unwrap().unwrap_or_else(|e| {
+        cluster.dump_logs();
+        panic!("{name}: workload failed: {e:#}")
+    });
+    let completed = history.iter().filter(|o| o.output.is_some()).count();
+    let unknown = history.len() - completed;
+    let verdict = check(&history, Duration::from_secs(120));
+    eprintln!("{name}: {} operations ({completed} completed, {unknown} unknown): {}", history.len(), describe(&verdict));
+    assert_eq!(verdict, Verdict::Linearizable, "{name}: {}", describe(&verdict));
+    assert!(completed > 200, "{name}: only {completed} operations completed");
+}
+
+fn sleep_part(total: Duration, fraction: f64) {
+    thread::sleep(total.mul_f64(fraction));
+}
+
+#[test]
+fn leader_kill() {
+    scenario("leader kill", |c, t| {
+        sleep_part(t, 0.2);
+        let leader = c.busiest_leader();
+        c.kill9(&leader);
+        sleep_part(t, 0.4);
+        c.restart(&leader);
+    });
+}
+
+#[test]
+fn minority_partition_of_a_leader() {
+    scenario("leader partitioned from the other nodes", |c, t| {
+        let cuts = Partitions::new();
+        sleep_part(t, 0.2);
+        let leader = c.busiest_leader();
+        for other in ["node-1", "node-2", "node-3"].into_iter().filter(|n| *n != leader) {
+            cuts.cut(c.addr_of(&leader), c.addr_of(other));
+        }
+        sleep_part(t, 0.4);
+        cuts.heal();
+    });
+}
+
+#[test]
+fn leader_paused_longer_than_election_timeout() {
+    scenario("leader paused (SIGSTOP) for 4 s", |c, t| {
+        sleep_part(t, 0.2);
+        let leader = c.busiest_leader();
+        c.signal_stop(&leader, true);
+        thread::sleep(Duration::from_secs(4));
+        c.signal_stop(&leader, false);
+    });
+}
+
+#[test]
+fn every_node_killed_and_restarted_in_turn() {
+    scenario("rolling kill -9 and restart", |c, t| {
+        for node in ["node-1", "node-2", "node-3"] {
+            sleep_part(t, 0.1);
+            c.kill9(node);
+            sleep_part(t, 0.1);
+            c.restart(node);
+        }
+    });
+}
+
+#[test]
+fn whole_cluster_restart() {
+    scenario("whole cluster kill -9 and restart", |c, t| {
+        sleep_part(t, 0.3);
+        for name in c.member_names() {
+            c.kill9(&name);
+        }
+        for name in c.member_names() {
+            c.restart(&name);
+        }
+    });
+}
+
+#[test]
+fn placement_driver_kill() {
+    scenario("placement driver kill -9 and restart", |c, t| {
+        sleep_part(t, 0.2);
+        c.kill9("placement-1");
+        sleep_part(t, 0.3);
+        c.restart("placement-1");
+    });
+}
