@@ -16,7 +16,10 @@ use redraft_loadtest::linearizability::{check, describe, Verdict};
 use crate::harness::{Partitions, TestCluster};
 
 fn scenario_secs() -> u64 {
-    std::env::var("REDRAFT_FAULT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10)
+    std::env::var("REDRAFT_FAULT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
 }
 
 /// Runs the checking workload while `fault` acts on the cluster, then checks.
@@ -40,7 +43,11 @@ fn scenario(name: &str, fault: impl FnOnce(&mut TestCluster, Duration)) {
     let completed = history.iter().filter(|o| o.output.is_some()).count();
     let unknown = history.len() - completed;
     let verdict = check(&history, Duration::from_secs(120));
-    eprintln!("{name}: {} operations ({completed} completed, {unknown} unknown): {}", history.len(), describe(&verdict));
+    eprintln!(
+        "{name}: {} operations ({completed} completed, {unknown} unknown): {}",
+        history.len(),
+        describe(&verdict)
+    );
     assert_eq!(verdict, Verdict::Linearizable, "{name}: {}", describe(&verdict));
     assert!(completed > 200, "{name}: only {completed} operations completed");
 }

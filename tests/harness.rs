@@ -219,14 +219,24 @@ pub struct Partitions {
 }
 
 fn iptables(args: &[&str]) -> bool {
-    std::process::Command::new("iptables").args(args).status().is_ok_and(|s| s.success())
+    std::process::Command::new("iptables")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 impl Partitions {
     /// Creates an empty chain hooked into loopback input.
     pub fn new() -> Partitions {
-        let chain = format!("RDT{}-{}", std::process::id(), CHAIN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        assert!(iptables(&["-N", &chain]), "iptables is needed for partition tests (scripts/setup.sh installs it)");
+        let chain = format!(
+            "RDT{}-{}",
+            std::process::id(),
+            CHAIN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        assert!(
+            iptables(&["-N", &chain]),
+            "iptables is needed for partition tests (scripts/setup.sh installs it)"
+        );
         assert!(iptables(&["-I", "INPUT", "-i", "lo", "-j", &chain]));
         Partitions { chain }
     }
@@ -235,7 +245,18 @@ impl Partitions {
     pub fn cut(&self, a: SocketAddr, b: SocketAddr) {
         for (from, to) in [(a, b), (b, a)] {
             let (sport, dport) = (from.port().to_string(), to.port().to_string());
-            assert!(iptables(&["-A", &self.chain, "-p", "udp", "--sport", &sport, "--dport", &dport, "-j", "DROP"]));
+            assert!(iptables(&[
+                "-A",
+                &self.chain,
+                "-p",
+                "udp",
+                "--sport",
+                &sport,
+                "--dport",
+                &dport,
+                "-j",
+                "DROP"
+            ]));
         }
     }
 
@@ -263,7 +284,11 @@ impl TestCluster {
     pub fn signal_stop(&self, name: &str, pause: bool) {
         let (_, child) = self.children.iter().find(|(n, _)| n == name).unwrap();
         let signal = if pause { "-STOP" } else { "-CONT" };
-        assert!(std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success());
+        assert!(std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
     }
 
     /// The shard node that currently leads the most shards.
@@ -275,7 +300,11 @@ impl TestCluster {
                 *counts.entry(l).or_insert(0) += 1;
             }
         }
-        let id = counts.into_iter().max_by_key(|&(_, c)| c).map(|(id, _)| id).unwrap_or(1);
+        let id = counts
+            .into_iter()
+            .max_by_key(|&(_, c)| c)
+            .map(|(id, _)| id)
+            .unwrap_or(1);
         format!("node-{id}")
     }
 }

@@ -89,7 +89,7 @@ impl Frame {
     /// (tests, the load generator), not by the proxy's request path.
     pub fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, ProtocolError> {
         let mut pos = 0;
-        Ok(parse_frame(buf, &mut pos)?.map(|f| (f, pos)))
+        Ok(parse_frame(buf, &mut pos, 0)?.map(|f| (f, pos)))
     }
 }
 
@@ -130,7 +130,14 @@ fn parse_int(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
-fn parse_frame(buf: &[u8], pos: &mut usize) -> Result<Option<Frame>, ProtocolError> {
+/// Deepest nesting of arrays accepted in a reply (Redis never nests more than a
+/// few levels); bounds the parser's recursion.
+const MAX_DEPTH: usize = 64;
+
+fn parse_frame(buf: &[u8], pos: &mut usize, depth: usize) -> Result<Option<Frame>, ProtocolError> {
+    if depth > MAX_DEPTH {
+        return Err(ProtocolError::new("reply nested too deeply"));
+    }
     let Some(&kind) = buf.get(*pos) else { return Ok(None) };
     let Some(end) = find_crlf(buf, *pos + 1) else {
         return Ok(None);
@@ -164,7 +171,7 @@ fn parse_frame(buf: &[u8], pos: &mut usize) -> Result<Option<Frame>, ProtocolErr
             let mut cursor = after;
             let mut items = Vec::with_capacity((count as usize).min(1024));
             for _ in 0..count {
-                match parse_frame(buf, &mut cursor)? {
+                match parse_frame(buf, &mut cursor, depth + 1)? {
                     Some(f) => items.push(f),
                     None => return Ok(None),
                 }
@@ -363,6 +370,10 @@ mod tests {
         assert_eq!(Frame::parse(bytes).unwrap(), Some((expected, bytes.len())));
         assert!(Frame::parse(b"?garbage\r\n").is_err());
         assert!(Frame::parse(b":12x\r\n").is_err());
+        assert!(
+            Frame::parse(&b"*1\r\n".repeat(100_000)).is_err(),
+            "deep nesting is refused, not a stack overflow"
+        );
     }
 
     #[test]
@@ -379,5 +390,66 @@ mod tests {
         let bytes = frame.to_bytes();
         assert_eq!(Frame::parse(&bytes).unwrap(), Some((frame, bytes.len())));
         assert_eq!(Frame::parse(&bytes[..bytes.len() - 1]).unwrap(), None);
+    }
+}
+
+/// Property tests: no input makes the parsers panic, and what the encoder writes
+/// the parser reads back, however it is split.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        let leaf = prop_oneof![
+            "[a-zA-Z0-9 ]{0,12}".prop_map(Frame::Simple),
+            "[a-zA-Z0-9 ]{0,12}".prop_map(Frame::Error),
+            any::<i64>().prop_map(Frame::Integer),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(Frame::Bulk),
+            Just(Frame::Null),
+            Just(Frame::NullArray),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            proptest::collection::vec(inner, 0..6).prop_map(Frame::Array)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse_request(&bytes);
+            let _ = Frame::parse(&bytes);
+        }
+
+        #[test]
+        fn protocol_shaped_garbage_never_panics(parts in proptest::collection::vec(
+            prop_oneof![
+                Just(b"*".to_vec()), Just(b"$".to_vec()), Just(b"\r\n".to_vec()), Just(b"-1".to_vec()),
+                Just(b"3".to_vec()), Just(b"99999999999999999999".to_vec()), Just(b"\"".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..4),
+            ], 0..40)) {
+            let bytes: Vec<u8> = parts.concat();
+            let _ = parse_request(&bytes);
+            let _ = Frame::parse(&bytes);
+        }
+
+        #[test]
+        fn requests_round_trip_at_any_split(args in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 1..8), cut in 0usize..400) {
+            let bytes = Frame::Array(args.iter().map(|a| Frame::Bulk(a.clone())).collect()).to_bytes();
+            let cut = cut.min(bytes.len());
+            if cut < bytes.len() {
+                prop_assert_eq!(parse_request(&bytes[..cut]).unwrap(), None);
+            }
+            prop_assert_eq!(parse_request(&bytes).unwrap(), Some((args, bytes.len())));
+        }
+
+        #[test]
+        fn replies_round_trip(f in frame()) {
+            let bytes = f.to_bytes();
+            prop_assert_eq!(Frame::parse(&bytes).unwrap(), Some((f, bytes.len())));
+        }
     }
 }

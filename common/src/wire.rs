@@ -107,10 +107,12 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(msg, bincode::config::standard()).expect("wire types always encode")
 }
 
-/// Decodes a message; trailing bytes are an error.
+/// Decodes a message; trailing bytes are an error. Length prefixes are checked
+/// against the message size limit before anything is allocated, so a corrupt or
+/// hostile message cannot make the process allocate without bound.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (msg, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map_err(|e| DecodeError(e.to_string()))?;
+    let config = bincode::config::standard().with_limit::<{ crate::transport::MAX_MESSAGE }>();
+    let (msg, used) = bincode::serde::decode_from_slice(bytes, config).map_err(|e| DecodeError(e.to_string()))?;
     if used != bytes.len() {
         return Err(DecodeError(format!("{} trailing bytes", bytes.len() - used)));
     }
@@ -136,5 +138,16 @@ mod tests {
         }
         assert!(decode::<NodeRequest>(&bytes[..bytes.len() - 1]).is_err());
         assert!(decode::<NodeRequest>(&[0xff, 0xff, 0xff]).is_err());
+        // A batch claiming 2^60 requests is refused, not allocated.
+        let mut huge = vec![2u8]; // NodeRequest::Batch
+        huge.push(253); // varint marker: a u64 length follows
+        huge.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode::<NodeRequest>(&huge).is_err());
+        // A key claiming 2^60 bytes is refused without being allocated.
+        let mut bulk = encode(&req); // ends with the key: length 1, then b'k'
+        bulk.truncate(bulk.len() - 2);
+        bulk.push(253);
+        bulk.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode::<NodeRequest>(&bulk).is_err());
     }
 }

@@ -159,7 +159,14 @@ async fn client(id: u32, config: CheckConfig, unique: Arc<AtomicI64>, start: Ins
             }),
         };
         let return_ns = if output.is_some() { return_ns } else { None };
-        history.push(Operation { client: id, key: k, input, output, call_ns, return_ns });
+        history.push(Operation {
+            client: id,
+            key: k,
+            input,
+            output,
+            call_ns,
+            return_ns,
+        });
     }
     Ok(history)
 }

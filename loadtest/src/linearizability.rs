@@ -75,11 +75,16 @@ pub fn check(history: &[Operation], budget: Duration) -> Verdict {
                 let end = culprit.return_ns.unwrap_or(u64::MAX);
                 let mut around: Vec<Operation> = ops
                     .iter()
-                    .filter(|o| o.call_ns <= end && o.return_ns.unwrap_or(u64::MAX) >= culprit.call_ns.saturating_sub(1))
+                    .filter(|o| {
+                        o.call_ns <= end && o.return_ns.unwrap_or(u64::MAX) >= culprit.call_ns.saturating_sub(1)
+                    })
                     .map(|o| (*o).clone())
                     .collect();
                 around.sort_by_key(|o| o.call_ns);
-                return Verdict::Violation { key: key.to_string(), around };
+                return Verdict::Violation {
+                    key: key.to_string(),
+                    around,
+                };
             }
         }
     }
@@ -116,7 +121,13 @@ fn check_key(ops: &[&Operation], deadline: Instant) -> KeyVerdict {
     times.sort_by_key(|&(t, is_return, i)| (t, is_return, i));
     let n = times.len();
     // events[0] is a sentinel head.
-    let mut events = vec![Event { op: NIL, is_call: false, partner: NIL, prev: NIL, next: 1 }];
+    let mut events = vec![Event {
+        op: NIL,
+        is_call: false,
+        partner: NIL,
+        prev: NIL,
+        next: 1,
+    }];
     let mut call_at = vec![0; ops.len()];
     let mut return_at = vec![0; ops.len()];
     for (k, &(_, is_return, op)) in times.iter().enumerate() {
@@ -126,7 +137,13 @@ fn check_key(ops: &[&Operation], deadline: Instant) -> KeyVerdict {
         } else {
             call_at[op] = idx;
         }
-        events.push(Event { op, is_call: !is_return, partner: NIL, prev: idx - 1, next: if k + 1 < n { idx + 1 } else { NIL } });
+        events.push(Event {
+            op,
+            is_call: !is_return,
+            partner: NIL,
+            prev: idx - 1,
+            next: if k + 1 < n { idx + 1 } else { NIL },
+        });
     }
     for op in 0..ops.len() {
         events[call_at[op]].partner = return_at[op];
@@ -186,7 +203,9 @@ fn check_key(ops: &[&Operation], deadline: Instant) -> KeyVerdict {
                 best_depth = stack.len();
                 best_stuck = ev.op;
             }
-            let Some((call, previous)) = stack.pop() else { return KeyVerdict::Violation(best_stuck) };
+            let Some((call, previous)) = stack.pop() else {
+                return KeyVerdict::Violation(best_stuck);
+            };
             let op = events[call].op;
             placed[op / 64] &= !(1 << (op % 64));
             state = previous;
@@ -206,7 +225,9 @@ pub fn describe(verdict: &Verdict) -> String {
         Verdict::Violation { key, around } => {
             let mut s = format!("NOT linearizable: key {key}; operations around the first that cannot be placed:\n");
             for op in around {
-                let ret = op.return_ns.map_or("  (unknown)".to_string(), |r| format!("{:>10.3} ms", r as f64 / 1e6));
+                let ret = op
+                    .return_ns
+                    .map_or("  (unknown)".to_string(), |r| format!("{:>10.3} ms", r as f64 / 1e6));
                 s.push_str(&format!(
                     "  client {:>3}  {:>10.3} ms -> {ret}  {:?} -> {:?}\n",
                     op.client,
@@ -225,7 +246,14 @@ mod tests {
     use super::*;
 
     fn op(client: u32, call: u64, ret: Option<u64>, input: Input, output: Option<Output>) -> Operation {
-        Operation { client, key: "k".into(), input, output, call_ns: call, return_ns: ret }
+        Operation {
+            client,
+            key: "k".into(),
+            input,
+            output,
+            call_ns: call,
+            return_ns: ret,
+        }
     }
 
     fn verdict(ops: &[Operation]) -> Verdict {
@@ -259,7 +287,10 @@ mod tests {
         match verdict(&stale) {
             Verdict::Violation { key, around } => {
                 assert_eq!(key, "k");
-                assert!(around.iter().any(|o| o.input == Input::Get), "counterexample shows the read");
+                assert!(
+                    around.iter().any(|o| o.input == Input::Get),
+                    "counterexample shows the read"
+                );
             }
             other => panic!("stale read accepted: {other:?}"),
         }
@@ -310,7 +341,13 @@ mod tests {
         let mut ops = Vec::new();
         for i in 0..400u64 {
             let t = i * 10;
-            ops.push(op((i % 8) as u32, t, Some(t + 35), Input::Incr, Some(Output::Int(i as i64 + 1))));
+            ops.push(op(
+                (i % 8) as u32,
+                t,
+                Some(t + 35),
+                Input::Incr,
+                Some(Output::Int(i as i64 + 1)),
+            ));
         }
         assert_eq!(check(&ops, Duration::from_secs(10)), Verdict::Linearizable);
     }

@@ -96,3 +96,49 @@ fn local_commands_answer_without_the_cluster() {
         Command::Local(Frame::Integer(COMMANDS.len() as i64))
     );
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::super::*;
+
+    fn word() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"SET".to_vec()),
+            Just(b"GET".to_vec()),
+            Just(b"EX".to_vec()),
+            Just(b"PX".to_vec()),
+            Just(b"EXAT".to_vec()),
+            Just(b"NX".to_vec()),
+            Just(b"XX".to_vec()),
+            Just(b"GT".to_vec()),
+            Just(b"KEEPTTL".to_vec()),
+            Just(b"GET".to_vec()),
+            Just(b"PERSIST".to_vec()),
+            Just(b"-1".to_vec()),
+            Just(b"0".to_vec()),
+            Just(b"9223372036854775807".to_vec()),
+            Just(b"-9223372036854775808".to_vec()),
+            Just(b"1e400".to_vec()),
+            Just(b"nan".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Any arguments to any known command parse to a command or a Redis error, never a panic.
+        #[test]
+        fn any_arguments_to_any_command_never_panic(
+            name in proptest::sample::select(COMMANDS.iter().map(|(n, _)| *n).collect::<Vec<_>>()),
+            args in proptest::collection::vec(word(), 0..7),
+        ) {
+            let mut request = vec![name.as_bytes().to_vec()];
+            request.extend(args);
+            if let Command::Local(Frame::Error(e)) = parse(&request) {
+                prop_assert!(!e.is_empty() && e.chars().next().unwrap().is_ascii_uppercase(), "{}", e);
+            }
+        }
+    }
+}
