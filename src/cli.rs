@@ -150,6 +150,20 @@ enum CtlCommand {
         #[arg(long)]
         members: String,
     },
+    /// Move a shard's leadership to a node (it campaigns and wins when up to date).
+    TransferLeader {
+        /// Placement driver members, comma-separated.
+        #[arg(long)]
+        placement: String,
+        #[command(flatten)]
+        membership: Membership,
+        /// The shard.
+        #[arg(long)]
+        shard: u64,
+        /// The node that should lead it.
+        #[arg(long)]
+        to: u64,
+    },
     /// Print the routing table as JSON.
     Routing {
         /// Placement driver members, comma-separated.
@@ -172,6 +186,21 @@ mod redraft_raft_storage_policy {
             s.parse().map(FsyncPolicyArg)
         }
     }
+}
+
+/// A client endpoint and the current routing table, for `redraft ctl`.
+async fn ctl_routing(
+    placement: &str,
+    membership: &Membership,
+) -> Result<(
+    redraft_common::transport::Endpoint,
+    redraft_common::routing::RoutingTable,
+)> {
+    let tls = redraft_common::tls::TlsIdentity::load(&membership.certs, &membership.cert_name)?;
+    let endpoint = redraft_common::transport::Endpoint::client(&tls)?;
+    let pd = PdClient::new(endpoint.clone(), PdClient::parse_members(placement)?);
+    let table = pd.routing(u64::MAX, u64::MAX, std::time::Duration::ZERO).await?;
+    Ok((endpoint, table))
 }
 
 fn init_logging(format: LogFormat) {
@@ -285,12 +314,39 @@ async fn run(command: Command) -> Result<()> {
                 redraft_common::tls::ensure_certs(&dir, &members)
             }
             CtlCommand::Routing { placement, membership } => {
-                let tls = redraft_common::tls::TlsIdentity::load(&membership.certs, &membership.cert_name)?;
-                let endpoint = redraft_common::transport::Endpoint::client(&tls)?;
-                let pd = PdClient::new(endpoint, PdClient::parse_members(&placement)?);
-                let table = pd.routing(u64::MAX, u64::MAX, std::time::Duration::ZERO).await?;
+                let (_, table) = ctl_routing(&placement, &membership).await?;
                 println!("{}", serde_json::to_string_pretty(&table)?);
                 Ok(())
+            }
+            CtlCommand::TransferLeader {
+                placement,
+                membership,
+                shard,
+                to,
+            } => {
+                let (endpoint, table) = ctl_routing(&placement, &membership).await?;
+                let info = table.shards.get(&shard).ok_or_else(|| anyhow!("no shard {shard}"))?;
+                if !info.replicas.contains(&to) {
+                    return Err(anyhow!(
+                        "node {to} holds no replica of shard {shard} (replicas {:?})",
+                        info.replicas
+                    ));
+                }
+                let addr = table
+                    .addr_of(to)
+                    .ok_or_else(|| anyhow!("no address for node {to}"))?
+                    .parse()?;
+                let request = redraft_common::wire::NodeRequest::Campaign { shard };
+                let answer: redraft_common::wire::NodeResponse = endpoint
+                    .call(addr, &request, std::time::Duration::from_secs(10))
+                    .await?;
+                match answer {
+                    redraft_common::wire::NodeResponse::Reply(_) => {
+                        println!("node {to} now leads shard {shard}");
+                        Ok(())
+                    }
+                    other => Err(anyhow!("node {to} did not take over shard {shard}: {other:?}")),
+                }
             }
         },
     }

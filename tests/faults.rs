@@ -126,3 +126,22 @@ fn placement_driver_kill() {
         c.restart("placement-1");
     });
 }
+
+#[test]
+fn leaders_transferred_under_load() {
+    scenario("every leader moved twice", |c, t| {
+        let shards: Vec<u64> = crate::harness::routing_table(c).shards.keys().copied().collect();
+        let mut moved = 0;
+        for to in [2, 3] {
+            sleep_part(t, 0.25);
+            for &shard in &shards {
+                moved += usize::from(c.transfer_leader(shard, to));
+            }
+        }
+        assert!(
+            moved >= shards.len(),
+            "only {moved} of {} transfers succeeded",
+            2 * shards.len()
+        );
+    });
+}

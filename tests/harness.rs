@@ -193,14 +193,21 @@ pub fn stored_strings(node_dir: &Path) -> std::collections::HashMap<String, Stri
     out
 }
 
-/// The routing table as `redraft ctl routing` prints it.
-pub fn routing_table(cluster: &TestCluster) -> redraft_common::routing::RoutingTable {
+/// Runs `redraft ctl <args>` against the cluster's placement driver.
+pub fn ctl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
     let pd = cluster.cluster.placement[0].addr.to_string();
-    let out = std::process::Command::new(exe())
-        .args(["ctl", "routing", "--placement", &pd, "--cert-name", "ctl", "--certs"])
+    std::process::Command::new(exe())
+        .arg("ctl")
+        .args(args)
+        .args(["--placement", &pd, "--cert-name", "ctl", "--certs"])
         .arg(cluster.cluster.certs())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// The routing table as `redraft ctl routing` prints it.
+pub fn routing_table(cluster: &TestCluster) -> redraft_common::routing::RoutingTable {
+    let out = ctl(cluster, &["routing"]);
     assert!(
         out.status.success(),
         "ctl routing failed: {}",
@@ -289,6 +296,23 @@ impl TestCluster {
             .status()
             .unwrap()
             .success());
+    }
+
+    /// Moves the leadership of `shard` to node `to` (`redraft ctl transfer-leader`);
+    /// whether it succeeded.
+    pub fn transfer_leader(&self, shard: u64, to: u64) -> bool {
+        ctl(
+            self,
+            &[
+                "transfer-leader",
+                "--shard",
+                &shard.to_string(),
+                "--to",
+                &to.to_string(),
+            ],
+        )
+        .status
+        .success()
     }
 
     /// The shard node that currently leads the most shards.

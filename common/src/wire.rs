@@ -40,6 +40,9 @@ pub enum NodeRequest {
     },
     /// Several requests sent together; answered by a `Batch` of the same length.
     Batch(Vec<NodeRequest>),
+    /// Operator: make this node's replica of `shard` campaign for leadership (how
+    /// a leader is moved here). Answered `Reply(+OK)` once it leads, or `NotLeader`.
+    Campaign { shard: ShardId },
 }
 
 /// A shard node's answer.

@@ -118,18 +118,19 @@ async fn client(id: u32, config: CheckConfig, unique: Arc<AtomicI64>, start: Ins
             }
         }
         let k = key(rng.gen_range(0..config.keys));
-        let input = match rng.gen_range(0..10) {
+        let input = match rng.gen_range(0..11) {
             0..=3 => Input::Get,
             4..=5 => Input::Set(unique.fetch_add(1, Ordering::Relaxed)),
             6 => Input::Del,
             7 => Input::Swap(unique.fetch_add(1, Ordering::Relaxed)),
+            8 => Input::SetIfAbsent(unique.fetch_add(1, Ordering::Relaxed)),
             _ => Input::Incr,
         };
         let (v, args): (String, Vec<&str>) = match &input {
             Input::Get => (String::new(), vec!["GET"]),
             Input::Set(v) => (v.to_string(), vec!["SET"]),
             Input::Del => (String::new(), vec!["DEL"]),
-            Input::Swap(v) => (v.to_string(), vec!["SET"]),
+            Input::Swap(v) | Input::SetIfAbsent(v) => (v.to_string(), vec!["SET"]),
             Input::Incr => (String::new(), vec!["INCR"]),
         };
         let mut full = args.clone();
@@ -137,8 +138,10 @@ async fn client(id: u32, config: CheckConfig, unique: Arc<AtomicI64>, start: Ins
         if !v.is_empty() {
             full.push(&v);
         }
-        if matches!(input, Input::Swap(_)) {
-            full.push("GET");
+        match input {
+            Input::Swap(_) => full.push("GET"),
+            Input::SetIfAbsent(_) => full.push("NX"),
+            _ => {}
         }
         let call_ns = start.elapsed().as_nanos() as u64;
         let reply = request(conn.as_mut().expect("connected"), &full, config.timeout).await;
@@ -153,7 +156,8 @@ async fn client(id: u32, config: CheckConfig, unique: Arc<AtomicI64>, start: Ins
             Ok(Frame::Error(e)) => anyhow::bail!("unexpected error reply to {full:?}: {e}"),
             Ok(frame) => Some(match (&input, frame) {
                 (Input::Get | Input::Swap(_), f) => Output::Value(parse_value(&f)),
-                (Input::Set(_), Frame::Simple(_)) => Output::Ok,
+                (Input::Set(_) | Input::SetIfAbsent(_), Frame::Simple(_)) => Output::Ok,
+                (Input::SetIfAbsent(_), Frame::Null) => Output::Value(None),
                 (Input::Del | Input::Incr, Frame::Integer(n)) => Output::Int(n),
                 (_, other) => anyhow::bail!("unexpected reply to {full:?}: {other:?}"),
             }),

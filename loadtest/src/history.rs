@@ -26,6 +26,8 @@ pub enum Input {
     Swap(i64),
     /// INCR key
     Incr,
+    /// SET key n NX: write only if the key is absent (a compare-and-set)
+    SetIfAbsent(i64),
 }
 
 /// What came back (only for operations that completed).

@@ -48,6 +48,10 @@ fn step(state: State, input: &Input, output: Option<&Output>) -> Option<State> {
             let n = state.unwrap_or(0).checked_add(1)?;
             (Some(n), Output::Int(n))
         }
+        Input::SetIfAbsent(v) => match state {
+            None => (Some(*v), Output::Ok),
+            Some(_) => (state, Output::Value(None)),
+        },
     };
     match output {
         None => Some(next),
@@ -272,6 +276,9 @@ mod tests {
             op(3, 70, Some(80), Input::Swap(9), Some(Output::Value(Some(3)))),
             op(1, 90, Some(95), Input::Del, Some(Output::Int(1))),
             op(2, 96, Some(99), Input::Get, Some(Output::Value(None))),
+            op(3, 100, Some(110), Input::SetIfAbsent(4), Some(Output::Ok)),
+            op(1, 120, Some(130), Input::SetIfAbsent(5), Some(Output::Value(None))),
+            op(2, 140, Some(150), Input::Get, Some(Output::Value(Some(4)))),
         ];
         assert_eq!(verdict(&ok), Verdict::Linearizable);
     }
@@ -294,6 +301,15 @@ mod tests {
             }
             other => panic!("stale read accepted: {other:?}"),
         }
+    }
+
+    #[test]
+    fn two_winning_compare_and_sets_are_rejected() {
+        let both = [
+            op(1, 0, Some(10), Input::SetIfAbsent(1), Some(Output::Ok)),
+            op(2, 20, Some(30), Input::SetIfAbsent(2), Some(Output::Ok)),
+        ];
+        assert!(matches!(verdict(&both), Verdict::Violation { .. }));
     }
 
     #[test]

@@ -234,6 +234,35 @@ impl Host {
         }
     }
 
+    /// Makes this replica of `shard` campaign; waits up to 5 s for it to lead.
+    ///
+    /// openraft 0.9 has no leadership transfer, so this is how a leader is moved:
+    /// the target starts an election with a higher term, which it wins when its
+    /// log is up to date (Raft's election restriction keeps this safe).
+    pub async fn campaign(&self, shard: ShardId) -> NodeResponse {
+        let Some(group) = self.group(shard) else {
+            return NodeResponse::NoShard;
+        };
+        if let Err(e) = group.raft.trigger().elect().await {
+            return NodeResponse::Unknown(e.to_string());
+        }
+        let me = self.node_id;
+        let won = group
+            .raft
+            .wait(Some(Duration::from_secs(5)))
+            .metrics(|m| m.current_leader == Some(me), "campaign")
+            .await;
+        match won {
+            Ok(_) => {
+                tracing::info!(shard_id = shard, node_id = me, "leadership moved here");
+                NodeResponse::Reply(redraft_common::resp::Frame::ok())
+            }
+            Err(_) => NodeResponse::NotLeader {
+                leader: group.raft.metrics().borrow().current_leader,
+            },
+        }
+    }
+
     /// Proposes a write and waits for it to be applied.
     pub async fn propose(&self, group: &Group, op: WriteOp) -> NodeResponse {
         let request = ShardRequest { now_ms: now_ms(), op };

@@ -192,6 +192,7 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
             None => NodeResponse::Raft(Err(format!("shard {group} is not hosted on node {}", host.node_id()))),
         },
         NodeRequest::Exec { shard, op, .. } => host.exec(shard, op).await,
+        NodeRequest::Campaign { shard } => host.campaign(shard).await,
         // Requests of a batch run concurrently; openraft then batches their entries.
         NodeRequest::Batch(requests) => {
             NodeResponse::Batch(futures::future::join_all(requests.into_iter().map(|r| Box::pin(serve(host, r)))).await)
