@@ -7,10 +7,13 @@
 //! their waiters. A node with many busy groups therefore pays one fsync per batch
 //! window, not one per group.
 //!
-//! ORDERING. `append` returns only after its batch is durable. Openraft issues one
-//! group's log operations sequentially, so a group's reads, truncations and purges
-//! always see its earlier appends; the single committer queue keeps the order of
-//! everything else.
+//! ORDERING. `append` returns as soon as its entries are queued and tells openraft
+//! of durability through the `LogFlushed` callback, which the committer thread
+//! calls in queue order. Until then the entries sit in the group's `pending` map,
+//! which readers consult, so the leader can replicate an entry while its own
+//! fsync is under way and a group can have several appends in flight (larger
+//! batches). Truncations drop pending entries at once and queue their deletion
+//! behind the appends they undo; the single committer queue keeps that order.
 //!
 //! PURGE. A sync batch also syncs the RocksDB WAL written before it, including
 //! state-machine writes made without fsync. Purge goes through the committer, so
@@ -52,9 +55,12 @@ pub enum LogWrite {
     },
 }
 
+/// What the committer does once a request's batch is written.
+pub type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+
 struct CommitRequest {
     writes: Vec<LogWrite>,
-    done: oneshot::Sender<Result<(), String>>,
+    done: Completion,
 }
 
 /// Handle to the process's committer thread.
@@ -122,7 +128,7 @@ impl Committer {
                     stats::BATCHES.fetch_add(1, Relaxed);
                     stats::REQUESTS.fetch_add(waiters.len() as u64, Relaxed);
                     for waiter in waiters {
-                        let _ = waiter.send(result.clone());
+                        waiter(result.clone());
                     }
                 }
             })?;
@@ -133,11 +139,17 @@ impl Committer {
     /// whatever else is queued.
     pub async fn commit(&self, writes: Vec<LogWrite>) -> Result<(), String> {
         let (done, wait) = oneshot::channel();
-        self.queue
-            .send(CommitRequest { writes, done })
-            .await
-            .map_err(|_| "log committer stopped".to_string())?;
+        let done: Completion = Box::new(move |result| {
+            let _ = done.send(result);
+        });
+        self.submit(writes, done).await?;
         wait.await.map_err(|_| "log committer stopped".to_string())?
+    }
+
+    /// Queues `writes`; the committer thread calls `done` once they are written,
+    /// in submission order. Returns as soon as the writes are queued.
+    pub async fn submit(&self, writes: Vec<LogWrite>, done: Completion) -> Result<(), String> {
+        self.queue.send(CommitRequest { writes, done }).await.map_err(|_| "log committer stopped".to_string())
     }
 }
 
@@ -168,11 +180,16 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Entries handed to the committer but not yet written, by index: readers see
+/// them at once (the leader replicates an entry while its own fsync is under way).
+type Pending = Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>>;
+
 /// The Raft log of one group.
 pub struct LogStore<C> {
     group: u64,
     db: Arc<DB>,
     committer: Committer,
+    pending: Pending,
     _types: PhantomData<C>,
 }
 
@@ -182,6 +199,7 @@ impl<C> Clone for LogStore<C> {
             group: self.group,
             db: self.db.clone(),
             committer: self.committer.clone(),
+            pending: self.pending.clone(),
             _types: PhantomData,
         }
     }
@@ -189,12 +207,7 @@ impl<C> Clone for LogStore<C> {
 
 impl<C: RaftTypeConfig> LogStore<C> {
     pub(crate) fn new(group: u64, db: Arc<DB>, committer: Committer) -> LogStore<C> {
-        LogStore {
-            group,
-            db,
-            committer,
-            _types: PhantomData,
-        }
+        LogStore { group, db, committer, pending: Pending::default(), _types: PhantomData }
     }
 
     /// Deletes the group's whole log and Raft state (when a replica is removed).
@@ -258,9 +271,19 @@ where
             if !range.contains(&index) {
                 break;
             }
-            entries.push(decode(&value).map_err(|e| StorageIOError::read_logs(&std::io::Error::other(e)))?);
+            entries.push((index, value.to_vec()));
         }
-        Ok(entries)
+        // Entries still on their way to disk are newer than anything stored.
+        let mut merged: std::collections::BTreeMap<u64, Vec<u8>> = entries.into_iter().collect();
+        for (index, value) in self.pending.lock().expect("pending lock").range(start..) {
+            if range.contains(index) {
+                merged.insert(*index, value.clone());
+            }
+        }
+        merged
+            .into_values()
+            .map(|v| decode(&v).map_err(|e| StorageIOError::read_logs(&std::io::Error::other(e)).into()))
+            .collect()
     }
 }
 
@@ -315,25 +338,37 @@ where
         I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let writes = entries
-            .into_iter()
-            .map(|entry| LogWrite::Put {
-                cf: CF_RAFT_LOG,
-                key: log_key(self.group, entry.get_log_id().index),
-                value: encode(&entry),
-            })
-            .collect();
-        let result = self.commit(writes).await;
-        let failed = result.as_ref().err().map(|e| StorageIOError::write_logs(e).into());
-        callback.log_io_completed(result);
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
+        let mut writes = Vec::new();
+        let mut written = Vec::new();
+        {
+            let mut pending = self.pending.lock().expect("pending lock");
+            for entry in entries {
+                let index = entry.get_log_id().index;
+                let value = encode(&entry);
+                pending.insert(index, value.clone());
+                written.push((index, value.clone()));
+                writes.push(LogWrite::Put { cf: CF_RAFT_LOG, key: log_key(self.group, index), value });
+            }
         }
+        // Return once queued: openraft replicates meanwhile and learns of
+        // durability through the callback, which the committer calls in order.
+        let pending = self.pending.clone();
+        let done: Completion = Box::new(move |result: Result<(), String>| {
+            let mut pending = pending.lock().expect("pending lock");
+            for (index, value) in written {
+                if pending.get(&index) == Some(&value) {
+                    pending.remove(&index);
+                }
+            }
+            drop(pending);
+            callback.log_io_completed(result.map_err(std::io::Error::other));
+        });
+        self.committer.submit(writes, done).await.map_err(|e| StorageIOError::write_logs(&std::io::Error::other(e)).into())
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let g = self.group;
+        self.pending.lock().expect("pending lock").split_off(&log_id.index);
         self.commit(vec![LogWrite::DeleteRange {
             cf: CF_RAFT_LOG,
             from: log_key(g, log_id.index),
