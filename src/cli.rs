@@ -55,6 +55,13 @@ enum Command {
 }
 
 #[derive(Args)]
+struct Operator {
+    /// Serve `/metrics`, `/health` and `/ready` over HTTP on this address.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+}
+
+#[derive(Args)]
 struct Membership {
     /// Directory holding `ca.pem` and this member's certificate and key.
     #[arg(long)]
@@ -78,6 +85,8 @@ struct PlacementArgs {
     /// Data directory.
     #[arg(long)]
     data: PathBuf,
+    #[command(flatten)]
+    operator: Operator,
     #[command(flatten)]
     membership: Membership,
     /// Bootstrap once this many nodes registered.
@@ -115,6 +124,8 @@ struct NodeArgs {
     #[arg(long)]
     data: PathBuf,
     #[command(flatten)]
+    operator: Operator,
+    #[command(flatten)]
     membership: Membership,
     /// `always` (fsync every batch before acknowledging) or `interval=<ms>`.
     #[arg(long, default_value = "always")]
@@ -135,6 +146,8 @@ struct ProxyArgs {
     /// Placement driver members, comma-separated.
     #[arg(long)]
     placement: String,
+    #[command(flatten)]
+    operator: Operator,
     #[command(flatten)]
     membership: Membership,
 }
@@ -276,6 +289,7 @@ async fn run(command: Command) -> Result<()> {
                 shards_per_node: a.shards_per_node,
                 replicas: a.replicas,
                 vnodes: a.vnodes,
+                http: a.operator.http,
             };
             redraft_placement::run(config, shutdown_signal()).await
         }
@@ -294,6 +308,7 @@ async fn run(command: Command) -> Result<()> {
                     election_min_ms: a.election_ms,
                     election_max_ms: a.election_ms * 2,
                 },
+                http: a.operator.http,
             };
             redraft_node::run(config, shutdown_signal()).await
         }
@@ -303,6 +318,7 @@ async fn run(command: Command) -> Result<()> {
                 placement: PdClient::parse_members(&a.placement)?,
                 certs_dir: a.membership.certs,
                 cert_name: a.membership.cert_name,
+                http: a.operator.http,
             };
             redraft_proxy::run(config, shutdown_signal()).await
         }

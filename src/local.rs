@@ -80,6 +80,8 @@ pub struct MemberSpec {
     pub pid: Option<u32>,
     /// Its log file.
     pub log: PathBuf,
+    /// Its operator HTTP endpoint (`/metrics`, `/health`, `/ready`).
+    pub http: Option<SocketAddr>,
 }
 
 /// Everything about a local cluster, written to `up.json`.
@@ -100,24 +102,26 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A new layout: PD at `base_port`, nodes after it, one proxy on `proxy_port`.
+    /// A new layout: PD at `base_port`, nodes after it, one proxy on `proxy_port`;
+    /// HTTP endpoints at `base_port + 50` on, in the same order (PD, nodes, proxy).
     pub fn new(dir: &Path, proxy_port: u16, base_port: u16, nodes: u16) -> Cluster {
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let member = |role, id: u64, name: String, port| MemberSpec {
+        let member = |role, id: u64, name: String, port, http: u16| MemberSpec {
             role,
             id,
             log: dir.join("logs").join(format!("{name}.log")),
             name,
             addr: addr(port),
             pid: None,
+            http: Some(addr(base_port + 50 + http)),
         };
         Cluster {
             dir: dir.to_path_buf(),
-            placement: vec![member(Role::Placement, 1, "placement-1".into(), base_port)],
+            placement: vec![member(Role::Placement, 1, "placement-1".into(), base_port, 0)],
             nodes: (1..=nodes)
-                .map(|i| member(Role::Node, u64::from(i), format!("node-{i}"), base_port + i))
+                .map(|i| member(Role::Node, u64::from(i), format!("node-{i}"), base_port + i, i))
                 .collect(),
-            proxy: vec![member(Role::Proxy, 1, "proxy-1".into(), proxy_port)],
+            proxy: vec![member(Role::Proxy, 1, "proxy-1".into(), proxy_port, nodes + 1)],
             shards: 0,
             fsync: "always".into(),
         }
@@ -215,6 +219,9 @@ impl Cluster {
             cmd.arg("--data").arg(&data);
         }
         cmd.arg("--certs").arg(&certs).args(["--cert-name", &member.name]);
+        if let Some(http) = member.http {
+            cmd.args(["--http", &http.to_string()]);
+        }
         cmd
     }
 

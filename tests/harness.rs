@@ -41,6 +41,14 @@ impl TestCluster {
         for member in cluster.placement.iter_mut().chain(cluster.nodes.iter_mut()) {
             member.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         }
+        for member in cluster
+            .placement
+            .iter_mut()
+            .chain(cluster.nodes.iter_mut())
+            .chain(cluster.proxy.iter_mut())
+        {
+            member.http = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+        }
         cluster.shards = 6;
         cluster.ensure_certs().unwrap();
         let mut tc = TestCluster {
@@ -331,4 +339,23 @@ impl TestCluster {
             .unwrap_or(1);
         format!("node-{id}")
     }
+}
+
+/// `GET path` on a member's HTTP endpoint: status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -8,4 +8,5 @@ mod cluster;
 mod compat;
 mod durability;
 mod faults;
+mod observability;
 mod protocol;

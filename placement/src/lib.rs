@@ -18,6 +18,7 @@
 //! is behind, otherwise when the version (or, if asked, a leader hint) changes or
 //! the wait expires. Watchers thus get pushes, with the poll as the pull fallback.
 
+pub mod metrics;
 pub mod state;
 pub mod store;
 
@@ -68,7 +69,13 @@ pub struct Config {
     pub replicas: u32,
     /// Virtual nodes on the ring (fixed at bootstrap).
     pub vnodes: u32,
+    /// Operator HTTP endpoint (`/metrics`, `/health`, `/ready`), if any.
+    pub http: Option<SocketAddr>,
 }
+
+/// A node that has not heartbeated for this long counts as down (heartbeats come
+/// every 500 ms).
+const NODE_DOWN_AFTER: Duration = Duration::from_secs(5);
 
 /// Leader-local soft state fed by heartbeats.
 #[derive(Default)]
@@ -133,6 +140,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         version_rx,
         leaders_tx,
     });
+    metrics::init();
+    if let Some(addr) = config.http {
+        let raft = pd.raft.clone();
+        let ready: redraft_common::http::Readiness = Arc::new(move || match raft.metrics().borrow().current_leader {
+            Some(_) => Ok(()),
+            None => Err("the placement group has no leader".into()),
+        });
+        redraft_common::http::serve(addr, ready).await?;
+    }
 
     let serve = {
         let pd = pd.clone();
@@ -184,6 +200,7 @@ impl Pd {
     }
 
     fn heartbeat(&self, node: NodeId, leaders: Vec<ShardId>) {
+        metrics::HEARTBEATS.inc();
         let mut soft = self.soft.lock().expect("soft state lock");
         soft.last_seen.insert(node, Instant::now());
         let mut changed = false;
@@ -196,6 +213,28 @@ impl Pd {
             soft.generation += 1;
             self.leaders_tx.send_replace(soft.generation);
         }
+    }
+
+    /// Refreshes the gauges from the replicated state and the heartbeats.
+    fn observe(&self) {
+        let table = self.store.state().table;
+        let soft = self.soft.lock().expect("soft state lock");
+        let live = |node: &NodeId| soft.last_seen.get(node).is_some_and(|t| t.elapsed() < NODE_DOWN_AFTER);
+        let up = table.nodes.keys().filter(|n| live(n)).count();
+        metrics::NODES.with_label_values(&["up"]).set(up as i64);
+        metrics::NODES
+            .with_label_values(&["down"])
+            .set((table.nodes.len() - up) as i64);
+        metrics::SHARDS.set(table.shards.len() as i64);
+        let leaderless = table
+            .shards
+            .keys()
+            .filter(|s| !soft.leaders.get(s).is_some_and(live))
+            .count();
+        metrics::SHARDS_WITHOUT_LEADER.set(if self.is_leader() { leaderless as i64 } else { 0 });
+        metrics::ROUTING_VERSION.set(table.version as i64);
+        metrics::OPERATORS.set(0);
+        metrics::IS_LEADER.set(i64::from(self.is_leader()));
     }
 
     async fn routing(&self, known_version: u64, known_leaders: u64, wait: Duration) -> PdResponse {
@@ -274,6 +313,7 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
 async fn bootstrap_loop(pd: Arc<Pd>, config: Config) {
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
+        pd.observe();
         if !pd.is_leader() {
             continue;
         }

@@ -142,6 +142,15 @@ fn unknown_command(args: &[Vec<u8>]) -> Command {
     err(text)
 }
 
+/// The command table's name for a request's first argument, or `unknown`: a
+/// metric label with a bounded set of values.
+pub fn command_name(name: &[u8]) -> &'static str {
+    COMMANDS
+        .iter()
+        .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+        .map_or("unknown", |(n, _)| n)
+}
+
 /// Parses a request into a [`Command`]; invalid requests become `Local` errors.
 pub fn parse(args: &[Vec<u8>]) -> Command {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();

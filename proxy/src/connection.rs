@@ -53,7 +53,7 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Resul
                     Ok(Some((args, used))) => {
                         consumed += used;
                         if !args.is_empty() {
-                            batch.push(cmd::parse(&args));
+                            batch.push((cmd::command_name(&args[0]), cmd::parse(&args)));
                         }
                     }
                     Err(e) => {
@@ -88,29 +88,31 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Resul
 
 /// Runs a batch as described in the module docs; returns the replies in order and
 /// whether the client asked to quit (commands after QUIT are not run).
-async fn run_batch(shared: &Shared, batch: Vec<Command>) -> (Vec<Frame>, bool) {
+async fn run_batch(shared: &Shared, batch: Vec<(&'static str, Command)>) -> (Vec<Frame>, bool) {
     let mut replies: Vec<Option<Frame>> = Vec::with_capacity(batch.len());
-    let mut lanes: BTreeMap<ShardId, Vec<(usize, Command)>> = BTreeMap::new();
+    let mut lanes: BTreeMap<ShardId, Vec<(usize, &'static str, Command)>> = BTreeMap::new();
     let mut quit = false;
-    for command in batch {
+    for (name, command) in batch {
         let i = replies.len();
         replies.push(None);
+        let answered = |frame: Frame| Some(observed(name, std::time::Instant::now(), frame));
         match command {
-            Command::Local(frame) => replies[i] = Some(frame),
-            Command::Info => replies[i] = Some(Frame::Bulk(crate::info::render(shared).into_bytes())),
+            Command::Local(frame) => replies[i] = answered(frame),
+            Command::Info => replies[i] = answered(Frame::Bulk(crate::info::render(shared).into_bytes())),
             Command::Quit => {
                 drain(shared, &mut lanes, &mut replies).await;
-                replies[i] = Some(Frame::ok());
+                replies[i] = answered(Frame::ok());
                 quit = true;
                 break;
             }
             Command::Keyed { ref key, .. } => match shared.router.shard_of(key) {
-                Ok(shard) => lanes.entry(shard).or_default().push((i, command)),
-                Err(e) => replies[i] = Some(reply::to_frame(&e)),
+                Ok(shard) => lanes.entry(shard).or_default().push((i, name, command)),
+                Err(e) => replies[i] = answered(reply::to_frame(&e)),
             },
             other => {
                 drain(shared, &mut lanes, &mut replies).await;
-                replies[i] = Some(cmd::execute(&shared.router, other).await);
+                let started = std::time::Instant::now();
+                replies[i] = Some(observed(name, started, cmd::execute(&shared.router, other).await));
             }
         }
     }
@@ -125,14 +127,33 @@ async fn run_batch(shared: &Shared, batch: Vec<Command>) -> (Vec<Frame>, bool) {
 }
 
 /// Runs every queued lane (each in order, all concurrently) and stores the replies.
-async fn drain(shared: &Shared, lanes: &mut BTreeMap<ShardId, Vec<(usize, Command)>>, replies: &mut [Option<Frame>]) {
+/// Records a command's metrics and passes its reply through.
+fn observed(name: &'static str, started: std::time::Instant, reply: Frame) -> Frame {
+    let result = if matches!(reply, Frame::Error(_)) {
+        "error"
+    } else {
+        "ok"
+    };
+    crate::metrics::COMMANDS.with_label_values(&[name, result]).inc();
+    crate::metrics::COMMAND_SECONDS
+        .with_label_values(&[name])
+        .observe(started.elapsed().as_secs_f64());
+    reply
+}
+
+async fn drain(
+    shared: &Shared,
+    lanes: &mut BTreeMap<ShardId, Vec<(usize, &'static str, Command)>>,
+    replies: &mut [Option<Frame>],
+) {
     if lanes.is_empty() {
         return;
     }
     let runs = std::mem::take(lanes).into_values().map(|lane| async move {
         let mut out = Vec::with_capacity(lane.len());
-        for (i, command) in lane {
-            out.push((i, cmd::execute(&shared.router, command).await));
+        for (i, name, command) in lane {
+            let started = std::time::Instant::now();
+            out.push((i, observed(name, started, cmd::execute(&shared.router, command).await)));
         }
         out
     });

@@ -15,6 +15,7 @@
 pub mod cmd;
 pub mod connection;
 pub mod info;
+pub mod metrics;
 pub mod pool;
 pub mod reply;
 pub mod route;
@@ -50,6 +51,8 @@ pub struct Config {
     pub certs_dir: PathBuf,
     /// Name of this member's certificate in `certs_dir`.
     pub cert_name: String,
+    /// Operator HTTP endpoint (`/metrics`, `/health`, `/ready`), if any.
+    pub http: Option<SocketAddr>,
 }
 
 /// Counters shown by INFO.
@@ -84,6 +87,18 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         PdClient::new(endpoint.clone(), config.placement.clone()),
     ));
     let watch = tokio::spawn(router.clone().watch());
+    metrics::init();
+    if let Some(addr) = config.http {
+        let router = router.clone();
+        let ready: redraft_common::http::Readiness = Arc::new(move || {
+            if router.table().is_bootstrapped() {
+                Ok(())
+            } else {
+                Err("no routing table yet".into())
+            }
+        });
+        redraft_common::http::serve(addr, ready).await?;
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -107,6 +122,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 }
             };
             shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            metrics::CONNECTIONS_ACCEPTED.inc();
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 let reply = Frame::error("ERR max number of clients reached").to_bytes();
                 tokio::spawn(async move {
@@ -117,7 +133,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             let shared = shared.clone();
             tokio::spawn(async move {
                 shared.stats.connected.fetch_add(1, Ordering::Relaxed);
+                metrics::CONNECTIONS.inc();
                 let _ = connection::serve(shared.clone(), socket).await;
+                metrics::CONNECTIONS.dec();
                 shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });

@@ -37,6 +37,10 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(7);
 /// asked instead: about one election timeout, the time a new leader needs.
 const SUSPECT_FOR: Duration = Duration::from_millis(1500);
 
+fn retried(cause: &str) {
+    crate::metrics::RETRIES.with_label_values(&[cause]).inc();
+}
+
 /// The proxy's view of the cluster.
 pub struct Router {
     links: NodeLinks,
@@ -80,6 +84,7 @@ impl Router {
                 }
             }
         }
+        crate::metrics::ROUTING_VERSION.set(table.version as i64);
         *self.table.write().expect("routing lock") = Arc::new(table);
     }
 
@@ -177,13 +182,22 @@ impl Router {
                         return Ok(frame);
                     }
                     Ok(NodeResponse::NotLeader { leader: Some(leader) }) if leader != node => {
+                        retried("not_leader");
                         self.leaders.insert(shard, leader);
                         backoff = false;
                     }
-                    Ok(NodeResponse::NotLeader { .. }) | Ok(NodeResponse::NoShard) => {
+                    Ok(NodeResponse::NotLeader { .. }) => {
+                        retried("not_leader");
                         self.leaders.remove(&shard);
                     }
-                    Ok(NodeResponse::WrongShard { .. }) => self.refresh().await,
+                    Ok(NodeResponse::NoShard) => {
+                        retried("no_shard");
+                        self.leaders.remove(&shard);
+                    }
+                    Ok(NodeResponse::WrongShard { .. }) => {
+                        retried("wrong_shard");
+                        self.refresh().await
+                    }
                     Ok(NodeResponse::Unknown(_)) => return Err(Error::Unknown),
                     Ok(NodeResponse::Raft(_)) | Ok(NodeResponse::Batch(_)) => {}
                     Err(CallError::Unknown { .. }) if !is_read => {
@@ -192,6 +206,7 @@ impl Router {
                         return Err(Error::Unknown);
                     }
                     Err(e) => {
+                        retried("unreachable");
                         tracing::debug!(shard_id = shard, error = %e, "call failed");
                         self.leaders.remove(&shard);
                         self.suspect(node);

@@ -43,11 +43,12 @@ fn append(c: &mut Criterion) {
             })
         });
     }
-    let (batches, requests, nanos) = redraft_raft_storage::log::stats::snapshot();
+    use redraft_raft_storage::metrics::{LOG_BATCH_REQUESTS, LOG_WRITE_SECONDS};
+    let batches = LOG_WRITE_SECONDS.get_sample_count().max(1) as f64;
     println!(
         "committer: {batches} batches, {:.1} appends per batch, {:.1} µs per batch write",
-        requests as f64 / batches.max(1) as f64,
-        nanos as f64 / batches.max(1) as f64 / 1000.0
+        LOG_BATCH_REQUESTS.get_sample_sum() / batches,
+        LOG_WRITE_SECONDS.get_sample_sum() / batches * 1e6
     );
     group.finish();
 }

@@ -20,6 +20,7 @@
 
 pub mod engine;
 pub mod log;
+pub mod metrics;
 pub mod network;
 pub mod snapshot;
 

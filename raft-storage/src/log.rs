@@ -69,27 +69,6 @@ pub struct Committer {
     queue: mpsc::Sender<CommitRequest>,
 }
 
-/// Counters of the committer, for metrics and benchmarks.
-pub mod stats {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// Number of batches written (one fsync each under `always`).
-    pub static BATCHES: AtomicU64 = AtomicU64::new(0);
-    /// Number of commit requests (appends, votes, ...) in those batches.
-    pub static REQUESTS: AtomicU64 = AtomicU64::new(0);
-    /// Total nanoseconds spent in batch writes including fsync.
-    pub static WRITE_NANOS: AtomicU64 = AtomicU64::new(0);
-
-    /// `(batches, requests, write nanoseconds)` so far.
-    pub fn snapshot() -> (u64, u64, u64) {
-        (
-            BATCHES.load(Ordering::Relaxed),
-            REQUESTS.load(Ordering::Relaxed),
-            WRITE_NANOS.load(Ordering::Relaxed),
-        )
-    }
-}
-
 impl Committer {
     /// Starts the committer thread; `sync` makes every batch durable before release.
     pub fn start(db: Arc<DB>, sync: bool) -> std::io::Result<Committer> {
@@ -123,10 +102,8 @@ impl Committer {
                     }
                     let started = std::time::Instant::now();
                     let result = db.write_opt(batch, &opts).map_err(|e| e.to_string());
-                    use std::sync::atomic::Ordering::Relaxed;
-                    stats::WRITE_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
-                    stats::BATCHES.fetch_add(1, Relaxed);
-                    stats::REQUESTS.fetch_add(waiters.len() as u64, Relaxed);
+                    crate::metrics::LOG_WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
+                    crate::metrics::LOG_BATCH_REQUESTS.observe(waiters.len() as f64);
                     for waiter in waiters {
                         waiter(result.clone());
                     }
@@ -149,7 +126,10 @@ impl Committer {
     /// Queues `writes`; the committer thread calls `done` once they are written,
     /// in submission order. Returns as soon as the writes are queued.
     pub async fn submit(&self, writes: Vec<LogWrite>, done: Completion) -> Result<(), String> {
-        self.queue.send(CommitRequest { writes, done }).await.map_err(|_| "log committer stopped".to_string())
+        self.queue
+            .send(CommitRequest { writes, done })
+            .await
+            .map_err(|_| "log committer stopped".to_string())
     }
 }
 
@@ -207,7 +187,13 @@ impl<C> Clone for LogStore<C> {
 
 impl<C: RaftTypeConfig> LogStore<C> {
     pub(crate) fn new(group: u64, db: Arc<DB>, committer: Committer) -> LogStore<C> {
-        LogStore { group, db, committer, pending: Pending::default(), _types: PhantomData }
+        LogStore {
+            group,
+            db,
+            committer,
+            pending: Pending::default(),
+            _types: PhantomData,
+        }
     }
 
     /// Deletes the group's whole log and Raft state (when a replica is removed).
@@ -347,7 +333,11 @@ where
                 let value = encode(&entry);
                 pending.insert(index, value.clone());
                 written.push((index, value.clone()));
-                writes.push(LogWrite::Put { cf: CF_RAFT_LOG, key: log_key(self.group, index), value });
+                writes.push(LogWrite::Put {
+                    cf: CF_RAFT_LOG,
+                    key: log_key(self.group, index),
+                    value,
+                });
             }
         }
         // Return once queued: openraft replicates meanwhile and learns of
@@ -363,7 +353,10 @@ where
             drop(pending);
             callback.log_io_completed(result.map_err(std::io::Error::other));
         });
-        self.committer.submit(writes, done).await.map_err(|e| StorageIOError::write_logs(&std::io::Error::other(e)).into())
+        self.committer
+            .submit(writes, done)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&std::io::Error::other(e)).into())
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {

@@ -29,6 +29,7 @@ use redraft_raft_storage::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{Keyspace, NotOwned};
+use crate::metrics;
 use crate::raft::state_machine::{group_meta_key, ShardStateMachine};
 use crate::raft::{typ, ShardRequest, ShardResponse};
 use redraft_raft_storage::network::{GroupNetwork, NodeWire};
@@ -204,6 +205,53 @@ impl Host {
             .collect()
     }
 
+    /// Refreshes the node's gauges and logs leadership changes; `previous` is the
+    /// set of shards led at the last call. Returns the shards led now.
+    pub fn observe(&self, previous: &BTreeSet<ShardId>) -> BTreeSet<ShardId> {
+        let mut led = BTreeSet::new();
+        let mut lag = 0;
+        for group in self.groups.iter() {
+            let m = group.raft.metrics().borrow().clone();
+            if m.current_leader == Some(self.node_id) {
+                led.insert(*group.key());
+                let last = m.last_log_index.unwrap_or(0);
+                if let Some(replication) = &m.replication {
+                    for matched in replication.values() {
+                        lag = lag.max(last.saturating_sub(matched.map_or(0, |l| l.index)));
+                    }
+                }
+            }
+        }
+        for shard in led.difference(previous) {
+            tracing::info!(shard_id = shard, node_id = self.node_id, "became leader");
+            metrics::LEADER_CHANGES.inc();
+        }
+        for shard in previous.difference(&led) {
+            tracing::info!(shard_id = shard, node_id = self.node_id, "lost leadership");
+            metrics::LEADER_CHANGES.inc();
+        }
+        metrics::LEADERS.set(led.len() as i64);
+        metrics::REPLICAS.set(self.groups.len() as i64);
+        metrics::REPLICATION_LAG.set(lag as i64);
+        let db = self.engine.db();
+        for cf in [
+            CF_DATA,
+            CF_META,
+            redraft_raft_storage::engine::CF_RAFT_LOG,
+            redraft_raft_storage::engine::CF_RAFT_STATE,
+        ] {
+            let size = |property: &str| {
+                db.property_int_value_cf(self.engine.cf(cf), property)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
+            let bytes = size("rocksdb.total-sst-files-size") + size("rocksdb.cur-size-all-mem-tables");
+            metrics::ROCKSDB_BYTES.with_label_values(&[cf]).set(bytes as i64);
+        }
+        led
+    }
+
     /// Number of hosted replicas.
     pub fn group_count(&self) -> usize {
         self.groups.len()
@@ -266,7 +314,18 @@ impl Host {
     /// Proposes a write and waits for it to be applied.
     pub async fn propose(&self, group: &Group, op: WriteOp) -> NodeResponse {
         let request = ShardRequest { now_ms: now_ms(), op };
-        match tokio::time::timeout(WRITE_TIMEOUT, group.raft.client_write(request)).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(WRITE_TIMEOUT, group.raft.client_write(request)).await;
+        let result = match &outcome {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => "not_leader",
+            _ => "unknown",
+        };
+        metrics::PROPOSALS.with_label_values(&[result]).inc();
+        if result == "ok" {
+            metrics::PROPOSAL_SECONDS.observe(started.elapsed().as_secs_f64());
+        }
+        match outcome {
             Err(_) => NodeResponse::Unknown("timeout; write may have been applied".into()),
             Ok(Ok(response)) => match response.data {
                 ShardResponse::Reply(frame) => NodeResponse::Reply(frame),

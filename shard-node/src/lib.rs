@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod host;
+pub mod metrics;
 pub mod raft;
 pub mod storage;
 
@@ -56,6 +57,8 @@ pub struct Config {
     pub fsync: FsyncPolicy,
     /// Raft timing.
     pub raft: RaftTiming,
+    /// Operator HTTP endpoint (`/metrics`, `/health`, `/ready`), if any.
+    pub http: Option<SocketAddr>,
 }
 
 /// Raft timing knobs, kept together.
@@ -98,6 +101,19 @@ const NODE_ID_KEY: &[u8] = b"node/id";
 
 /// Runs a shard node until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    metrics::init();
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(addr) = config.http {
+        let serving = serving.clone();
+        let ready: redraft_common::http::Readiness = Arc::new(move || {
+            if serving.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("registering and loading shard replicas".into())
+            }
+        });
+        redraft_common::http::serve(addr, ready).await?;
+    }
     std::fs::create_dir_all(&config.data_dir)?;
     let engine = Engine::open(&config.data_dir.join("db"), config.fsync)?;
     let tls = TlsIdentity::load(&config.certs_dir, &config.cert_name)?;
@@ -134,6 +150,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     )?);
     let reopened = host.reopen_groups().await?;
     tracing::info!(node_id, groups = reopened, "reopened shard replicas");
+    serving.store(true, std::sync::atomic::Ordering::Relaxed);
 
     let serve = {
         let host = host.clone();
@@ -209,7 +226,9 @@ const EXPIRY_SCAN_BUDGET: usize = 2000;
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
 async fn heartbeat_loop(host: Arc<Host>, pd: PdClient) {
+    let mut led = std::collections::BTreeSet::new();
     loop {
+        led = host.observe(&led);
         let request = PdRequest::Heartbeat {
             node_id: host.node_id(),
             leaders: host.leaders(),

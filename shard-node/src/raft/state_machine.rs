@@ -173,6 +173,7 @@ impl ShardStateMachine {
             let _ = std::fs::remove_file(self.snapshot_dir.join(old));
         }
         tracing::info!(shard_id = self.group, index = ?meta.last_log_id.map(|l| l.index), "installed snapshot");
+        crate::metrics::SNAPSHOTS.with_label_values(&["installed"]).inc();
         Ok(())
     }
 
@@ -245,6 +246,8 @@ impl ShardStateMachine {
             let _ = std::fs::remove_file(self.snapshot_dir.join(old));
         }
         tracing::info!(shard_id = self.group, index = ?applied.map(|l| l.index), records, "built snapshot");
+        crate::metrics::SNAPSHOTS.with_label_values(&["built"]).inc();
+        crate::metrics::SNAPSHOTS.with_label_values(&["built"]).inc();
         Ok((meta, path))
     }
 }
@@ -282,6 +285,7 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         I: IntoIterator<Item = openraft::Entry<ShardTypes>> + Send,
         I::IntoIter: Send,
     {
+        let started = std::time::Instant::now();
         let db = self.engine.db().clone();
         let data = self.engine.cf(CF_DATA);
         let mut keyspace = Keyspace::new(&db, data, &self.ring, &self.owned, 0);
@@ -300,6 +304,7 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
                     }
                 }
                 EntryPayload::Membership(m) => {
+                    tracing::info!(shard_id = self.group, index = entry.log_id.index, membership = %m, "membership changed");
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     ShardResponse::Reply(redraft_common::resp::Frame::Null)
                 }
@@ -315,6 +320,8 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         // A failed write would leave this replica behind its log: stop the node.
         db.write(batch)
             .unwrap_or_else(|e| panic!("RocksDB apply write failed: {e}"));
+        crate::metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
+        crate::metrics::APPLIED_ENTRIES.inc_by(replies.len() as u64);
         Ok(replies)
     }
 

@@ -1,0 +1,67 @@
+//! Metrics of the placement driver (`docs/metrics.md` lists every metric).
+
+use std::sync::LazyLock;
+
+use prometheus::{register_int_counter, register_int_gauge, register_int_gauge_vec, IntCounter, IntGauge, IntGaugeVec};
+
+/// Registered nodes by liveness (`up`, `down`), as this member sees them.
+pub static NODES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "redraft_placement_nodes",
+        "Registered shard nodes by liveness",
+        &["state"]
+    )
+    .expect("metric registers once")
+});
+/// Shards in the routing table.
+pub static SHARDS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("redraft_placement_shards", "Shards in the routing table").expect("metric registers once")
+});
+/// Shards whose leader no heartbeat has reported recently.
+pub static SHARDS_WITHOUT_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "redraft_placement_shards_without_leader",
+        "Shards with no leader reported by a live node"
+    )
+    .expect("metric registers once")
+});
+/// Routing-table version.
+pub static ROUTING_VERSION: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("redraft_placement_routing_version", "Current routing-table version")
+        .expect("metric registers once")
+});
+/// Scheduling operators (replica moves, splits) in flight; none exist yet.
+pub static OPERATORS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "redraft_placement_operators_in_flight",
+        "Scheduling operators in flight"
+    )
+    .expect("metric registers once")
+});
+/// 1 on the PD leader, 0 elsewhere.
+pub static IS_LEADER: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "redraft_placement_is_leader",
+        "1 when this member leads the placement group"
+    )
+    .expect("metric registers once")
+});
+/// Heartbeats received.
+pub static HEARTBEATS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("redraft_placement_heartbeats_total", "Node heartbeats received")
+        .expect("metric registers once")
+});
+
+/// Registers every metric.
+pub fn init() {
+    redraft_raft_storage::metrics::init();
+    for state in ["up", "down"] {
+        NODES.with_label_values(&[state]);
+    }
+    LazyLock::force(&SHARDS);
+    LazyLock::force(&SHARDS_WITHOUT_LEADER);
+    LazyLock::force(&ROUTING_VERSION);
+    LazyLock::force(&OPERATORS);
+    LazyLock::force(&IS_LEADER);
+    LazyLock::force(&HEARTBEATS);
+}
