@@ -83,5 +83,20 @@ fn redis_cli_works_through_the_proxy() {
     assert_eq!(run(&["set", "a", "b"]), "OK");
     assert_eq!(run(&["get", "a"]), "b");
     assert_eq!(run(&["dbsize"]), "1");
-    assert!(run(&["info"]).contains("redis_version:"));
+    let info = run(&["info"]);
+    for section in ["# Server", "# Clients", "# Stats", "# Cluster", "# Keyspace"] {
+        assert!(info.contains(section), "INFO lacks {section}: {info}");
+    }
+    assert!(
+        info.contains("redraft_shards:6") && info.contains("redraft_nodes:3"),
+        "{info}"
+    );
+    assert!(
+        run(&["info", "keyspace"]).contains("db0:keys=1"),
+        "INFO keyspace counts keys"
+    );
+    assert!(
+        !run(&["info", "server"]).contains("# Keyspace"),
+        "INFO server shows one section"
+    );
 }

@@ -28,8 +28,8 @@ pub enum Command {
     Local(Frame),
     /// QUIT: reply OK and close.
     Quit,
-    /// INFO [section]
-    Info,
+    /// INFO [section]: the section asked for, lowercased (`None`: the default set).
+    Info(Option<String>),
     /// One operation on the shard owning `key`.
     Keyed { key: Bytes, op: ShardOp },
     /// MGET split by shard.
@@ -181,7 +181,7 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
             _ => err("ERR DB index is out of range"),
         },
         "command" => command_info(a),
-        "info" => Command::Info,
+        "info" => Command::Info(a.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())),
         "client" => client(a),
         "dbsize" => Command::SumAll(ShardOp::Read(ReadOp::DbSize)),
         "flushall" | "flushdb" => {
@@ -526,7 +526,14 @@ pub async fn execute(router: &Router, command: Command) -> Frame {
 async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
     Ok(match command {
         Command::Local(frame) => frame,
-        Command::Quit | Command::Info => Frame::ok(),
+        Command::Quit => Frame::ok(),
+        Command::Info(section) => {
+            let keys = match sum_over_shards(router, ShardOp::Read(ReadOp::DbSize)).await {
+                Ok(Frame::Integer(n)) => Some(n),
+                _ => None,
+            };
+            Frame::Bulk(crate::info::render(router, section.as_deref(), keys).into_bytes())
+        }
         Command::Keyed { key, op } => router.exec(router.shard_of(&key)?, op).await?,
         Command::MGet(keys) => {
             let n = keys.len();
@@ -597,15 +604,18 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
                 .collect();
             sum(fan_out(router, ops).await?)
         }
-        Command::SumAll(op) => {
-            let ops = router.shards()?.into_iter().map(|s| (s, op.clone())).collect();
-            sum(fan_out(router, ops).await?)
-        }
+        Command::SumAll(op) => sum_over_shards(router, op).await?,
         Command::AllOk(op) => {
             let ops = router.shards()?.into_iter().map(|s| (s, op.clone())).collect();
             all_ok(fan_out(router, ops).await?)
         }
     })
+}
+
+/// Runs `op` on every shard and sums the integer replies (DBSIZE).
+async fn sum_over_shards(router: &Router, op: ShardOp) -> Result<Frame, Error> {
+    let ops = router.shards()?.into_iter().map(|s| (s, op.clone())).collect();
+    Ok(sum(fan_out(router, ops).await?))
 }
 
 fn all_ok(frames: Vec<Frame>) -> Frame {

@@ -16,7 +16,6 @@
 //! bounded and every failure is a reply.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use redraft_common::ids::ShardId;
@@ -64,7 +63,6 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Resul
             }
             buf.drain(..consumed);
             let more = batch.len() == MAX_BATCH;
-            shared.stats.commands.fetch_add(batch.len() as u64, Ordering::Relaxed);
             let (replies, quit) = run_batch(&shared, batch).await;
             for reply in &replies {
                 reply.encode(&mut out);
@@ -98,7 +96,6 @@ async fn run_batch(shared: &Shared, batch: Vec<(&'static str, Command)>) -> (Vec
         let answered = |frame: Frame| Some(observed(name, std::time::Instant::now(), frame));
         match command {
             Command::Local(frame) => replies[i] = answered(frame),
-            Command::Info => replies[i] = answered(Frame::Bulk(crate::info::render(shared).into_bytes())),
             Command::Quit => {
                 drain(shared, &mut lanes, &mut replies).await;
                 replies[i] = answered(Frame::ok());

@@ -22,9 +22,7 @@ pub mod route;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use redraft_common::pd_client::PdClient;
@@ -55,27 +53,10 @@ pub struct Config {
     pub http: Option<SocketAddr>,
 }
 
-/// Counters shown by INFO.
-#[derive(Default)]
-pub struct Stats {
-    /// Connections accepted since start.
-    pub accepted: AtomicU64,
-    /// Connections open now.
-    pub connected: AtomicU64,
-    /// Commands processed.
-    pub commands: AtomicU64,
-}
-
 /// State shared by all connections.
 pub struct Shared {
     /// Routing.
     pub router: Arc<Router>,
-    /// Counters.
-    pub stats: Stats,
-    /// Start time.
-    pub started: Instant,
-    /// Client port.
-    pub port: u16,
 }
 
 /// Runs the proxy until `shutdown` resolves.
@@ -102,13 +83,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    let port = listener.local_addr()?.port();
-    let shared = Arc::new(Shared {
-        router,
-        stats: Stats::default(),
-        started: Instant::now(),
-        port,
-    });
+    let shared = Arc::new(Shared { router });
+    info::mark_start();
     let limit = Arc::new(Semaphore::new(MAX_CLIENTS));
     tracing::info!(addr = %listener.local_addr()?, "proxy listening");
     let accept = async {
@@ -121,7 +97,6 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                     continue;
                 }
             };
-            shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
             metrics::CONNECTIONS_ACCEPTED.inc();
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 let reply = Frame::error("ERR max number of clients reached").to_bytes();
@@ -132,11 +107,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             };
             let shared = shared.clone();
             tokio::spawn(async move {
-                shared.stats.connected.fetch_add(1, Ordering::Relaxed);
                 metrics::CONNECTIONS.inc();
                 let _ = connection::serve(shared.clone(), socket).await;
                 metrics::CONNECTIONS.dec();
-                shared.stats.connected.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }

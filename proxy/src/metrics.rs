@@ -64,3 +64,33 @@ pub fn init() {
     LazyLock::force(&CONNECTIONS_ACCEPTED);
     LazyLock::force(&ROUTING_VERSION);
 }
+
+/// Counters INFO shows, read back from the metrics.
+pub struct Snapshot {
+    /// Open connections.
+    pub connected: i64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Commands processed.
+    pub commands: u64,
+    /// Requests retried at another node.
+    pub retries: u64,
+}
+
+/// Reads the counters INFO shows.
+pub fn snapshot() -> Snapshot {
+    let total = |vec: &IntCounterVec| -> u64 {
+        use prometheus::core::Collector;
+        vec.collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    };
+    Snapshot {
+        connected: CONNECTIONS.get(),
+        accepted: CONNECTIONS_ACCEPTED.get(),
+        commands: total(&COMMANDS),
+        retries: total(&RETRIES),
+    }
+}
