@@ -14,3 +14,7 @@ for forbidden in librocksdb-sys openraft; do
   fi
 done
 cargo test --workspace -- --test-threads 2
+# Deployment files: compose, Kubernetes schemas, dashboard and alerts against a
+# running cluster and a real Prometheus server.
+cargo build --bin redraft
+python3 scripts/check_deploy.py "${CARGO_TARGET_DIR:-target}/debug/redraft" --prometheus

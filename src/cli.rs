@@ -114,9 +114,10 @@ struct NodeArgs {
     /// QUIC listen address.
     #[arg(long)]
     listen: SocketAddr,
-    /// Address to advertise to other members (defaults to the bound address).
+    /// Address to advertise to other members, `ip:port` or `host:port` (resolved
+    /// at start; defaults to the bound address).
     #[arg(long)]
-    advertise: Option<SocketAddr>,
+    advertise: Option<String>,
     /// Placement driver members, comma-separated.
     #[arg(long)]
     placement: String,
@@ -245,7 +246,7 @@ fn parse_members(list: &str) -> Result<BTreeMap<u64, SocketAddr>> {
             let (id, addr) = item
                 .split_once('=')
                 .ok_or_else(|| anyhow!("member '{item}' is not id=addr"))?;
-            Ok((id.trim().parse()?, addr.trim().parse()?))
+            Ok((id.trim().parse()?, redraft_common::pd_client::resolve(addr.trim())?))
         })
         .collect()
 }
@@ -297,7 +298,7 @@ async fn run(command: Command) -> Result<()> {
             let config = redraft_node::Config {
                 node_id: a.id,
                 listen: a.listen,
-                advertise: a.advertise,
+                advertise: a.advertise.as_deref().map(redraft_common::pd_client::resolve).transpose()?,
                 placement: PdClient::parse_members(&a.placement)?,
                 data_dir: a.data,
                 certs_dir: a.membership.certs,

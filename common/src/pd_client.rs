@@ -32,16 +32,10 @@ impl PdClient {
         }
     }
 
-    /// Parses a comma-separated list of member addresses.
+    /// Parses a comma-separated list of member addresses (`ip:port` or
+    /// `host:port`, resolved now; see [`resolve`]).
     pub fn parse_members(list: &str) -> Result<Vec<SocketAddr>> {
-        list.split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| {
-                s.trim()
-                    .parse()
-                    .map_err(|e| anyhow!("bad placement address '{s}': {e}"))
-            })
-            .collect()
+        list.split(',').filter(|s| !s.trim().is_empty()).map(|s| resolve(s.trim())).collect()
     }
 
     /// Sends `request` to the PD leader, trying every member once.
@@ -89,6 +83,28 @@ impl PdClient {
         match self.call(&request, wait + Duration::from_secs(3)).await? {
             PdResponse::Routing(table) => Ok(table),
             other => bail!("unexpected placement answer {other:?}"),
+        }
+    }
+}
+
+/// How long start-up waits for a member's name to resolve: in Kubernetes a
+/// StatefulSet pod's DNS name appears only once the pod exists.
+const RESOLVE_FOR: Duration = Duration::from_secs(120);
+
+/// Resolves `host:port` (or parses `ip:port`), retrying while the name does not
+/// resolve yet. For start-up only: it blocks the calling thread.
+pub fn resolve(addr: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(parsed) = addr.parse() {
+        return Ok(parsed);
+    }
+    let deadline = std::time::Instant::now() + RESOLVE_FOR;
+    loop {
+        match addr.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(resolved)) => return Ok(resolved),
+            Ok(None) | Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_secs(1)),
+            Ok(None) => bail!("{addr} resolves to no address"),
+            Err(e) => bail!("cannot resolve {addr}: {e}"),
         }
     }
 }
