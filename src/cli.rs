@@ -298,7 +298,11 @@ async fn run(command: Command) -> Result<()> {
             let config = redraft_node::Config {
                 node_id: a.id,
                 listen: a.listen,
-                advertise: a.advertise.as_deref().map(redraft_common::pd_client::resolve).transpose()?,
+                advertise: a
+                    .advertise
+                    .as_deref()
+                    .map(redraft_common::pd_client::resolve)
+                    .transpose()?,
                 placement: PdClient::parse_members(&a.placement)?,
                 data_dir: a.data,
                 certs_dir: a.membership.certs,

@@ -35,7 +35,10 @@ impl PdClient {
     /// Parses a comma-separated list of member addresses (`ip:port` or
     /// `host:port`, resolved now; see [`resolve`]).
     pub fn parse_members(list: &str) -> Result<Vec<SocketAddr>> {
-        list.split(',').filter(|s| !s.trim().is_empty()).map(|s| resolve(s.trim())).collect()
+        list.split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| resolve(s.trim()))
+            .collect()
     }
 
     /// Sends `request` to the PD leader, trying every member once.
