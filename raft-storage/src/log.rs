@@ -71,14 +71,24 @@ pub struct Committer {
 
 impl Committer {
     /// Starts the committer thread; `sync` makes every batch durable before release.
+    ///
+    /// The thread holds the database only while it writes a batch (a `Weak`
+    /// otherwise), so the database closes in whichever thread drops the engine
+    /// last, never in this background thread while the process exits.
     pub fn start(db: Arc<DB>, sync: bool) -> std::io::Result<Committer> {
         let (queue, mut rx) = mpsc::channel::<CommitRequest>(COMMIT_QUEUE);
+        let weak = Arc::downgrade(&db);
+        drop(db);
         std::thread::Builder::new()
             .name("raft-log-commit".into())
             .spawn(move || {
                 let mut opts = WriteOptions::default();
                 opts.set_sync(sync);
                 while let Some(first) = rx.blocking_recv() {
+                    let Some(db) = weak.upgrade() else {
+                        (first.done)(Err("the database is closed".into()));
+                        continue;
+                    };
                     let mut waiters = Vec::new();
                     let mut batch = WriteBatch::default();
                     let mut next = Some(first);
