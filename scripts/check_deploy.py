@@ -9,10 +9,10 @@
    running `redraft up` (started here on free ports, stopped at the end);
 5. with --prometheus: a real Prometheus server (Debian package) scrapes that
    cluster; every dashboard query and every alert expression (without its
-   threshold) must return data through Prometheus's HTTP API; the main queries
-   are rendered as a chart (docs/dashboard.png).
+   threshold) must return data through Prometheus's HTTP API; with --chart PNG
+   the main queries are also rendered as a chart (docs/dashboard.png is made so).
 
-Usage: scripts/check_deploy.py REDRAFT_BINARY [--prometheus]
+Usage: scripts/check_deploy.py REDRAFT_BINARY [--prometheus [--chart PNG]]
 """
 import json, os, re, shutil, socket, subprocess, sys, tempfile, time, urllib.parse, urllib.request
 
@@ -155,7 +155,8 @@ def check_with_prometheus(up, queries, rules, work, proxy):
         if sum(len(g["rules"]) for g in rules_loaded) != len(rules):
             fail("Prometheus did not load every alert rule")
         print(f"check_deploy: Prometheus returns data for all {len(queries)} dashboard queries and {len(rules)} alert expressions")
-        render_chart(api, os.path.join(ROOT, "docs", "dashboard.png"))
+        if "--chart" in sys.argv:
+            render_chart(api, sys.argv[sys.argv.index("--chart") + 1])
     finally:
         prom.terminate()
         prom.wait()

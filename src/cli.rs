@@ -137,6 +137,9 @@ struct NodeArgs {
     /// Raft election timeout lower bound in milliseconds (upper bound is twice it).
     #[arg(long, default_value_t = 1000)]
     election_ms: u64,
+    /// Snapshot a shard (and purge its log) every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
 }
 
 #[derive(Args)]
@@ -312,6 +315,7 @@ async fn run(command: Command) -> Result<()> {
                     heartbeat_ms: a.heartbeat_ms,
                     election_min_ms: a.election_ms,
                     election_max_ms: a.election_ms * 2,
+                    snapshot_every: a.snapshot_every.max(1),
                 },
                 http: a.operator.http,
             };

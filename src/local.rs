@@ -99,6 +99,9 @@ pub struct Cluster {
     pub shards: u32,
     /// Fsync policy of the nodes.
     pub fsync: String,
+    /// Extra arguments for every shard node (tests use it for small snapshot intervals).
+    #[serde(default)]
+    pub node_args: Vec<String>,
 }
 
 impl Cluster {
@@ -124,6 +127,7 @@ impl Cluster {
             proxy: vec![member(Role::Proxy, 1, "proxy-1".into(), proxy_port, nodes + 1)],
             shards: 0,
             fsync: "always".into(),
+            node_args: Vec::new(),
         }
     }
 
@@ -204,7 +208,8 @@ impl Cluster {
             Role::Node => {
                 cmd.arg("node")
                     .args(["--id", &member.id.to_string(), "--listen", &member.addr.to_string()])
-                    .args(["--placement", &self.placement_list(), "--fsync", &self.fsync]);
+                    .args(["--placement", &self.placement_list(), "--fsync", &self.fsync])
+                    .args(&self.node_args);
             }
             Role::Proxy => {
                 cmd.arg("proxy").args([

@@ -36,6 +36,11 @@ fn exe() -> PathBuf {
 impl TestCluster {
     /// Starts a PD, `nodes` shard nodes and a proxy; waits until every shard serves.
     pub fn start(nodes: u16) -> TestCluster {
+        Self::start_with(nodes, &[])
+    }
+
+    /// Like [`TestCluster::start`], with extra arguments for every shard node.
+    pub fn start_with(nodes: u16, node_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = Cluster::new(dir.path(), free_port(), 0, nodes);
         for member in cluster.placement.iter_mut().chain(cluster.nodes.iter_mut()) {
@@ -50,6 +55,7 @@ impl TestCluster {
             member.http = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
         }
         cluster.shards = 6;
+        cluster.node_args = node_args.iter().map(|s| s.to_string()).collect();
         cluster.ensure_certs().unwrap();
         let mut tc = TestCluster {
             cluster,

@@ -70,6 +70,8 @@ pub struct RaftTiming {
     pub election_min_ms: u64,
     /// Election timeout upper bound (ms).
     pub election_max_ms: u64,
+    /// Build a snapshot (and purge the log before it) after this many entries.
+    pub snapshot_every: u64,
 }
 
 impl Default for RaftTiming {
@@ -78,6 +80,7 @@ impl Default for RaftTiming {
             heartbeat_ms: 200,
             election_min_ms: 1000,
             election_max_ms: 2000,
+            snapshot_every: 10_000,
         }
     }
 }
@@ -90,8 +93,12 @@ impl RaftTiming {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_min_ms,
             election_timeout_max: self.election_max_ms,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            // Keep a tenth of the interval so briefly lagging followers catch up by log.
+            max_in_snapshot_log_to_keep: self.snapshot_every / 10,
+            purge_batch_size: 1,
+            // Small chunks: a snapshot streams in many InstallSnapshot messages.
+            snapshot_max_chunk_size: 1 << 20,
             ..Default::default()
         }
     }
