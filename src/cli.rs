@@ -181,6 +181,39 @@ enum CtlCommand {
         #[arg(long)]
         to: u64,
     },
+    /// Cluster summary: routing version, nodes, shards, leaders.
+    Status {
+        /// Placement driver members, comma-separated.
+        #[arg(long)]
+        placement: String,
+        #[command(flatten)]
+        membership: Membership,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shard nodes: id, address, state, replica and leader counts.
+    Nodes {
+        /// Placement driver members, comma-separated.
+        #[arg(long)]
+        placement: String,
+        #[command(flatten)]
+        membership: Membership,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shards: id, epoch, replicas, leader, virtual nodes.
+    Shards {
+        /// Placement driver members, comma-separated.
+        #[arg(long)]
+        placement: String,
+        #[command(flatten)]
+        membership: Membership,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the routing table as JSON.
     Routing {
         /// Placement driver members, comma-separated.
@@ -218,6 +251,64 @@ async fn ctl_routing(
     let pd = PdClient::new(endpoint.clone(), PdClient::parse_members(placement)?);
     let table = pd.routing(u64::MAX, u64::MAX, std::time::Duration::ZERO).await?;
     Ok((endpoint, table))
+}
+
+/// The routing table and live nodes, for `redraft ctl`.
+async fn ctl_status(
+    placement: &str,
+    membership: &Membership,
+) -> Result<(redraft_common::routing::RoutingTable, Vec<u64>)> {
+    let tls = redraft_common::tls::TlsIdentity::load(&membership.certs, &membership.cert_name)?;
+    let endpoint = redraft_common::transport::Endpoint::client(&tls)?;
+    let pd = PdClient::new(endpoint, PdClient::parse_members(placement)?);
+    match pd
+        .call(
+            &redraft_common::wire::PdRequest::Status,
+            std::time::Duration::from_secs(5),
+        )
+        .await?
+    {
+        redraft_common::wire::PdResponse::Status { table, live } => Ok((table, live)),
+        other => Err(anyhow!("unexpected placement answer {other:?}")),
+    }
+}
+
+/// Prints rows as a JSON array or as an aligned table of `columns`.
+fn print_rows(json: bool, columns: &[&str], rows: &[serde_json::Value]) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    let cell = |row: &serde_json::Value, c: &str| match &row[c] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let widths: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(r, c).len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(columns.iter().map(|c| c.to_uppercase()).collect()));
+    for row in rows {
+        println!("{}", line(columns.iter().map(|c| cell(row, c)).collect()));
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -342,6 +433,70 @@ async fn run(command: Command) -> Result<()> {
                 let (_, table) = ctl_routing(&placement, &membership).await?;
                 println!("{}", serde_json::to_string_pretty(&table)?);
                 Ok(())
+            }
+            CtlCommand::Status {
+                placement,
+                membership,
+                json,
+            } => {
+                let (table, live) = ctl_status(&placement, &membership).await?;
+                let led = table.shards.values().filter(|s| s.leader.is_some()).count();
+                let summary = serde_json::json!({
+                    "routing_version": table.version,
+                    "nodes": table.nodes.len(),
+                    "nodes_up": live.len(),
+                    "shards": table.shards.len(),
+                    "shards_with_leader": led,
+                    "vnodes": table.vnode_count,
+                });
+                if json {
+                    println!("{summary}");
+                } else {
+                    println!(
+                        "routing version {}\nnodes {} ({} up)\nshards {} ({} with a leader)\nvnodes {}",
+                        table.version,
+                        table.nodes.len(),
+                        live.len(),
+                        table.shards.len(),
+                        led,
+                        table.vnode_count
+                    );
+                }
+                Ok(())
+            }
+            CtlCommand::Nodes {
+                placement,
+                membership,
+                json,
+            } => {
+                let (table, live) = ctl_status(&placement, &membership).await?;
+                let rows: Vec<serde_json::Value> = table
+                    .nodes
+                    .values()
+                    .map(|n| {
+                        let replicas = table.shards.values().filter(|s| s.replicas.contains(&n.id)).count();
+                        let leaders = table.shards.values().filter(|s| s.leader == Some(n.id)).count();
+                        let state = if live.contains(&n.id) { "up" } else { "down" };
+                        serde_json::json!({"id": n.id, "addr": n.addr, "state": state, "replicas": replicas, "leaders": leaders})
+                    })
+                    .collect();
+                print_rows(json, &["id", "addr", "state", "replicas", "leaders"], &rows)
+            }
+            CtlCommand::Shards {
+                placement,
+                membership,
+                json,
+            } => {
+                let (table, _) = ctl_status(&placement, &membership).await?;
+                let rows: Vec<serde_json::Value> = table
+                    .shards
+                    .values()
+                    .map(|s| {
+                        serde_json::json!({"id": s.id, "epoch": s.epoch, "replicas": s.replicas,
+                            "leader": s.leader, "vnodes": table.vnodes_of(s.id).len()})
+                    })
+                    .collect();
+                print_rows(json, &["id", "epoch", "replicas", "leader", "vnodes"], &rows)
             }
             CtlCommand::TransferLeader {
                 placement,

@@ -42,6 +42,9 @@ pub struct UpArgs {
     /// Number of shard nodes.
     #[arg(long, default_value_t = 3)]
     pub nodes: u16,
+    /// Placement-driver members (1, or 3 to survive the loss of one).
+    #[arg(long, default_value_t = 1)]
+    pub placement_replicas: u16,
     /// Shards created at bootstrap (default: 4 per node).
     #[arg(long)]
     pub shards: Option<u32>,
@@ -105,9 +108,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A new layout: PD at `base_port`, nodes after it, one proxy on `proxy_port`;
-    /// HTTP endpoints at `base_port + 50` on, in the same order (PD, nodes, proxy).
-    pub fn new(dir: &Path, proxy_port: u16, base_port: u16, nodes: u16) -> Cluster {
+    /// A new layout: `placement` PD members from `base_port`, nodes after them,
+    /// one proxy on `proxy_port`; HTTP endpoints from `base_port + 50` in the same
+    /// order (PD members, nodes, proxy).
+    pub fn new(dir: &Path, proxy_port: u16, base_port: u16, nodes: u16, placement: u16) -> Cluster {
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let member = |role, id: u64, name: String, port, http: u16| MemberSpec {
             role,
@@ -120,11 +124,29 @@ impl Cluster {
         };
         Cluster {
             dir: dir.to_path_buf(),
-            placement: vec![member(Role::Placement, 1, "placement-1".into(), base_port, 0)],
-            nodes: (1..=nodes)
-                .map(|i| member(Role::Node, u64::from(i), format!("node-{i}"), base_port + i, i))
+            placement: (1..=placement)
+                .map(|k| {
+                    member(
+                        Role::Placement,
+                        u64::from(k),
+                        format!("placement-{k}"),
+                        base_port + k - 1,
+                        k - 1,
+                    )
+                })
                 .collect(),
-            proxy: vec![member(Role::Proxy, 1, "proxy-1".into(), proxy_port, nodes + 1)],
+            nodes: (1..=nodes)
+                .map(|i| {
+                    member(
+                        Role::Node,
+                        u64::from(i),
+                        format!("node-{i}"),
+                        base_port + placement - 1 + i,
+                        placement - 1 + i,
+                    )
+                })
+                .collect(),
+            proxy: vec![member(Role::Proxy, 1, "proxy-1".into(), proxy_port, placement + nodes)],
             shards: 0,
             fsync: "always".into(),
             node_args: Vec::new(),
@@ -314,7 +336,13 @@ pub async fn up(args: UpArgs) -> Result<()> {
             existing
         }
         Err(_) => {
-            let mut c = Cluster::new(&dir, args.port, args.base_port, args.nodes);
+            let mut c = Cluster::new(
+                &dir,
+                args.port,
+                args.base_port,
+                args.nodes,
+                args.placement_replicas.max(1),
+            );
             c.shards = args.shards.unwrap_or(0);
             c.fsync = args.fsync.clone();
             c

@@ -1,6 +1,8 @@
 //! Data placement through the proxy: keys spread over every shard and read back.
 
 use redraft_common::keys::Ring;
+use std::time::Duration;
+
 use redraft_common::resp::Frame;
 
 use crate::harness::{routing_table, Resp, TestCluster};
@@ -100,4 +102,56 @@ fn load_generator_smoke_run() {
     assert!(std::fs::read_to_string(dir.path().join("t.svg"))
         .unwrap()
         .contains("<svg"));
+}
+
+/// Three placement members: `redraft ctl` reports the cluster, the PD leader can
+/// be killed, and the cluster keeps serving and answering operators.
+#[test]
+fn three_placement_members_survive_the_loss_of_the_leader() {
+    use crate::harness::{ctl, http_get};
+    let mut cluster = TestCluster::start_with(3, 3, &[]);
+    let mut conn = Resp::connect(cluster.proxy());
+    assert_eq!(conn.cmd("SET before pd-kill"), Frame::ok());
+
+    let nodes = ctl(&cluster, &["nodes", "--json"]);
+    assert!(nodes.status.success(), "{}", String::from_utf8_lossy(&nodes.stderr));
+    let nodes: Vec<serde_json::Value> = serde_json::from_slice(&nodes.stdout).unwrap();
+    assert_eq!(nodes.len(), 3);
+    let replicas: u64 = nodes.iter().map(|n| n["replicas"].as_u64().unwrap()).sum();
+    assert_eq!(replicas, 18, "6 shards x 3 replicas: {nodes:?}");
+    assert!(nodes.iter().all(|n| n["state"] == "up" && n["id"].as_u64().is_some()));
+    let shards = ctl(&cluster, &["shards"]);
+    assert_eq!(
+        String::from_utf8_lossy(&shards.stdout).lines().count(),
+        7,
+        "header and 6 shards"
+    );
+
+    let leader = cluster
+        .cluster
+        .placement
+        .iter()
+        .find(|m| {
+            http_get(m.http.unwrap(), "/metrics")
+                .1
+                .contains("redraft_placement_is_leader 1")
+        })
+        .map(|m| m.name.clone())
+        .expect("a placement leader");
+    cluster.kill9(&leader);
+    let mut served = false;
+    for _ in 0..50 {
+        let status = ctl(&cluster, &["status", "--json"]);
+        if status.status.success() {
+            let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+            served = status["shards"] == 6;
+            if served {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(served, "a new placement leader answers operators");
+    assert_eq!(conn.cmd("GET before"), Frame::bulk("pd-kill"));
+    assert_eq!(conn.cmd("SET after pd-kill"), Frame::ok());
 }

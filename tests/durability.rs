@@ -172,7 +172,7 @@ fn acknowledged_writes_survive_minority_kill_and_full_restart() {
 /// holds every key.
 #[test]
 fn lagging_node_catches_up_by_snapshot() {
-    let mut cluster = TestCluster::start_with(3, &["--snapshot-every", "50"]);
+    let mut cluster = TestCluster::start_with(3, 1, &["--snapshot-every", "50"]);
     let mut conn = Resp::connect(cluster.proxy());
     for i in 0..200 {
         assert_eq!(conn.cmd(&format!("SET before:{i} {i}")), Frame::ok());

@@ -36,13 +36,14 @@ fn exe() -> PathBuf {
 impl TestCluster {
     /// Starts a PD, `nodes` shard nodes and a proxy; waits until every shard serves.
     pub fn start(nodes: u16) -> TestCluster {
-        Self::start_with(nodes, &[])
+        Self::start_with(nodes, 1, &[])
     }
 
-    /// Like [`TestCluster::start`], with extra arguments for every shard node.
-    pub fn start_with(nodes: u16, node_args: &[&str]) -> TestCluster {
+    /// Like [`TestCluster::start`], with `placement` PD members and extra
+    /// arguments for every shard node.
+    pub fn start_with(nodes: u16, placement: u16, node_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
-        let mut cluster = Cluster::new(dir.path(), free_port(), 0, nodes);
+        let mut cluster = Cluster::new(dir.path(), free_port(), 0, nodes, placement);
         for member in cluster.placement.iter_mut().chain(cluster.nodes.iter_mut()) {
             member.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         }
@@ -209,7 +210,13 @@ pub fn stored_strings(node_dir: &Path) -> std::collections::HashMap<String, Stri
 
 /// Runs `redraft ctl <args>` against the cluster's placement driver.
 pub fn ctl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
-    let pd = cluster.cluster.placement[0].addr.to_string();
+    let pd = cluster
+        .cluster
+        .placement
+        .iter()
+        .map(|m| m.addr.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     std::process::Command::new(exe())
         .arg("ctl")
         .args(args)

@@ -81,6 +81,8 @@ pub enum PdRequest {
     },
     /// A Raft RPC between placement members, encoded by the placement driver.
     Raft { kind: RaftKind, payload: Vec<u8> },
+    /// Operators: the routing table and which nodes are alive.
+    Status,
 }
 
 /// The placement driver's answer.
@@ -98,6 +100,8 @@ pub enum PdResponse {
     Error(String),
     /// Answer to a Raft RPC: the encoded result, or the reason it failed.
     Raft(Result<Vec<u8>, String>),
+    /// The routing table and the nodes that heartbeated recently.
+    Status { table: RoutingTable, live: Vec<NodeId> },
 }
 
 /// Error decoding a message.

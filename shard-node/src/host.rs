@@ -252,11 +252,6 @@ impl Host {
         led
     }
 
-    /// Number of hosted replicas.
-    pub fn group_count(&self) -> usize {
-        self.groups.len()
-    }
-
     /// Runs one routed operation.
     pub async fn exec(&self, shard: ShardId, op: ShardOp) -> NodeResponse {
         let Some(group) = self.group(shard) else {
