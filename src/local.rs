@@ -303,13 +303,22 @@ pub fn resp_call(addr: SocketAddr, args: &[&str], timeout: Duration) -> Result<r
 }
 
 /// Waits until the proxy at `addr` serves a cluster-wide command (every shard has
-/// a leader), or `timeout` passes.
+/// a leader), or `timeout` passes. Something else answering on the port (another
+/// Redis) is an error, not readiness.
 pub fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    use redraft_common::resp::Frame;
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
-        match resp_call(addr, &["DBSIZE"], Duration::from_secs(10)) {
-            Ok(redraft_common::resp::Frame::Integer(_)) => return Ok(()),
+        match resp_call(addr, &["INFO", "server"], Duration::from_secs(10)) {
+            Ok(Frame::Bulk(info)) if !String::from_utf8_lossy(&info).contains("redraft_version") => {
+                bail!("{addr} is served by something other than Redraft (another Redis?)")
+            }
+            Ok(Frame::Bulk(_)) => match resp_call(addr, &["DBSIZE"], Duration::from_secs(10)) {
+                Ok(Frame::Integer(_)) => return Ok(()),
+                Ok(other) => last = format!("{other:?}"),
+                Err(e) => last = e.to_string(),
+            },
             Ok(other) => last = format!("{other:?}"),
             Err(e) => last = e.to_string(),
         }
