@@ -303,6 +303,21 @@ impl Drop for Partitions {
 }
 
 impl TestCluster {
+    /// Starts one more shard node (the next id) and returns its name.
+    pub fn add_node(&mut self) -> String {
+        let id = self.cluster.nodes.len() as u64 + 1;
+        let mut spec = self.cluster.nodes[0].clone();
+        spec.id = id;
+        spec.name = format!("node-{id}");
+        spec.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        spec.http = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+        spec.log = spec.log.with_file_name(format!("{}.log", spec.name));
+        self.cluster.nodes.push(spec.clone());
+        self.cluster.ensure_certs().unwrap();
+        self.spawn(&spec);
+        spec.name
+    }
+
     /// The QUIC address of a member.
     pub fn addr_of(&self, name: &str) -> SocketAddr {
         self.cluster.members().find(|m| m.name == name).unwrap().addr

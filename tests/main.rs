@@ -9,4 +9,5 @@ mod compat;
 mod durability;
 mod faults;
 mod observability;
+mod placement;
 mod protocol;

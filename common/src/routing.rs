@@ -19,10 +19,20 @@ pub struct ShardInfo {
     pub id: ShardId,
     /// Grows when the shard's vnodes or replicas change.
     pub epoch: u64,
-    /// Nodes holding a replica; the first one initialises the Raft group.
+    /// Nodes holding a voting replica; the first one initialises the Raft group.
     pub replicas: Vec<NodeId>,
+    /// Nodes receiving a copy before they become voters (a replica move).
+    #[serde(default)]
+    pub learners: Vec<NodeId>,
     /// The last leader a heartbeat reported, if any.
     pub leader: Option<NodeId>,
+}
+
+impl ShardInfo {
+    /// Whether `node` holds a replica or learner of this shard.
+    pub fn hosted_on(&self, node: NodeId) -> bool {
+        self.replicas.contains(&node) || self.learners.contains(&node)
+    }
 }
 
 /// Lifecycle of a node.

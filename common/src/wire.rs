@@ -43,6 +43,12 @@ pub enum NodeRequest {
     /// Operator: make this node's replica of `shard` campaign for leadership (how
     /// a leader is moved here). Answered `Reply(+OK)` once it leads, or `NotLeader`.
     Campaign { shard: ShardId },
+    /// Scheduler, to a shard's leader: add `node` (reachable at `addr`) as a
+    /// learner and wait until it has caught up. `Reply(+OK)`, or `NotLeader`.
+    AddLearner { shard: ShardId, node: NodeId, addr: String },
+    /// Scheduler, to a shard's leader: make `voters` the voting members (joint
+    /// consensus); members left out are removed. `Reply(+OK)`, or `NotLeader`.
+    ChangeVoters { shard: ShardId, voters: Vec<NodeId> },
 }
 
 /// A shard node's answer.

@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | [`state`] | replicated state (nodes, shards, vnode table) and its transitions |
 //! | [`store`] | the PD group's state machine on RocksDB |
+//! | [`scheduler`] | replica and leader balancing |
 //!
 //! The PD is its own Raft group (group id 0 in its own RocksDB). Only the leader
 //! answers; other members reply `NotLeader` with the leader's address.
@@ -19,6 +20,7 @@
 //! the wait expires. Watchers thus get pushes, with the poll as the pull fallback.
 
 pub mod metrics;
+pub mod scheduler;
 pub mod state;
 pub mod store;
 
@@ -92,6 +94,47 @@ struct Pd {
     soft: Mutex<Soft>,
     version_rx: watch::Receiver<u64>,
     leaders_tx: watch::Sender<u64>,
+    endpoint: Endpoint,
+}
+
+impl scheduler::Cluster for Pd {
+    fn table(&self) -> RoutingTable {
+        Pd::table(self)
+    }
+
+    fn live(&self) -> Vec<NodeId> {
+        let soft = self.soft.lock().expect("soft state lock");
+        soft.last_seen
+            .iter()
+            .filter(|(_, t)| t.elapsed() < NODE_DOWN_AFTER)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    async fn propose(&self, command: PdCommand) -> Result<PdReply> {
+        match Pd::propose(self, command).await {
+            Ok(PdReply::Refused(why)) => Err(anyhow::anyhow!(why)),
+            Ok(reply) => Ok(reply),
+            Err(answer) => Err(anyhow::anyhow!("placement write failed: {answer:?}")),
+        }
+    }
+}
+
+/// Scheduler period: one step per tick.
+const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
+
+async fn schedule_loop(pd: Arc<Pd>) {
+    loop {
+        tokio::time::sleep(SCHEDULE_EVERY).await;
+        if !pd.is_leader() || !pd.store.state().table.is_bootstrapped() {
+            continue;
+        }
+        metrics::OPERATORS.set(1);
+        if let Err(e) = scheduler::tick(pd.as_ref(), &pd.endpoint).await {
+            tracing::warn!(error = %e, "scheduling step failed");
+        }
+        metrics::OPERATORS.set(0);
+    }
 }
 
 /// Runs a PD member until `shutdown` resolves.
@@ -139,6 +182,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         soft: Mutex::default(),
         version_rx,
         leaders_tx,
+        endpoint: endpoint.clone(),
     });
     metrics::init();
     if let Some(addr) = config.http {
@@ -156,10 +200,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         tokio::spawn(async move { endpoint.serve(move |bytes| handle(pd.clone(), bytes)).await })
     };
     let bootstrap = tokio::spawn(bootstrap_loop(pd.clone(), config.clone()));
+    let schedule = tokio::spawn(schedule_loop(pd.clone()));
     tracing::info!(member = config.id, addr = %endpoint.local_addr()?, "placement driver serving");
     shutdown.await;
     serve.abort();
     bootstrap.abort();
+    schedule.abort();
     let _ = pd.raft.shutdown().await;
     endpoint.close();
     Ok(())
@@ -233,7 +279,6 @@ impl Pd {
             .count();
         metrics::SHARDS_WITHOUT_LEADER.set(if self.is_leader() { leaderless as i64 } else { 0 });
         metrics::ROUTING_VERSION.set(table.version as i64);
-        metrics::OPERATORS.set(0);
         metrics::IS_LEADER.set(i64::from(self.is_leader()));
     }
 

@@ -24,6 +24,11 @@ pub enum PdCommand {
         replicas: u32,
         vnode_count: u32,
     },
+    /// Start moving a replica: `node` receives a learner copy of `shard`.
+    AddLearner { shard: ShardId, node: NodeId },
+    /// Finish (or abandon) a move: `shard`'s voters are now `replicas`, and it has
+    /// no learners.
+    SetReplicas { shard: ShardId, replicas: Vec<NodeId> },
 }
 
 /// The outcome of applying a [`PdCommand`].
@@ -66,6 +71,28 @@ impl PdState {
                 };
                 self.bootstrap(count, *replicas, *vnode_count)
             }
+            PdCommand::AddLearner { shard, node } => {
+                let known = self.table.nodes.contains_key(node);
+                match self.table.shards.get_mut(shard) {
+                    Some(info) if known && !info.hosted_on(*node) => {
+                        info.learners.push(*node);
+                        info.epoch += 1;
+                        self.table.version += 1;
+                        PdReply::Done
+                    }
+                    _ => PdReply::Refused(format!("cannot add node {node} to shard {shard}")),
+                }
+            }
+            PdCommand::SetReplicas { shard, replicas } => match self.table.shards.get_mut(shard) {
+                Some(info) if !replicas.is_empty() => {
+                    info.replicas = replicas.clone();
+                    info.learners.clear();
+                    info.epoch += 1;
+                    self.table.version += 1;
+                    PdReply::Done
+                }
+                _ => PdReply::Refused(format!("no shard {shard}")),
+            },
         }
     }
 
@@ -120,6 +147,7 @@ impl PdState {
                     id,
                     epoch: 1,
                     replicas: replica_nodes,
+                    learners: Vec::new(),
                     leader: None,
                 },
             );

@@ -38,6 +38,8 @@ use redraft_raft_storage::network::{GroupNetwork, NodeWire};
 /// as unknown. Longer than an election (so a leader change usually completes),
 /// shorter than client timeouts.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a learner may take to catch up, or a membership change to commit.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a read may wait for the leadership check.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -158,8 +160,18 @@ impl Host {
     /// Creates the groups the routing table assigns to this node and does not exist yet.
     pub async fn sync_with(&self, table: &RoutingTable) -> Result<()> {
         let _one_at_a_time = self.creating.lock().await;
+        // Replicas moved away: stop and delete them.
+        let gone: Vec<ShardId> = self
+            .groups
+            .iter()
+            .map(|g| *g.key())
+            .filter(|id| table.shards.get(id).is_none_or(|s| !s.hosted_on(self.node_id)))
+            .collect();
+        for shard in gone {
+            self.remove_group(shard).await?;
+        }
         for shard in table.shards.values() {
-            if !shard.replicas.contains(&self.node_id) || self.groups.contains_key(&shard.id) {
+            if !shard.hosted_on(self.node_id) || self.groups.contains_key(&shard.id) {
                 continue;
             }
             let record = GroupRecord {
@@ -181,7 +193,8 @@ impl Host {
                 vnodes = record.vnodes.len(),
                 "created shard replica"
             );
-            if shard.replicas.first() == Some(&self.node_id) && !group.raft.is_initialized().await? {
+            if shard.epoch == 1 && shard.replicas.first() == Some(&self.node_id) && !group.raft.is_initialized().await?
+            {
                 let members: BTreeMap<u64, BasicNode> = shard
                     .replicas
                     .iter()
@@ -274,6 +287,70 @@ impl Host {
                 }
             },
             ShardOp::Write(write) => self.propose(&group, write).await,
+        }
+    }
+
+    /// Stops the replica of `shard` and deletes its log, data and metadata.
+    async fn remove_group(&self, shard: ShardId) -> Result<()> {
+        let Some((_, group)) = self.groups.remove(&shard) else {
+            return Ok(());
+        };
+        let _ = group.raft.shutdown().await;
+        self.engine
+            .log_store::<crate::raft::ShardTypes>(shard)
+            .destroy()
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let sm = ShardStateMachine::open(
+            shard,
+            self.engine.clone(),
+            group.ring.clone(),
+            group.owned.clone(),
+            self.snapshot_dir.join(shard.to_string()),
+        )?;
+        sm.destroy()?;
+        tracing::info!(shard_id = shard, node_id = self.node_id, "removed shard replica");
+        Ok(())
+    }
+
+    /// On the leader of `shard`: adds `node` as a learner and waits until it has
+    /// caught up (by snapshot and log).
+    pub async fn add_learner(&self, shard: ShardId, node: NodeId, addr: String) -> NodeResponse {
+        let Some(group) = self.group(shard) else {
+            return NodeResponse::NoShard;
+        };
+        let added = tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            group.raft.add_learner(node, BasicNode::new(addr), true),
+        );
+        self.membership_answer(&group, added.await)
+    }
+
+    /// On the leader of `shard`: makes `voters` the voting members.
+    pub async fn change_voters(&self, shard: ShardId, voters: Vec<NodeId>) -> NodeResponse {
+        let Some(group) = self.group(shard) else {
+            return NodeResponse::NoShard;
+        };
+        let voters: BTreeSet<NodeId> = voters.into_iter().collect();
+        let changed = tokio::time::timeout(MEMBERSHIP_TIMEOUT, group.raft.change_membership(voters, false));
+        self.membership_answer(&group, changed.await)
+    }
+
+    fn membership_answer<T>(
+        &self,
+        group: &Group,
+        result: Result<Result<T, typ::RaftError<ClientWriteError<u64, BasicNode>>>, tokio::time::error::Elapsed>,
+    ) -> NodeResponse {
+        match result {
+            Ok(Ok(_)) => NodeResponse::Reply(redraft_common::resp::Frame::ok()),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                NodeResponse::NotLeader { leader: f.leader_id }
+            }
+            Ok(Err(e)) => NodeResponse::Unknown(e.to_string()),
+            Err(_) => NodeResponse::Unknown(format!(
+                "membership change timed out; leader {:?}",
+                group.raft.metrics().borrow().current_leader
+            )),
         }
     }
 

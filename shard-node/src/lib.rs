@@ -217,6 +217,8 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
         },
         NodeRequest::Exec { shard, op, .. } => host.exec(shard, op).await,
         NodeRequest::Campaign { shard } => host.campaign(shard).await,
+        NodeRequest::AddLearner { shard, node, addr } => host.add_learner(shard, node, addr).await,
+        NodeRequest::ChangeVoters { shard, voters } => host.change_voters(shard, voters).await,
         // Requests of a batch run concurrently; openraft then batches their entries.
         NodeRequest::Batch(requests) => {
             NodeResponse::Batch(futures::future::join_all(requests.into_iter().map(|r| Box::pin(serve(host, r)))).await)
