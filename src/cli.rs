@@ -104,6 +104,9 @@ struct PlacementArgs {
     /// Virtual nodes on the ring (fixed once bootstrapped).
     #[arg(long, default_value_t = redraft_common::keys::DEFAULT_VNODES)]
     vnodes: u32,
+    /// Seconds a node may stay silent before its replicas are re-created elsewhere.
+    #[arg(long, default_value_t = 30)]
+    dead_after_secs: u64,
 }
 
 #[derive(Args)]
@@ -213,6 +216,17 @@ enum CtlCommand {
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Move every replica off a node, then mark it removed.
+    Decommission {
+        /// Placement driver members, comma-separated.
+        #[arg(long)]
+        placement: String,
+        #[command(flatten)]
+        membership: Membership,
+        /// The node to drain.
+        #[arg(long)]
+        node: u64,
     },
     /// Print the routing table as JSON.
     Routing {
@@ -385,6 +399,7 @@ async fn run(command: Command) -> Result<()> {
                 replicas: a.replicas,
                 vnodes: a.vnodes,
                 http: a.operator.http,
+                dead_after: std::time::Duration::from_secs(a.dead_after_secs.max(1)),
             };
             redraft_placement::run(config, shutdown_signal()).await
         }
@@ -434,6 +449,23 @@ async fn run(command: Command) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&table)?);
                 Ok(())
             }
+            CtlCommand::Decommission {
+                placement,
+                membership,
+                node,
+            } => {
+                let tls = redraft_common::tls::TlsIdentity::load(&membership.certs, &membership.cert_name)?;
+                let endpoint = redraft_common::transport::Endpoint::client(&tls)?;
+                let pd = PdClient::new(endpoint, PdClient::parse_members(&placement)?);
+                let request = redraft_common::wire::PdRequest::Decommission { node };
+                match pd.call(&request, std::time::Duration::from_secs(5)).await? {
+                    redraft_common::wire::PdResponse::Ack => {
+                        println!("node {node} is draining; `redraft ctl nodes` shows it removed once empty");
+                        Ok(())
+                    }
+                    other => Err(anyhow!("decommission refused: {other:?}")),
+                }
+            }
             CtlCommand::Status {
                 placement,
                 membership,
@@ -476,7 +508,12 @@ async fn run(command: Command) -> Result<()> {
                     .map(|n| {
                         let replicas = table.shards.values().filter(|s| s.replicas.contains(&n.id)).count();
                         let leaders = table.shards.values().filter(|s| s.leader == Some(n.id)).count();
-                        let state = if live.contains(&n.id) { "up" } else { "down" };
+                        let state = match n.state {
+                            redraft_common::routing::NodeState::Draining => "draining",
+                            redraft_common::routing::NodeState::Removed => "removed",
+                            _ if live.contains(&n.id) => "up",
+                            _ => "down",
+                        };
                         serde_json::json!({"id": n.id, "addr": n.addr, "state": state, "replicas": replicas, "leaders": leaders})
                     })
                     .collect();

@@ -1,5 +1,5 @@
 //! The scheduler: a node joining under load receives replicas and leaders until
-//! counts are even, and no client notices.
+//! counts are even; a decommissioned node is drained; no client notices either.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,83 +10,140 @@ use redraft_common::resp::Frame;
 
 use crate::harness::{ctl, Resp, TestCluster};
 
-fn node_counts(cluster: &TestCluster) -> Vec<(u64, u64, u64)> {
+/// `(node, replicas, leaders)` of every node, from `redraft ctl nodes --json`.
+fn node_counts(cluster: &TestCluster) -> Vec<(u64, u64, u64, String)> {
     let out = ctl(cluster, &["nodes", "--json"]);
     let nodes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
     nodes
         .iter()
         .map(|n| {
+            let count = |f: &str| n[f].as_u64().unwrap_or(0);
             (
-                n["id"].as_u64().unwrap(),
-                n["replicas"].as_u64().unwrap(),
-                n["leaders"].as_u64().unwrap(),
+                count("id"),
+                count("replicas"),
+                count("leaders"),
+                n["state"].as_str().unwrap_or("").to_string(),
             )
         })
         .collect()
 }
 
-#[test]
-fn fourth_node_joins_under_load_and_replicas_even_out() {
-    let mut cluster = TestCluster::start(3);
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(BTreeMap::new()));
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let client = {
-        let (proxy, stop, acked, errors) = (cluster.proxy(), stop.clone(), acked.clone(), errors.clone());
-        std::thread::spawn(move || {
-            let mut conn = Resp::connect(proxy);
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && n < 200_000 {
-                let key = format!("j{}", n % 2000);
-                match conn.cmd(&format!("SET {key} {n}")) {
-                    Frame::Simple(_) => {
-                        acked.lock().unwrap().insert(key.clone(), n.to_string());
-                    }
-                    other => errors.lock().unwrap().push(format!("SET {key}: {other:?}")),
-                }
-                match (
-                    conn.cmd(&format!("GET {key}")),
-                    acked.lock().unwrap().get(&key).cloned(),
-                ) {
-                    (Frame::Bulk(v), Some(want)) => assert_eq!(String::from_utf8(v).unwrap(), want, "stale read"),
-                    (other, _) => errors.lock().unwrap().push(format!("GET {key}: {other:?}")),
-                }
-                n += 1;
-            }
-        })
-    };
-    std::thread::sleep(Duration::from_secs(1));
-    let joined = cluster.add_node();
+/// Waits until the serving nodes (state `up`) number `nodes` and their replica
+/// and leader counts are within one of even, with every shard led.
+fn wait_balanced(cluster: &TestCluster, nodes: usize) -> Vec<(u64, u64, u64, String)> {
     let deadline = Instant::now() + Duration::from_secs(90);
-    let balanced = loop {
-        let counts = node_counts(&cluster);
+    loop {
+        let counts: Vec<_> = node_counts(cluster).into_iter().filter(|c| c.3 == "up").collect();
         let replicas: Vec<u64> = counts.iter().map(|c| c.1).collect();
         let leaders: Vec<u64> = counts.iter().map(|c| c.2).collect();
-        let even = |v: &[u64]| v.len() == 4 && v.iter().max().unwrap() - v.iter().min().unwrap() <= 1;
+        let even = |v: &[u64]| v.len() == nodes && v.iter().max().unwrap() - v.iter().min().unwrap() <= 1;
         if even(&replicas) && leaders.iter().sum::<u64>() == 6 && even(&leaders) {
-            break counts;
+            return counts;
         }
         if Instant::now() > deadline {
             cluster.dump_logs();
             panic!("not balanced after 90 s: {counts:?}");
         }
         std::thread::sleep(Duration::from_millis(500));
-    };
-    stop.store(true, Ordering::Relaxed);
-    client.join().unwrap();
-    eprintln!("{joined} joined; (node, replicas, leaders): {balanced:?}");
-    let errors = errors.lock().unwrap();
-    assert!(
-        errors.is_empty(),
-        "the client saw errors: {:?}",
-        &errors[..errors.len().min(5)]
-    );
-    let mut conn = Resp::connect(cluster.proxy());
-    for (key, value) in acked.lock().unwrap().iter() {
-        assert_eq!(
-            conn.cmd(&format!("GET {key}")),
-            Frame::bulk(value.as_str()),
-            "{key} lost"
-        );
     }
+}
+
+/// A client writing and reading back continuously, recording acknowledged values
+/// and every error it sees.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    client: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(cluster: &TestCluster) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (proxy, s, a, e) = (cluster.proxy(), stop.clone(), acked.clone(), errors.clone());
+        let client = std::thread::spawn(move || {
+            let mut conn = Resp::connect(proxy);
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) && n < 200_000 {
+                let key = format!("j{}", n % 2000);
+                match conn.cmd(&format!("SET {key} {n}")) {
+                    Frame::Simple(_) => {
+                        a.lock().unwrap().insert(key.clone(), n.to_string());
+                    }
+                    other => e.lock().unwrap().push(format!("SET {key}: {other:?}")),
+                }
+                let expected = a.lock().unwrap().get(&key).cloned();
+                match (conn.cmd(&format!("GET {key}")), expected) {
+                    (Frame::Bulk(v), Some(want)) => assert_eq!(String::from_utf8(v).unwrap(), want, "stale read"),
+                    (other, _) => e.lock().unwrap().push(format!("GET {key}: {other:?}")),
+                }
+                n += 1;
+            }
+        });
+        Load {
+            stop,
+            acked,
+            errors,
+            client,
+        }
+    }
+
+    /// Stops the client; asserts it saw no error and every acknowledged value reads back.
+    fn finish(self, cluster: &TestCluster) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.client.join().unwrap();
+        let errors = self.errors.lock().unwrap();
+        assert!(
+            errors.is_empty(),
+            "the client saw errors: {:?}",
+            &errors[..errors.len().min(5)]
+        );
+        let mut conn = Resp::connect(cluster.proxy());
+        for (key, value) in self.acked.lock().unwrap().iter() {
+            assert_eq!(
+                conn.cmd(&format!("GET {key}")),
+                Frame::bulk(value.as_str()),
+                "{key} lost"
+            );
+        }
+    }
+}
+
+#[test]
+fn fourth_node_joins_under_load_and_replicas_even_out() {
+    let mut cluster = TestCluster::start(3);
+    let load = Load::start(&cluster);
+    std::thread::sleep(Duration::from_secs(1));
+    let joined = cluster.add_node();
+    let balanced = wait_balanced(&cluster, 4);
+    eprintln!("{joined} joined; (node, replicas, leaders, state): {balanced:?}");
+    load.finish(&cluster);
+}
+
+#[test]
+fn decommissioned_node_is_drained_under_load() {
+    let mut cluster = TestCluster::start(3);
+    cluster.add_node();
+    wait_balanced(&cluster, 4);
+    let load = Load::start(&cluster);
+    let out = ctl(&cluster, &["decommission", "--node", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let counts = node_counts(&cluster);
+        if counts
+            .iter()
+            .any(|c| c.0 == 1 && c.1 == 0 && c.2 == 0 && c.3 == "removed")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 not drained: {counts:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let remaining = wait_balanced(&cluster, 3);
+    eprintln!("node 1 removed; (node, replicas, leaders, state): {remaining:?}");
+    assert!(remaining.iter().all(|c| c.0 != 1 && c.1 == 6), "{remaining:?}");
+    load.finish(&cluster);
 }

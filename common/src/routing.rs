@@ -42,6 +42,10 @@ pub enum NodeState {
     Up,
     /// Missed heartbeats for longer than the liveness timeout.
     Down,
+    /// Being decommissioned: its replicas move to other nodes.
+    Draining,
+    /// Decommissioned: holds no replica and receives none.
+    Removed,
 }
 
 /// One shard node.

@@ -89,6 +89,8 @@ pub enum PdRequest {
     Raft { kind: RaftKind, payload: Vec<u8> },
     /// Operators: the routing table and which nodes are alive.
     Status,
+    /// Operators: move every replica off `node`, then mark it removed.
+    Decommission { node: NodeId },
 }
 
 /// The placement driver's answer.

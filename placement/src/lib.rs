@@ -73,6 +73,8 @@ pub struct Config {
     pub vnodes: u32,
     /// Operator HTTP endpoint (`/metrics`, `/health`, `/ready`), if any.
     pub http: Option<SocketAddr>,
+    /// A node silent this long has its replicas re-created on other nodes.
+    pub dead_after: Duration,
 }
 
 /// A node that has not heartbeated for this long counts as down (heartbeats come
@@ -95,6 +97,7 @@ struct Pd {
     version_rx: watch::Receiver<u64>,
     leaders_tx: watch::Sender<u64>,
     endpoint: Endpoint,
+    dead_after: Duration,
 }
 
 impl scheduler::Cluster for Pd {
@@ -107,6 +110,17 @@ impl scheduler::Cluster for Pd {
         soft.last_seen
             .iter()
             .filter(|(_, t)| t.elapsed() < NODE_DOWN_AFTER)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    fn dead(&self) -> Vec<NodeId> {
+        // Only nodes this leader has heard from: after a PD failover, silence
+        // since the failover says nothing about a node.
+        let soft = self.soft.lock().expect("soft state lock");
+        soft.last_seen
+            .iter()
+            .filter(|(_, t)| t.elapsed() >= self.dead_after)
             .map(|(n, _)| *n)
             .collect()
     }
@@ -183,6 +197,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         version_rx,
         leaders_tx,
         endpoint: endpoint.clone(),
+        dead_after: config.dead_after,
     });
     metrics::init();
     if let Some(addr) = config.http {
@@ -361,6 +376,22 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
             PdResponse::Status {
                 table: pd.table(),
                 live,
+            }
+        }
+        PdRequest::Decommission { node } => {
+            match pd
+                .propose(PdCommand::SetNodeState {
+                    node,
+                    state: redraft_common::routing::NodeState::Draining,
+                })
+                .await
+            {
+                Ok(PdReply::Done) => {
+                    tracing::info!(node_id = node, "decommissioning node");
+                    PdResponse::Ack
+                }
+                Ok(other) => PdResponse::Error(format!("{other:?}")),
+                Err(answer) => answer,
             }
         }
         PdRequest::Raft { .. } => unreachable!("handled above"),

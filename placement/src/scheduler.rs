@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use redraft_common::ids::{NodeId, ShardId};
-use redraft_common::routing::RoutingTable;
+use redraft_common::routing::{NodeState, RoutingTable};
 use redraft_common::transport::Endpoint;
 use redraft_common::wire::{NodeRequest, NodeResponse};
 
@@ -37,6 +37,8 @@ pub trait Cluster: Send + Sync {
     fn table(&self) -> RoutingTable;
     /// Nodes that heartbeated recently.
     fn live(&self) -> Vec<NodeId>;
+    /// Nodes silent for longer than the re-replication timeout.
+    fn dead(&self) -> Vec<NodeId>;
     /// Proposes a placement command through the PD's log.
     fn propose(&self, command: PdCommand) -> impl std::future::Future<Output = Result<PdReply>> + Send;
 }
@@ -48,11 +50,53 @@ pub enum Step {
     Move { shard: ShardId, from: NodeId, to: NodeId },
     /// Move `shard`'s leadership to node `to`.
     Lead { shard: ShardId, to: NodeId },
+    /// A draining node holds nothing any more: mark it removed.
+    Remove { node: NodeId },
 }
 
-/// Decides the next step from the table and the live nodes.
-pub fn next_step(table: &RoutingTable, live: &[NodeId]) -> Option<Step> {
-    if live.len() < 2 || table.shards.values().any(|s| !s.learners.is_empty()) {
+/// Decides the next step from the table, the live nodes and the nodes dead for
+/// longer than the re-replication timeout.
+pub fn next_step(table: &RoutingTable, live: &[NodeId], dead: &[NodeId]) -> Option<Step> {
+    if table.shards.values().any(|s| !s.learners.is_empty()) {
+        return None;
+    }
+    let state = |n: &NodeId| table.nodes.get(n).map(|i| i.state);
+    // Nodes that take replicas: live and neither draining nor removed.
+    let usable: Vec<NodeId> = live
+        .iter()
+        .copied()
+        .filter(|n| state(n) == Some(NodeState::Up))
+        .collect();
+    let count = |n: NodeId| table.shards.values().filter(|s| s.hosted_on(n)).count();
+    // First empty the nodes being decommissioned and the dead ones.
+    let draining = table
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Draining)
+        .map(|n| n.id);
+    for source in draining.chain(dead.iter().copied()) {
+        let moving = table.shards.values().find(|s| s.replicas.contains(&source));
+        match moving {
+            Some(shard) => {
+                let to = usable
+                    .iter()
+                    .copied()
+                    .filter(|n| !shard.hosted_on(*n))
+                    .min_by_key(|n| (count(*n), *n));
+                if let Some(to) = to {
+                    return Some(Step::Move {
+                        shard: shard.id,
+                        from: source,
+                        to,
+                    });
+                }
+            }
+            None if state(&source) == Some(NodeState::Draining) => return Some(Step::Remove { node: source }),
+            None => {}
+        }
+    }
+    let live = usable;
+    if live.len() < 2 {
         return None;
     }
     let mut replicas: BTreeMap<NodeId, usize> = live.iter().map(|n| (*n, 0)).collect();
@@ -106,11 +150,12 @@ pub fn next_step(table: &RoutingTable, live: &[NodeId]) -> Option<Step> {
     None
 }
 
-/// Sends an operator request to a shard's leader, following leader hints.
+/// Sends an operator request to a shard's leader, following leader hints and
+/// trying the other replicas when a node does not answer (it may be the dead one).
 async fn to_leader(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, request: NodeRequest) -> Result<()> {
     let info = table.shards.get(&shard).ok_or_else(|| anyhow!("no shard {shard}"))?;
     let mut target = info.leader.or(info.replicas.first().copied());
-    for _ in 0..5 {
+    for attempt in 0..8 {
         let node = target.ok_or_else(|| anyhow!("shard {shard} has no known leader"))?;
         let addr: SocketAddr = table
             .addr_of(node)
@@ -118,21 +163,24 @@ async fn to_leader(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, re
             .parse()?;
         match endpoint
             .call::<_, NodeResponse>(addr, &request, Duration::from_secs(70))
-            .await?
+            .await
         {
-            NodeResponse::Reply(_) => return Ok(()),
-            NodeResponse::NotLeader { leader: Some(l) } => target = Some(l),
-            NodeResponse::NotLeader { leader: None } => tokio::time::sleep(Duration::from_millis(500)).await,
-            other => bail!("shard {shard}: {other:?}"),
+            Ok(NodeResponse::Reply(_)) => return Ok(()),
+            Ok(NodeResponse::NotLeader { leader: Some(l) }) if l != node => target = Some(l),
+            Ok(NodeResponse::NotLeader { .. }) | Ok(NodeResponse::NoShard) | Err(_) => {
+                target = info.replicas.get((attempt + 1) % info.replicas.len()).copied();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(other) => bail!("shard {shard}: {other:?}"),
         }
     }
-    bail!("shard {shard}: leader kept moving")
+    bail!("shard {shard}: no leader answered")
 }
 
 /// Takes one step; returns it, or `None` when the cluster is balanced.
 pub async fn tick(cluster: &impl Cluster, endpoint: &Endpoint) -> Result<Option<Step>> {
     let table = cluster.table();
-    let Some(step) = next_step(&table, &cluster.live()) else {
+    let Some(step) = next_step(&table, &cluster.live(), &cluster.dead()) else {
         return Ok(None);
     };
     match &step {
@@ -201,6 +249,15 @@ pub async fn tick(cluster: &impl Cluster, endpoint: &Endpoint) -> Result<Option<
                 }
             }
         }
+        Step::Remove { node } => {
+            cluster
+                .propose(PdCommand::SetNodeState {
+                    node: *node,
+                    state: NodeState::Removed,
+                })
+                .await?;
+            tracing::info!(node_id = node, "node drained and removed");
+        }
         Step::Lead { shard, to } => {
             let addr: SocketAddr = table
                 .addr_of(*to)
@@ -262,7 +319,7 @@ mod tests {
             &[(&[1, 2, 3], Some(1)), (&[2, 3, 1], Some(2)), (&[3, 1, 2], Some(3))],
             4,
         );
-        match next_step(&t, &[1, 2, 3, 4]) {
+        match next_step(&t, &[1, 2, 3, 4], &[]) {
             Some(Step::Move { from, to: 4, shard }) => assert_ne!(t.shards[&shard].leader, Some(from)),
             other => panic!("{other:?}"),
         }
@@ -274,19 +331,42 @@ mod tests {
             &[(&[1, 2, 3], Some(1)), (&[2, 3, 1], Some(1)), (&[3, 1, 2], Some(1))],
             3,
         );
-        assert!(matches!(next_step(&even, &[1, 2, 3]), Some(Step::Lead { to, .. }) if to != 1));
+        assert!(matches!(next_step(&even, &[1, 2, 3], &[]), Some(Step::Lead { to, .. }) if to != 1));
         let done = table(
             &[(&[1, 2, 3], Some(1)), (&[2, 3, 1], Some(2)), (&[3, 1, 2], Some(3))],
             3,
         );
-        assert_eq!(next_step(&done, &[1, 2, 3]), None);
+        assert_eq!(next_step(&done, &[1, 2, 3], &[]), None);
     }
 
     #[test]
     fn nothing_moves_while_a_move_is_in_flight_or_to_a_dead_node() {
         let mut t = table(&[(&[1, 2, 3], Some(1)), (&[2, 3, 1], Some(2))], 4);
-        assert_eq!(next_step(&t, &[1, 2, 3]), None, "node 4 is not live");
+        assert_eq!(next_step(&t, &[1, 2, 3], &[]), None, "node 4 is not live");
         t.shards.get_mut(&1).unwrap().learners.push(4);
-        assert_eq!(next_step(&t, &[1, 2, 3, 4]), None);
+        assert_eq!(next_step(&t, &[1, 2, 3, 4], &[]), None);
+    }
+
+    #[test]
+    fn draining_and_dead_nodes_are_emptied_then_removed() {
+        let mut t = table(&[(&[1, 2, 3], Some(1)), (&[2, 3, 4], Some(2))], 4);
+        t.nodes.get_mut(&3).unwrap().state = NodeState::Draining;
+        assert!(matches!(
+            next_step(&t, &[1, 2, 3, 4], &[]),
+            Some(Step::Move {
+                from: 3,
+                to: 4,
+                shard: 1
+            })
+        ));
+        for s in t.shards.values_mut() {
+            s.replicas.retain(|n| *n != 3);
+        }
+        assert_eq!(next_step(&t, &[1, 2, 3, 4], &[]), Some(Step::Remove { node: 3 }));
+        let t = table(&[(&[1, 2, 3], Some(1))], 4);
+        assert!(matches!(
+            next_step(&t, &[1, 2, 4], &[3]),
+            Some(Step::Move { from: 3, to: 4, .. })
+        ));
     }
 }

@@ -29,6 +29,8 @@ pub enum PdCommand {
     /// Finish (or abandon) a move: `shard`'s voters are now `replicas`, and it has
     /// no learners.
     SetReplicas { shard: ShardId, replicas: Vec<NodeId> },
+    /// Set a node's lifecycle state (draining for decommission, removed once empty).
+    SetNodeState { node: NodeId, state: NodeState },
 }
 
 /// The outcome of applying a [`PdCommand`].
@@ -83,6 +85,14 @@ impl PdState {
                     _ => PdReply::Refused(format!("cannot add node {node} to shard {shard}")),
                 }
             }
+            PdCommand::SetNodeState { node, state } => match self.table.nodes.get_mut(node) {
+                Some(info) => {
+                    info.state = *state;
+                    self.table.version += 1;
+                    PdReply::Done
+                }
+                None => PdReply::Refused(format!("no node {node}")),
+            },
             PdCommand::SetReplicas { shard, replicas } => match self.table.shards.get_mut(shard) {
                 Some(info) if !replicas.is_empty() => {
                     info.replicas = replicas.clone();
