@@ -177,6 +177,21 @@ async fn to_leader(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, re
     bail!("shard {shard}: no leader answered")
 }
 
+/// Asks node `to` to take over the leadership of `shard`.
+async fn campaign(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, to: NodeId) -> Result<()> {
+    let addr: SocketAddr = table
+        .addr_of(to)
+        .ok_or_else(|| anyhow!("no address for node {to}"))?
+        .parse()?;
+    match endpoint
+        .call::<_, NodeResponse>(addr, &NodeRequest::Campaign { shard }, Duration::from_secs(10))
+        .await?
+    {
+        NodeResponse::Reply(_) => Ok(()),
+        other => bail!("node {to} did not take over shard {shard}: {other:?}"),
+    }
+}
+
 /// Takes one step; returns it, or `None` when the cluster is balanced.
 pub async fn tick(cluster: &impl Cluster, endpoint: &Endpoint) -> Result<Option<Step>> {
     let table = cluster.table();
@@ -186,6 +201,13 @@ pub async fn tick(cluster: &impl Cluster, endpoint: &Endpoint) -> Result<Option<
     match &step {
         Step::Move { shard, from, to } => {
             let info = &table.shards[shard];
+            if info.leader == Some(*from) {
+                // Hand leadership to a staying replica first, so no write is in
+                // flight on the replica that is about to be deleted.
+                if let Some(stay) = info.replicas.iter().copied().find(|n| n != from) {
+                    campaign(endpoint, &table, *shard, stay).await?;
+                }
+            }
             tracing::info!(shard_id = shard, from, to, "moving replica: adding learner");
             cluster
                 .propose(PdCommand::AddLearner {
@@ -259,16 +281,9 @@ pub async fn tick(cluster: &impl Cluster, endpoint: &Endpoint) -> Result<Option<
             tracing::info!(node_id = node, "node drained and removed");
         }
         Step::Lead { shard, to } => {
-            let addr: SocketAddr = table
-                .addr_of(*to)
-                .ok_or_else(|| anyhow!("no address for node {to}"))?
-                .parse()?;
             tracing::info!(shard_id = shard, to, "moving leadership");
-            let answer: NodeResponse = endpoint
-                .call(addr, &NodeRequest::Campaign { shard: *shard }, Duration::from_secs(10))
-                .await?;
-            if !matches!(answer, NodeResponse::Reply(_)) {
-                tracing::warn!(shard_id = shard, to, ?answer, "leadership move failed");
+            if let Err(e) = campaign(endpoint, &table, *shard, *to).await {
+                tracing::warn!(shard_id = shard, to, error = %e, "leadership move failed");
             }
         }
     }
