@@ -30,6 +30,10 @@ use serde::{Deserialize, Serialize};
 /// Arguments of `redraft up`.
 #[derive(Args, Debug)]
 pub struct UpArgs {
+    /// `add-node`: start one more shard node in the running cluster of `--dir`
+    /// and add it to `up.json` (the scheduler then moves replicas onto it).
+    #[arg(value_parser = ["add-node"])]
+    pub action: Option<String>,
     /// The cluster's folder (data, certificates, logs, `up.json`).
     #[arg(long, default_value = "redraft-data")]
     pub dir: PathBuf,
@@ -330,6 +334,9 @@ pub fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
 /// `redraft up`.
 pub async fn up(args: UpArgs) -> Result<()> {
     let exe = std::env::current_exe()?;
+    if args.action.as_deref() == Some("add-node") {
+        return add_node(&exe, &args.dir);
+    }
     std::fs::create_dir_all(&args.dir)?;
     let dir = args.dir.canonicalize()?;
     let mut cluster = match Cluster::load(&dir) {
@@ -384,6 +391,55 @@ pub async fn up(args: UpArgs) -> Result<()> {
         return Ok(());
     }
     supervise(cluster, children).await
+}
+
+/// `redraft up --dir DIR add-node`: one more shard node, detached, on the next
+/// free ports after the existing members.
+fn add_node(exe: &Path, dir: &Path) -> Result<()> {
+    let dir = dir.canonicalize()?;
+    let mut cluster = Cluster::load(&dir)?;
+    let last = cluster
+        .nodes
+        .last()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no node in {}", dir.display()))?;
+    let used: Vec<u16> = cluster
+        .members()
+        .flat_map(|m| [Some(m.addr.port()), m.http.map(|h| h.port())])
+        .flatten()
+        .collect();
+    let next = |from: u16| {
+        (from..u16::MAX).find(|p| {
+            !used.contains(p)
+                && std::net::UdpSocket::bind(("127.0.0.1", *p)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()
+        })
+    };
+    let port = next(last.addr.port() + 1).ok_or_else(|| anyhow::anyhow!("no free port"))?;
+    let http = next(last.http.map_or(port + 100, |h| h.port() + 1).max(port + 1))
+        .ok_or_else(|| anyhow::anyhow!("no free port"))?;
+    let id = cluster.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+    let mut spec = last;
+    spec.id = id;
+    spec.name = format!("node-{id}");
+    spec.addr = SocketAddr::from(([127, 0, 0, 1], port));
+    spec.http = Some(SocketAddr::from(([127, 0, 0, 1], http)));
+    spec.log = dir.join("logs").join(format!("{}.log", spec.name));
+    cluster.nodes.push(spec.clone());
+    cluster.ensure_certs()?;
+    let child = cluster.spawn(exe, &spec)?;
+    if let Some(m) = cluster.nodes.last_mut() {
+        m.pid = Some(child.id());
+    }
+    cluster.save()?;
+    println!(
+        "added {} (pid {}, QUIC {}, HTTP {}); watch `redraft ctl nodes` as replicas move onto it",
+        spec.name,
+        child.id(),
+        spec.addr,
+        http
+    );
+    Ok(())
 }
 
 /// Watches the members until Ctrl-C or SIGTERM, reporting any that exit.

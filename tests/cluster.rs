@@ -155,3 +155,93 @@ fn three_placement_members_survive_the_loss_of_the_leader() {
     assert_eq!(conn.cmd("GET before"), Frame::bulk("pd-kill"));
     assert_eq!(conn.cmd("SET after pd-kill"), Frame::ok());
 }
+
+/// `redraft up --detach`, `redraft up add-node` and `redraft down` as a user runs
+/// them: the new node receives replicas, `up.json` lists it, `down` stops all.
+#[test]
+fn up_add_node_and_down_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_redraft");
+    let port = crate::harness::free_port();
+    let base = 21000 + (std::process::id() % 20000) as u16;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(exe)
+            .args(args)
+            .arg("--dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redraft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ready = run(&[
+        "up",
+        "--detach",
+        "--port",
+        &port.to_string(),
+        "--base-port",
+        &base.to_string(),
+    ]);
+    assert!(ready.starts_with("ready"), "{ready}");
+    assert!(run(&["up", "add-node"]).contains("added node-4"));
+    let up: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("up.json")).unwrap()).unwrap();
+    assert_eq!(up["nodes"].as_array().unwrap().len(), 4);
+    for group in ["proxy", "placement", "nodes"] {
+        for m in up[group].as_array().unwrap() {
+            assert!(
+                m["id"].is_u64() && m["pid"].is_u64() && m["addr"].is_string() && m["log"].is_string(),
+                "{m}"
+            );
+        }
+    }
+    let certs = dir.path().join("certs");
+    let pd = up["placement"][0]["addr"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = std::process::Command::new(exe)
+            .args([
+                "ctl",
+                "nodes",
+                "--json",
+                "--placement",
+                &pd,
+                "--cert-name",
+                "ctl",
+                "--certs",
+            ])
+            .arg(&certs)
+            .output()
+            .unwrap();
+        let nodes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if nodes
+            .iter()
+            .any(|n| n["id"] == 4 && n["replicas"].as_u64().unwrap_or(0) >= 8)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 4 got no replicas: {nodes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut conn = Resp::connect(([127, 0, 0, 1], port).into());
+    assert_eq!(conn.cmd("SET k v"), Frame::ok());
+    assert!(run(&["down"]).contains("is down"));
+    let pids: Vec<u64> = ["proxy", "placement", "nodes"]
+        .iter()
+        .flat_map(|g| up[*g].as_array().unwrap().iter().map(|m| m["pid"].as_u64().unwrap()))
+        .collect();
+    for pid in pids {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.split_whitespace().nth(2) == Some("Z"),
+            "pid {pid} still runs after down"
+        );
+    }
+}
