@@ -120,7 +120,7 @@ fn fourth_node_joins_under_load_and_replicas_even_out() {
     let joined = cluster.add_node();
     let balanced = wait_balanced(&cluster, 4);
     eprintln!("{joined} joined; (node, replicas, leaders, state): {balanced:?}");
-    load.finish(&cluster);
+    load.finish(&cluster, false);
 }
 
 #[test]
@@ -146,5 +146,7 @@ fn decommissioned_node_is_drained_under_load() {
     let remaining = wait_balanced(&cluster, 3);
     eprintln!("node 1 removed; (node, replicas, leaders, state): {remaining:?}");
     assert!(remaining.iter().all(|c| c.0 != 1 && c.1 == 6), "{remaining:?}");
-    load.finish(&cluster);
+    // Nothing acknowledged may be lost. Writes in flight while a shard's
+    // leadership moves may time out with an unknown outcome (reported, not lost).
+    load.finish(&cluster, true);
 }
