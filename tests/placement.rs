@@ -91,11 +91,17 @@ impl Load {
         }
     }
 
-    /// Stops the client; asserts it saw no error and every acknowledged value reads back.
-    fn finish(self, cluster: &TestCluster) {
+    /// Stops the client; asserts every acknowledged value reads back and the client
+    /// saw no error (or, with `allow_unknown`, none but writes of unknown outcome).
+    fn finish(self, cluster: &TestCluster, allow_unknown: bool) {
         self.stop.store(true, Ordering::Relaxed);
         self.client.join().unwrap();
-        let errors = self.errors.lock().unwrap();
+        let mut errors = self.errors.lock().unwrap().clone();
+        let all = errors.len();
+        if allow_unknown {
+            errors.retain(|e| !e.contains("may have been applied"));
+            eprintln!("{} writes of unknown outcome", all - errors.len());
+        }
         assert!(
             errors.is_empty(),
             "the client saw errors: {:?}",
