@@ -2,11 +2,13 @@
 //! commands on them.
 //!
 //! [`Host`] maps a shard id to its Raft handle. Groups are created when the routing
-//! table names this node as a replica (and recorded in the `meta` column family so
-//! a restart reopens exactly the same groups), and the first replica listed
-//! initialises the group's membership. Commands arrive from the proxy already
-//! routed: writes go through `client_write`, reads through openraft's
-//! linearizable read (ReadIndex) followed by a read of RocksDB.
+//! table names this node as a replica or learner (and recorded in the `meta`
+//! column family so a restart reopens exactly the same groups), and deleted when
+//! it no longer does; at bootstrap the first replica listed initialises the
+//! group's membership. Commands arrive from the proxy already routed: writes go
+//! through `client_write`, reads through openraft's linearizable read (ReadIndex)
+//! followed by a read of RocksDB. The scheduler's membership operations (add a
+//! learner, change voters, campaign) run here on the shard's leader.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
