@@ -252,6 +252,15 @@ mod redraft_raft_storage_policy {
     }
 }
 
+/// The operator's QUIC endpoint (the member certificate given) and a client of
+/// the placement driver, for `redraft ctl`.
+fn ctl_client(placement: &str, membership: &Membership) -> Result<(redraft_common::transport::Endpoint, PdClient)> {
+    let tls = redraft_common::tls::TlsIdentity::load(&membership.certs, &membership.cert_name)?;
+    let endpoint = redraft_common::transport::Endpoint::client(&tls)?;
+    let pd = PdClient::new(endpoint.clone(), PdClient::parse_members(placement)?);
+    Ok((endpoint, pd))
+}
+
 /// A client endpoint and the current routing table, for `redraft ctl`.
 async fn ctl_routing(
     placement: &str,
@@ -260,9 +269,7 @@ async fn ctl_routing(
     redraft_common::transport::Endpoint,
     redraft_common::routing::RoutingTable,
 )> {
-    let tls = redraft_common::tls::TlsIdentity::load(&membership.certs, &membership.cert_name)?;
-    let endpoint = redraft_common::transport::Endpoint::client(&tls)?;
-    let pd = PdClient::new(endpoint.clone(), PdClient::parse_members(placement)?);
+    let (endpoint, pd) = ctl_client(placement, membership)?;
     let table = pd.routing(u64::MAX, u64::MAX, std::time::Duration::ZERO).await?;
     Ok((endpoint, table))
 }
@@ -272,9 +279,7 @@ async fn ctl_status(
     placement: &str,
     membership: &Membership,
 ) -> Result<(redraft_common::routing::RoutingTable, Vec<u64>)> {
-    let tls = redraft_common::tls::TlsIdentity::load(&membership.certs, &membership.cert_name)?;
-    let endpoint = redraft_common::transport::Endpoint::client(&tls)?;
-    let pd = PdClient::new(endpoint, PdClient::parse_members(placement)?);
+    let (_, pd) = ctl_client(placement, membership)?;
     match pd
         .call(
             &redraft_common::wire::PdRequest::Status,
@@ -454,9 +459,7 @@ async fn run(command: Command) -> Result<()> {
                 membership,
                 node,
             } => {
-                let tls = redraft_common::tls::TlsIdentity::load(&membership.certs, &membership.cert_name)?;
-                let endpoint = redraft_common::transport::Endpoint::client(&tls)?;
-                let pd = PdClient::new(endpoint, PdClient::parse_members(&placement)?);
+                let (_, pd) = ctl_client(&placement, &membership)?;
                 let request = redraft_common::wire::PdRequest::Decommission { node };
                 match pd.call(&request, std::time::Duration::from_secs(5)).await? {
                     redraft_common::wire::PdResponse::Ack => {
