@@ -107,6 +107,13 @@ struct PlacementArgs {
     /// Seconds a node may stay silent before its replicas are re-created elsewhere.
     #[arg(long, default_value_t = 30)]
     dead_after_secs: u64,
+    /// Do not balance replicas and leaders automatically (operators run
+    /// `redraft ctl rebalance`); draining, splits and merges still proceed.
+    #[arg(long)]
+    manual_balance: bool,
+    /// Replica moves one node may take part in at once (as source or target).
+    #[arg(long, default_value_t = 2)]
+    moves_per_node: usize,
 }
 
 #[derive(Args)]
@@ -228,6 +235,61 @@ enum CtlCommand {
         #[arg(long)]
         node: u64,
     },
+    /// Split a shard: half of its virtual nodes go to a new shard on the same
+    /// nodes. Waits until the new routing is published.
+    Split {
+        /// Placement driver members, comma-separated.
+        #[arg(long)]
+        placement: String,
+        #[command(flatten)]
+        membership: Membership,
+        /// The shard to split.
+        #[arg(long)]
+        shard: u64,
+    },
+    /// Merge shard `from` into shard `into` (replicas on the same nodes). Waits
+    /// until the new routing is published.
+    Merge {
+        /// Placement driver members, comma-separated.
+        #[arg(long)]
+        placement: String,
+        #[command(flatten)]
+        membership: Membership,
+        /// The shard that disappears.
+        #[arg(long)]
+        from: u64,
+        /// The shard that takes over its virtual nodes.
+        #[arg(long)]
+        into: u64,
+    },
+    /// Move one replica of a shard from one node to another now.
+    MoveReplica {
+        /// Placement driver members, comma-separated.
+        #[arg(long)]
+        placement: String,
+        #[command(flatten)]
+        membership: Membership,
+        /// The shard.
+        #[arg(long)]
+        shard: u64,
+        /// The node giving up its replica.
+        #[arg(long)]
+        from: u64,
+        /// The node receiving it.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Balance replicas and leaders now; prints every step taken.
+    Rebalance {
+        /// Placement driver members, comma-separated.
+        #[arg(long)]
+        placement: String,
+        #[command(flatten)]
+        membership: Membership,
+        /// Stop after this many steps.
+        #[arg(long, default_value_t = 100)]
+        max_steps: u32,
+    },
     /// Print the routing table as JSON.
     Routing {
         /// Placement driver members, comma-separated.
@@ -289,6 +351,37 @@ async fn ctl_status(
     {
         redraft_common::wire::PdResponse::Status { table, live } => Ok((table, live)),
         other => Err(anyhow!("unexpected placement answer {other:?}")),
+    }
+}
+
+/// Sends an operator request to the placement driver; its lines, or its error.
+async fn operator_request(
+    pd: &PdClient,
+    request: &redraft_common::wire::PdRequest,
+    timeout: std::time::Duration,
+) -> Result<Vec<String>> {
+    match pd.call(request, timeout).await? {
+        redraft_common::wire::PdResponse::Done(lines) => Ok(lines),
+        redraft_common::wire::PdResponse::Error(why) => Err(anyhow!("{why}")),
+        other => Err(anyhow!("unexpected placement answer {other:?}")),
+    }
+}
+
+/// Polls the routing table until `done` holds (at most a minute).
+async fn wait_for_routing(
+    pd: &PdClient,
+    done: impl Fn(&redraft_common::routing::RoutingTable) -> bool,
+) -> Result<redraft_common::routing::RoutingTable> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let table = pd.routing(u64::MAX, u64::MAX, std::time::Duration::ZERO).await?;
+        if done(&table) {
+            return Ok(table);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(anyhow!("not published after 60 s; `redraft ctl shards` shows progress"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -405,6 +498,8 @@ async fn run(command: Command) -> Result<()> {
                 vnodes: a.vnodes,
                 http: a.operator.http,
                 dead_after: std::time::Duration::from_secs(a.dead_after_secs.max(1)),
+                auto_balance: !a.manual_balance,
+                moves_per_node: a.moves_per_node,
             };
             redraft_placement::run(config, shutdown_signal()).await
         }
@@ -468,6 +563,80 @@ async fn run(command: Command) -> Result<()> {
                     }
                     other => Err(anyhow!("decommission refused: {other:?}")),
                 }
+            }
+            CtlCommand::Split {
+                placement,
+                membership,
+                shard,
+            } => {
+                let (_, pd) = ctl_client(&placement, &membership)?;
+                let before = pd.routing(u64::MAX, u64::MAX, std::time::Duration::ZERO).await?;
+                let request = redraft_common::wire::PdRequest::Split { shard };
+                operator_request(&pd, &request, std::time::Duration::from_secs(10)).await?;
+                let is_new = |id: &u64| !before.shards.contains_key(id);
+                let table = wait_for_routing(&pd, |t| {
+                    t.shards.values().any(|s| s.split_from == Some(shard) && is_new(&s.id))
+                })
+                .await?;
+                let child = table
+                    .shards
+                    .values()
+                    .filter(|s| s.split_from == Some(shard) && is_new(&s.id))
+                    .map(|s| s.id)
+                    .max();
+                println!(
+                    "shard {shard} split: it keeps {} vnodes, new shard {} has {} (routing version {})",
+                    table.vnodes_of(shard).len(),
+                    child.unwrap_or_default(),
+                    child.map_or(0, |c| table.vnodes_of(c).len()),
+                    table.version
+                );
+                Ok(())
+            }
+            CtlCommand::Merge {
+                placement,
+                membership,
+                from,
+                into,
+            } => {
+                let (_, pd) = ctl_client(&placement, &membership)?;
+                let request = redraft_common::wire::PdRequest::Merge { from, into };
+                operator_request(&pd, &request, std::time::Duration::from_secs(10)).await?;
+                let table = wait_for_routing(&pd, |t| !t.shards.contains_key(&from)).await?;
+                println!(
+                    "shard {from} merged into shard {into}: it now has {} vnodes (routing version {})",
+                    table.vnodes_of(into).len(),
+                    table.version
+                );
+                Ok(())
+            }
+            CtlCommand::MoveReplica {
+                placement,
+                membership,
+                shard,
+                from,
+                to,
+            } => {
+                let (_, pd) = ctl_client(&placement, &membership)?;
+                let request = redraft_common::wire::PdRequest::MoveReplica { shard, from, to };
+                for line in operator_request(&pd, &request, std::time::Duration::from_secs(300)).await? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+            CtlCommand::Rebalance {
+                placement,
+                membership,
+                max_steps,
+            } => {
+                let (_, pd) = ctl_client(&placement, &membership)?;
+                let request = redraft_common::wire::PdRequest::Rebalance { max_steps };
+                let steps = operator_request(&pd, &request, std::time::Duration::from_secs(3600)).await?;
+                for line in &steps {
+                    println!("{line}");
+                }
+                println!("{} steps; balanced", steps.len());
+                Ok(())
             }
             CtlCommand::Status {
                 placement,

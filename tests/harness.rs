@@ -318,6 +318,25 @@ impl TestCluster {
         spec.name
     }
 
+    /// Starts one more proxy and returns its RESP address.
+    pub fn add_proxy(&mut self) -> SocketAddr {
+        let id = self.cluster.proxy.len() as u64 + 1;
+        let mut spec = self.cluster.proxy[0].clone();
+        spec.id = id;
+        spec.name = format!("proxy-{id}");
+        spec.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        spec.http = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
+        spec.log = spec.log.with_file_name(format!("{}.log", spec.name));
+        self.cluster.proxy.push(spec.clone());
+        self.cluster.ensure_certs().unwrap();
+        self.spawn(&spec);
+        if let Err(e) = redraft::local::wait_ready(spec.addr, Duration::from_secs(60)) {
+            self.dump_logs();
+            panic!("{e:#}");
+        }
+        spec.addr
+    }
+
     /// The QUIC address of a member.
     pub fn addr_of(&self, name: &str) -> SocketAddr {
         self.cluster.members().find(|m| m.name == name).unwrap().addr

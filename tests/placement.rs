@@ -1,5 +1,7 @@
 //! The scheduler: a node joining under load receives replicas and leaders until
-//! counts are even; a decommissioned node is drained; no client notices either.
+//! counts are even; a decommissioned node is drained; a shard splits and two
+//! merge under load; the placement driver's leader dies during a rebalance; no
+//! client notices any of it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +56,8 @@ struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<BTreeMap<String, String>>>,
     errors: Arc<Mutex<Vec<String>>>,
+    /// When each acknowledged SET started and how long it took.
+    writes: Arc<Mutex<Vec<(Instant, Duration)>>>,
     client: std::thread::JoinHandle<()>,
 }
 
@@ -62,14 +66,23 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(BTreeMap::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
-        let (proxy, s, a, e) = (cluster.proxy(), stop.clone(), acked.clone(), errors.clone());
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let (proxy, s, a, e, w) = (
+            cluster.proxy(),
+            stop.clone(),
+            acked.clone(),
+            errors.clone(),
+            writes.clone(),
+        );
         let client = std::thread::spawn(move || {
             let mut conn = Resp::connect(proxy);
             let mut n = 0u64;
             while !s.load(Ordering::Relaxed) && n < 200_000 {
                 let key = format!("j{}", n % 2000);
+                let started = Instant::now();
                 match conn.cmd(&format!("SET {key} {n}")) {
                     Frame::Simple(_) => {
+                        w.lock().unwrap().push((started, started.elapsed()));
                         a.lock().unwrap().insert(key.clone(), n.to_string());
                     }
                     other => e.lock().unwrap().push(format!("SET {key}: {other:?}")),
@@ -87,8 +100,28 @@ impl Load {
             stop,
             acked,
             errors,
+            writes,
             client,
         }
+    }
+
+    /// `(count, p99, max)` of the acknowledged SETs that started in `from..to`.
+    fn write_latency(&self, from: Instant, to: Instant) -> (usize, Duration, Duration) {
+        let mut window: Vec<Duration> = self
+            .writes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| (from..to).contains(at))
+            .map(|(_, took)| *took)
+            .collect();
+        window.sort();
+        let pick = |q: f64| window.get(((window.len() as f64 * q) as usize).min(window.len().saturating_sub(1)));
+        (
+            window.len(),
+            pick(0.99).copied().unwrap_or_default(),
+            window.last().copied().unwrap_or_default(),
+        )
     }
 
     /// Stops the client; asserts every acknowledged value reads back and the client
@@ -122,10 +155,19 @@ impl Load {
 fn fourth_node_joins_under_load_and_replicas_even_out() {
     let mut cluster = TestCluster::start(3);
     let load = Load::start(&cluster);
-    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let join_at = Instant::now();
     let joined = cluster.add_node();
     let balanced = wait_balanced(&cluster, 4);
-    eprintln!("{joined} joined; (node, replicas, leaders, state): {balanced:?}");
+    let balanced_at = Instant::now();
+    let before = load.write_latency(started, join_at);
+    let during = load.write_latency(join_at, balanced_at);
+    eprintln!(
+        "{joined} joined; balanced after {:.1} s; (node, replicas, leaders, state): {balanced:?}",
+        (balanced_at - join_at).as_secs_f64()
+    );
+    eprintln!("SET (count, p99, max) before: {before:?}; during the moves: {during:?}");
     load.finish(&cluster, false);
 }
 
@@ -155,4 +197,141 @@ fn decommissioned_node_is_drained_under_load() {
     // Nothing acknowledged may be lost. Writes in flight while a shard's
     // leadership moves may time out with an unknown outcome (reported, not lost).
     load.finish(&cluster, true);
+}
+
+/// `redraft_proxy_routing_version` of the proxy whose HTTP endpoint is `http`.
+fn proxy_routing_version(http: std::net::SocketAddr) -> u64 {
+    let (_, body) = crate::harness::http_get(http, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix("redraft_proxy_routing_version "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn shard_splits_and_merges_under_load_without_losing_writes() {
+    let mut cluster = TestCluster::start(3);
+    let second_proxy = cluster.add_proxy();
+    let load = Load::start(&cluster);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let before = crate::harness::routing_table(&cluster);
+    let split_at = Instant::now();
+    let out = ctl(&cluster, &["split", "--shard", "1"]);
+    assert!(
+        out.status.success(),
+        "split failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let split_done = Instant::now();
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    let after_split = crate::harness::routing_table(&cluster);
+    let child = *after_split
+        .shards
+        .keys()
+        .find(|id| !before.shards.contains_key(id))
+        .expect("a new shard");
+    assert_eq!(after_split.shards.len(), before.shards.len() + 1);
+    let (parent_before, parent_after) = (before.vnodes_of(1).len(), after_split.vnodes_of(1).len());
+    assert_eq!(parent_after + after_split.vnodes_of(child).len(), parent_before);
+    assert!(parent_after > 0 && parent_after < parent_before);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The new shard merges into another one (all shards live on the same 3 nodes).
+    let merge_at = Instant::now();
+    let out = ctl(&cluster, &["merge", "--from", &child.to_string(), "--into", "2"]);
+    assert!(
+        out.status.success(),
+        "merge failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merge_done = Instant::now();
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    let after_merge = crate::harness::routing_table(&cluster);
+    assert!(!after_merge.shards.contains_key(&child));
+    assert_eq!(
+        after_merge.vnodes_of(2).len(),
+        before.vnodes_of(2).len() + after_split.vnodes_of(child).len()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    let split = load.write_latency(split_at, split_done);
+    let merge = load.write_latency(merge_at, merge_done);
+    eprintln!("SET (count, p99, max) during the split: {split:?}; during the merge: {merge:?}");
+    let (_, metrics) = crate::harness::http_get(cluster.cluster.proxy[0].http.unwrap(), "/metrics");
+    let rerouted: Vec<&str> = metrics.lines().filter(|l| l.contains("wrong_shard")).collect();
+    eprintln!("requests routed again after a split or merge: {rerouted:?}");
+    let acked = load.acked.clone();
+    load.finish(&cluster, false);
+
+    // Every proxy routes with the published table and reads every write.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for proxy in &cluster.cluster.proxy {
+        let http = proxy.http.expect("proxies serve HTTP in tests");
+        while proxy_routing_version(http) != after_merge.version {
+            assert!(Instant::now() < deadline, "{} routes with an old table", proxy.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let mut conn = Resp::connect(second_proxy);
+    for (key, value) in acked.lock().unwrap().iter() {
+        assert_eq!(
+            conn.cmd(&format!("GET {key}")),
+            Frame::bulk(value.as_str()),
+            "{key} via proxy 2"
+        );
+    }
+
+    // The reshaped layout survives kill -9 of every shard node and a restart.
+    for node in ["node-1", "node-2", "node-3"] {
+        cluster.kill9(node);
+    }
+    for node in ["node-1", "node-2", "node-3"] {
+        cluster.restart(node);
+    }
+    cluster.wait_ready();
+    let mut conn = Resp::connect(cluster.proxy());
+    for (key, value) in acked.lock().unwrap().iter() {
+        assert_eq!(
+            conn.cmd(&format!("GET {key}")),
+            Frame::bulk(value.as_str()),
+            "{key} after restart"
+        );
+    }
+    assert_eq!(conn.cmd("DBSIZE"), Frame::Integer(acked.lock().unwrap().len() as i64));
+}
+
+/// The node whose `/metrics` says it leads the placement group.
+fn placement_leader(cluster: &TestCluster) -> Option<String> {
+    cluster.cluster.placement.iter().find_map(|m| {
+        let (_, body) = crate::harness::http_get(m.http?, "/metrics");
+        body.lines()
+            .any(|l| l.trim() == "redraft_placement_is_leader 1")
+            .then(|| m.name.clone())
+    })
+}
+
+#[test]
+fn placement_leader_killed_during_a_rebalance_and_the_rebalance_completes() {
+    let mut cluster = TestCluster::start_with(3, 3, &[]);
+    let load = Load::start(&cluster);
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.add_node();
+    // Wait for the first replica move to start: node 4 receives a learner copy.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !crate::harness::routing_table(&cluster)
+        .shards
+        .values()
+        .any(|s| s.hosted_on(4))
+    {
+        assert!(Instant::now() < deadline, "no replica move started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let leader = placement_leader(&cluster).expect("a placement leader");
+    cluster.kill9(&leader);
+    eprintln!("killed the placement leader {leader} during a move");
+    let balanced = wait_balanced(&cluster, 4);
+    eprintln!("balanced under the new placement leader: {balanced:?}");
+    load.finish(&cluster, false);
+    cluster.restart(&leader);
 }

@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{ShardId, VnodeId};
+
 /// A key or value: arbitrary bytes.
 pub type Bytes = Vec<u8>;
 
@@ -131,6 +133,21 @@ pub enum WriteOp {
     FlushAll,
     /// Background expiry: delete these keys if they are still expired at apply time.
     PurgeExpired { keys: Vec<Bytes> },
+    /// Split (placement driver only): hand `vnodes` to the new shard `child`, whose
+    /// replicas are this shard's voters and whose data is already on every one of
+    /// them. Replies `+OK`, also when the split was applied before.
+    Split { child: ShardId, vnodes: Vec<VnodeId> },
+    /// Merge, first half (placement driver only): the shard stops serving and
+    /// replies with the log index of this entry (or of the earlier retirement).
+    Retire,
+    /// Merge, second half (placement driver only): take over `vnodes` of the
+    /// retired shard `from` once this node's replica of `from` has applied its
+    /// log up to `upto`. Replies `+OK`, also when already absorbed.
+    Absorb {
+        from: ShardId,
+        vnodes: Vec<VnodeId>,
+        upto: u64,
+    },
 }
 
 /// One operation on one shard.
@@ -161,6 +178,11 @@ impl ShardOp {
 }
 
 impl WriteOp {
+    /// Whether this changes which virtual nodes a shard owns (split, merge).
+    pub fn is_reshape(&self) -> bool {
+        matches!(self, WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. })
+    }
+
     /// The user keys this write touches.
     pub fn keys(&self) -> Vec<&[u8]> {
         match self {
@@ -175,7 +197,7 @@ impl WriteOp {
             | WriteOp::Persist { key } => vec![key],
             WriteOp::MSet { pairs } | WriteOp::MSetNx { pairs } => pairs.iter().map(|(k, _)| &k[..]).collect(),
             WriteOp::Del { keys } | WriteOp::PurgeExpired { keys } => keys.iter().map(|k| &k[..]).collect(),
-            WriteOp::FlushAll => vec![],
+            WriteOp::FlushAll | WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } => vec![],
         }
     }
 }

@@ -26,6 +26,10 @@ pub struct ShardInfo {
     pub learners: Vec<NodeId>,
     /// The last leader a heartbeat reported, if any.
     pub leader: Option<NodeId>,
+    /// The shard this one was split from. A node still holding that shard's
+    /// pre-split copy creates this replica itself when it applies the split.
+    #[serde(default)]
+    pub split_from: Option<ShardId>,
 }
 
 impl ShardInfo {

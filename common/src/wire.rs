@@ -49,6 +49,9 @@ pub enum NodeRequest {
     /// Scheduler, to a shard's leader: make `voters` the voting members (joint
     /// consensus); members left out are removed. `Reply(+OK)`, or `NotLeader`.
     ChangeVoters { shard: ShardId, voters: Vec<NodeId> },
+    /// Scheduler, to any replica: the index of the last entry this replica of
+    /// `shard` has applied, as `Reply(:index)`, or `NoShard`.
+    Applied { shard: ShardId },
 }
 
 /// A shard node's answer.
@@ -91,6 +94,18 @@ pub enum PdRequest {
     Status,
     /// Operators: move every replica off `node`, then mark it removed.
     Decommission { node: NodeId },
+    /// Operators: split `shard`, handing half of its virtual nodes to a new shard.
+    /// Answered once the split is recorded; the scheduler carries it out.
+    Split { shard: ShardId },
+    /// Operators: merge shard `from` into shard `into` (their replicas must be on
+    /// the same nodes). Answered once recorded; the scheduler carries it out.
+    Merge { from: ShardId, into: ShardId },
+    /// Operators: move `shard`'s replica from node `from` to node `to` now.
+    /// Answered when the move has finished or failed.
+    MoveReplica { shard: ShardId, from: NodeId, to: NodeId },
+    /// Operators: run the scheduler until the cluster is balanced (or
+    /// `max_steps` steps); answered with the steps taken.
+    Rebalance { max_steps: u32 },
 }
 
 /// The placement driver's answer.
@@ -110,6 +125,8 @@ pub enum PdResponse {
     Raft(Result<Vec<u8>, String>),
     /// The routing table and the nodes that heartbeated recently.
     Status { table: RoutingTable, live: Vec<NodeId> },
+    /// What an operator request did, one line per step.
+    Done(Vec<String>),
 }
 
 /// Error decoding a message.

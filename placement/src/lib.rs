@@ -75,6 +75,11 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// A node silent this long has its replicas re-created on other nodes.
     pub dead_after: Duration,
+    /// Whether the scheduler balances replicas and leaders on its own; when off,
+    /// only `redraft ctl rebalance`, `move-replica`, splits and merges move data.
+    pub auto_balance: bool,
+    /// Replica moves one node may take part in at once (as source or target).
+    pub moves_per_node: usize,
 }
 
 /// A node that has not heartbeated for this long counts as down (heartbeats come
@@ -98,6 +103,13 @@ struct Pd {
     leaders_tx: watch::Sender<u64>,
     endpoint: Endpoint,
     dead_after: Duration,
+    auto_balance: bool,
+    moves_per_node: usize,
+    /// Shards whose replica move runs in a task of this process.
+    moving: Mutex<std::collections::BTreeSet<ShardId>>,
+    /// Held while a scheduling step runs: steps never overlap, whether the
+    /// scheduler or an operator started them.
+    operating: tokio::sync::Mutex<()>,
 }
 
 impl scheduler::Cluster for Pd {
@@ -125,6 +137,17 @@ impl scheduler::Cluster for Pd {
             .collect()
     }
 
+    fn reshape(&self) -> Option<state::Reshape> {
+        self.store.state().reshape
+    }
+
+    fn in_flight(&self) -> scheduler::InFlight {
+        scheduler::InFlight {
+            moves: self.store.state().moves,
+            per_node: self.moves_per_node,
+        }
+    }
+
     async fn propose(&self, command: PdCommand) -> Result<PdReply> {
         match Pd::propose(self, command).await {
             Ok(PdReply::Refused(why)) => Err(anyhow::anyhow!(why)),
@@ -140,15 +163,74 @@ const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
 async fn schedule_loop(pd: Arc<Pd>) {
     loop {
         tokio::time::sleep(SCHEDULE_EVERY).await;
-        if !pd.is_leader() || !pd.store.state().table.is_bootstrapped() {
+        let state = pd.store.state();
+        if !pd.is_leader() || !state.table.is_bootstrapped() {
             continue;
         }
-        metrics::OPERATORS.set(1);
-        if let Err(e) = scheduler::tick(pd.as_ref(), &pd.endpoint).await {
+        // Moves recorded by an earlier leader (or whose task ended) are resumed.
+        for (&shard, &(from, to)) in &state.moves {
+            spawn_move(&pd, shard, from, to);
+        }
+        if !pd.auto_balance && state.reshape.is_none() {
+            continue;
+        }
+        let _one_round = pd.operating.lock().await;
+        if let Err(e) = schedule_round(&pd).await {
             tracing::warn!(error = %e, "scheduling step failed");
         }
-        metrics::OPERATORS.set(0);
+        metrics::OPERATORS.set(pd.moving.lock().expect("moving lock").len() as i64);
     }
+}
+
+/// One planning round: starts every replica move the per-node limits allow (each
+/// finishes in a task of its own), or runs one other step (a split or merge, a
+/// leadership move, a removal) when no move is under way.
+async fn schedule_round(pd: &Arc<Pd>) -> Result<()> {
+    use scheduler::Cluster;
+    if pd.reshape().is_some() {
+        if pd.moving.lock().expect("moving lock").is_empty() {
+            scheduler::tick(pd.as_ref(), &pd.endpoint).await?;
+        }
+        return Ok(());
+    }
+    loop {
+        let table = pd.table();
+        match scheduler::next_step(&table, &pd.live(), &pd.dead(), &pd.in_flight()) {
+            Some(scheduler::Step::Move { shard, from, to }) => {
+                scheduler::begin_move(pd.as_ref(), &pd.endpoint, &table, (&shard, &from, &to)).await?;
+                spawn_move(pd, shard, from, to);
+            }
+            Some(step) => {
+                if pd.moving.lock().expect("moving lock").is_empty() {
+                    metrics::OPERATORS.set(1);
+                    scheduler::execute(pd.as_ref(), &pd.endpoint, &table, &step).await?;
+                }
+                return Ok(());
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Finishes the move of `shard`'s replica in a task, unless one already runs.
+fn spawn_move(pd: &Arc<Pd>, shard: ShardId, from: NodeId, to: NodeId) {
+    if !pd.moving.lock().expect("moving lock").insert(shard) {
+        return;
+    }
+    metrics::OPERATORS.set(pd.moving.lock().expect("moving lock").len() as i64);
+    let pd = pd.clone();
+    tokio::spawn(async move {
+        let table = pd.table();
+        let still_recorded = pd.store.state().moves.get(&shard) == Some(&(from, to));
+        if !still_recorded {
+            pd.moving.lock().expect("moving lock").remove(&shard);
+            return;
+        }
+        if let Err(e) = scheduler::complete_move(pd.as_ref(), &pd.endpoint, &table, (&shard, &from, &to)).await {
+            tracing::warn!(shard_id = shard, from, to, error = %e, "replica move failed");
+        }
+        pd.moving.lock().expect("moving lock").remove(&shard);
+    });
 }
 
 /// Runs a PD member until `shutdown` resolves.
@@ -198,6 +280,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         leaders_tx,
         endpoint: endpoint.clone(),
         dead_after: config.dead_after,
+        auto_balance: config.auto_balance,
+        moves_per_node: config.moves_per_node.max(1),
+        moving: Mutex::default(),
+        operating: tokio::sync::Mutex::new(()),
     });
     metrics::init();
     if let Some(addr) = config.http {
@@ -394,9 +480,54 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
                 Err(answer) => answer,
             }
         }
-        PdRequest::Raft { .. } => unreachable!("handled above"),
+        PdRequest::Split { shard } => recorded(&pd, PdCommand::BeginSplit { shard }).await,
+        PdRequest::Merge { from, into } => recorded(&pd, PdCommand::BeginMerge { from, into }).await,
+        PdRequest::MoveReplica { shard, from, to } => {
+            let _one_step = pd.operating.lock().await;
+            let table = pd.table();
+            let live = scheduler::Cluster::live(pd.as_ref());
+            let step = scheduler::Step::Move { shard, from, to };
+            let done = async {
+                scheduler::check_move(&table, &live, shard, from, to)?;
+                scheduler::execute(pd.as_ref(), &pd.endpoint, &table, &step).await
+            };
+            match done.await {
+                Ok(()) => PdResponse::Done(vec![step.to_string()]),
+                Err(e) => PdResponse::Error(format!("{e:#}")),
+            }
+        }
+        PdRequest::Rebalance { max_steps } => {
+            let mut steps = Vec::new();
+            while steps.len() < max_steps as usize {
+                let _one_step = pd.operating.lock().await;
+                match scheduler::tick(pd.as_ref(), &pd.endpoint).await {
+                    Ok(Some(step)) => steps.push(step.to_string()),
+                    Ok(None) => break,
+                    Err(e) => {
+                        steps.push(format!("failed: {e:#}"));
+                        break;
+                    }
+                }
+            }
+            PdResponse::Done(steps)
+        }
+        PdRequest::Raft { .. } => PdResponse::Error("Raft RPCs are handled above".into()),
     };
     wire::encode(&response)
+}
+
+/// Proposes an operator's split or merge; the scheduler carries it out.
+async fn recorded(pd: &Pd, command: PdCommand) -> PdResponse {
+    let what = format!("{command:?}");
+    match pd.propose(command).await {
+        Ok(PdReply::Done) => {
+            tracing::info!(command = what, "recorded by an operator");
+            PdResponse::Done(vec![format!("recorded {what}")])
+        }
+        Ok(PdReply::Refused(why)) => PdResponse::Error(why),
+        Ok(other) => PdResponse::Error(format!("unexpected reply {other:?}")),
+        Err(answer) => answer,
+    }
 }
 
 /// Proposes the initial layout once enough nodes have registered.

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use redraft_common::ids::{NodeId, ShardId};
+use redraft_common::ids::{NodeId, ShardId, VnodeId};
 use redraft_common::routing::{NodeInfo, NodeState, RoutingTable, ShardInfo};
 use serde::{Deserialize, Serialize};
 
@@ -24,13 +24,40 @@ pub enum PdCommand {
         replicas: u32,
         vnode_count: u32,
     },
-    /// Start moving a replica: `node` receives a learner copy of `shard`.
-    AddLearner { shard: ShardId, node: NodeId },
+    /// Start moving a replica: `node` receives a learner copy of `shard`, which
+    /// will replace the replica on node `from`.
+    AddLearner { shard: ShardId, node: NodeId, from: NodeId },
     /// Finish (or abandon) a move: `shard`'s voters are now `replicas`, and it has
     /// no learners.
     SetReplicas { shard: ShardId, replicas: Vec<NodeId> },
     /// Set a node's lifecycle state (draining for decommission, removed once empty).
     SetNodeState { node: NodeId, state: NodeState },
+    /// Record the decision to split `shard` (the scheduler carries it out).
+    BeginSplit { shard: ShardId },
+    /// Record the decision to merge shard `from` into shard `into`.
+    BeginMerge { from: ShardId, into: ShardId },
+    /// The pending split or merge was applied by the shards: publish the new
+    /// routing (vnodes reassigned, shard added or removed).
+    FinishReshape,
+}
+
+/// A split or merge decided but not yet published. Kept in the replicated state so
+/// a new PD leader finishes what the old one started: once a shard has applied
+/// its part, the routing table must follow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reshape {
+    /// `shard` hands `vnodes` to the new shard `child`.
+    Split {
+        shard: ShardId,
+        child: ShardId,
+        vnodes: Vec<VnodeId>,
+    },
+    /// Shard `from` (owning `vnodes`) merges into shard `into`.
+    Merge {
+        from: ShardId,
+        into: ShardId,
+        vnodes: Vec<VnodeId>,
+    },
 }
 
 /// The outcome of applying a [`PdCommand`].
@@ -53,6 +80,13 @@ pub struct PdState {
     pub next_node_id: NodeId,
     /// Next shard id.
     pub next_shard_id: ShardId,
+    /// The split or merge in progress, if any (one at a time).
+    #[serde(default)]
+    pub reshape: Option<Reshape>,
+    /// Replica moves in progress: shard -> (node giving it up, node receiving
+    /// it). A new PD leader resumes them (every step is idempotent).
+    #[serde(default)]
+    pub moves: BTreeMap<ShardId, (NodeId, NodeId)>,
 }
 
 impl PdState {
@@ -73,11 +107,12 @@ impl PdState {
                 };
                 self.bootstrap(count, *replicas, *vnode_count)
             }
-            PdCommand::AddLearner { shard, node } => {
+            PdCommand::AddLearner { shard, node, from } => {
                 let known = self.table.nodes.contains_key(node);
                 match self.table.shards.get_mut(shard) {
                     Some(info) if known && !info.hosted_on(*node) => {
                         info.learners.push(*node);
+                        self.moves.insert(*shard, (*from, *node));
                         info.epoch += 1;
                         self.table.version += 1;
                         PdReply::Done
@@ -93,8 +128,12 @@ impl PdState {
                 }
                 None => PdReply::Refused(format!("no node {node}")),
             },
+            PdCommand::BeginSplit { shard } => self.begin_split(*shard),
+            PdCommand::BeginMerge { from, into } => self.begin_merge(*from, *into),
+            PdCommand::FinishReshape => self.finish_reshape(),
             PdCommand::SetReplicas { shard, replicas } => match self.table.shards.get_mut(shard) {
                 Some(info) if !replicas.is_empty() => {
+                    self.moves.remove(shard);
                     info.replicas = replicas.clone();
                     info.learners.clear();
                     info.epoch += 1;
@@ -104,6 +143,100 @@ impl PdState {
                 _ => PdReply::Refused(format!("no shard {shard}")),
             },
         }
+    }
+
+    fn begin_split(&mut self, shard: ShardId) -> PdReply {
+        if let Some(pending) = &self.reshape {
+            return PdReply::Refused(format!("another split or merge is in progress: {pending:?}"));
+        }
+        let Some(info) = self.table.shards.get(&shard) else {
+            return PdReply::Refused(format!("no shard {shard}"));
+        };
+        if !info.learners.is_empty() {
+            return PdReply::Refused(format!("shard {shard} is moving a replica; try again"));
+        }
+        let vnodes = self.table.vnodes_of(shard);
+        if vnodes.len() < 2 {
+            return PdReply::Refused(format!("shard {shard} has fewer than 2 virtual nodes"));
+        }
+        self.next_shard_id = self
+            .next_shard_id
+            .max(self.table.shards.keys().max().map_or(1, |m| m + 1));
+        let child = self.next_shard_id;
+        self.next_shard_id += 1;
+        self.reshape = Some(Reshape::Split {
+            shard,
+            child,
+            vnodes: vnodes[vnodes.len() / 2..].to_vec(),
+        });
+        PdReply::Done
+    }
+
+    fn begin_merge(&mut self, from: ShardId, into: ShardId) -> PdReply {
+        if let Some(pending) = &self.reshape {
+            return PdReply::Refused(format!("another split or merge is in progress: {pending:?}"));
+        }
+        let (Some(a), Some(b)) = (self.table.shards.get(&from), self.table.shards.get(&into)) else {
+            return PdReply::Refused(format!("shards {from} and {into} must both exist"));
+        };
+        if from == into {
+            return PdReply::Refused("a shard cannot merge into itself".into());
+        }
+        if !a.learners.is_empty() || !b.learners.is_empty() {
+            return PdReply::Refused("one of the shards is moving a replica; try again".into());
+        }
+        let mut ra = a.replicas.clone();
+        let mut rb = b.replicas.clone();
+        ra.sort();
+        rb.sort();
+        if ra != rb {
+            return PdReply::Refused(format!(
+                "shards {from} and {into} must have replicas on the same nodes ({ra:?} vs {rb:?}); move replicas first"
+            ));
+        }
+        self.reshape = Some(Reshape::Merge {
+            from,
+            into,
+            vnodes: self.table.vnodes_of(from),
+        });
+        PdReply::Done
+    }
+
+    fn finish_reshape(&mut self) -> PdReply {
+        let Some(reshape) = self.reshape.take() else {
+            return PdReply::Refused("no split or merge in progress".into());
+        };
+        match reshape {
+            Reshape::Split { shard, child, vnodes } => {
+                let Some(parent) = self.table.shards.get_mut(&shard) else {
+                    return PdReply::Refused(format!("no shard {shard}"));
+                };
+                parent.epoch += 1;
+                let info = ShardInfo {
+                    id: child,
+                    epoch: parent.epoch,
+                    replicas: parent.replicas.clone(),
+                    learners: Vec::new(),
+                    leader: parent.leader,
+                    split_from: Some(shard),
+                };
+                self.table.shards.insert(child, info);
+                for v in vnodes {
+                    self.table.vnodes[usize::from(v)] = child;
+                }
+            }
+            Reshape::Merge { from, into, vnodes } => {
+                self.table.shards.remove(&from);
+                if let Some(info) = self.table.shards.get_mut(&into) {
+                    info.epoch += 1;
+                }
+                for v in vnodes {
+                    self.table.vnodes[usize::from(v)] = into;
+                }
+            }
+        }
+        self.table.version += 1;
+        PdReply::Done
     }
 
     fn register(&mut self, requested: Option<NodeId>, addr: &str) -> PdReply {
@@ -159,6 +292,7 @@ impl PdState {
                     replicas: replica_nodes,
                     learners: Vec::new(),
                     leader: None,
+                    split_from: None,
                 },
             );
         }
@@ -255,6 +389,79 @@ mod tests {
                 replicas: 3,
                 vnode_count: 1024
             }),
+            PdReply::Refused(_)
+        ));
+    }
+
+    fn bootstrapped(shards: u32) -> PdState {
+        let mut s = registered(3);
+        s.apply(&PdCommand::Bootstrap {
+            shards,
+            shards_per_node: 0,
+            replicas: 3,
+            vnode_count: 64,
+        });
+        s
+    }
+
+    #[test]
+    fn split_is_recorded_then_published() {
+        let mut s = bootstrapped(2);
+        let version = s.table.version;
+        assert!(matches!(s.apply(&PdCommand::BeginSplit { shard: 1 }), PdReply::Done));
+        assert_eq!(
+            s.table.version, version,
+            "nothing published before the shard applied it"
+        );
+        assert!(matches!(
+            s.apply(&PdCommand::BeginSplit { shard: 2 }),
+            PdReply::Refused(_)
+        ));
+        let Some(Reshape::Split { child, vnodes, .. }) = s.reshape.clone() else {
+            panic!("no split recorded")
+        };
+        assert_eq!((child, vnodes.len()), (3, 16));
+        assert!(matches!(s.apply(&PdCommand::FinishReshape), PdReply::Done));
+        assert_eq!(s.table.version, version + 1);
+        assert_eq!(s.table.vnodes_of(1).len(), 16);
+        assert_eq!(s.table.vnodes_of(3), vnodes);
+        let (parent, new) = (&s.table.shards[&1], &s.table.shards[&3]);
+        assert_eq!(
+            (new.replicas.clone(), new.split_from),
+            (parent.replicas.clone(), Some(1))
+        );
+        assert!(new.epoch > 1 && parent.epoch == new.epoch);
+        assert!(s.reshape.is_none());
+    }
+
+    #[test]
+    fn merge_needs_the_same_replicas_and_removes_the_shard() {
+        let mut s = bootstrapped(2);
+        s.apply(&PdCommand::SetReplicas {
+            shard: 2,
+            replicas: vec![3, 1, 2],
+        });
+        assert!(matches!(
+            s.apply(&PdCommand::BeginMerge { from: 2, into: 2 }),
+            PdReply::Refused(_)
+        ));
+        assert!(matches!(
+            s.apply(&PdCommand::BeginMerge { from: 2, into: 1 }),
+            PdReply::Done
+        ));
+        assert!(matches!(s.apply(&PdCommand::FinishReshape), PdReply::Done));
+        assert_eq!(s.table.shards.len(), 1);
+        assert_eq!(s.table.vnodes_of(1).len(), 64);
+        // Different replica sets cannot merge.
+        let mut s = registered(4);
+        s.apply(&PdCommand::Bootstrap {
+            shards: 2,
+            shards_per_node: 0,
+            replicas: 3,
+            vnode_count: 64,
+        });
+        assert!(matches!(
+            s.apply(&PdCommand::BeginMerge { from: 2, into: 1 }),
             PdReply::Refused(_)
         ));
     }

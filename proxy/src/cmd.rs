@@ -495,24 +495,52 @@ fn sum(frames: Vec<Frame>) -> Frame {
     Frame::Integer(total)
 }
 
-/// Groups `items` by the shard of their key, remembering each item's position.
-fn split<T>(
+/// Runs one operation per shard over `items`, grouped by the shard of their key,
+/// concurrently. Items whose shard answers that a split or merge moved them are
+/// grouped again under the newer routing table and retried (nothing of theirs
+/// was applied), until the retry deadline. Returns each group's item positions
+/// (indexes into `items`) with its shard's reply, in no particular order.
+async fn fan_out<T: Clone>(
     router: &Router,
     items: Vec<T>,
     key: impl Fn(&T) -> &[u8],
-) -> Result<BTreeMap<ShardId, Vec<(usize, T)>>, Error> {
-    let mut groups: BTreeMap<ShardId, Vec<(usize, T)>> = BTreeMap::new();
-    for (i, item) in items.into_iter().enumerate() {
-        groups.entry(router.shard_of(key(&item))?).or_default().push((i, item));
+    build: impl Fn(Vec<T>) -> ShardOp,
+) -> Result<Vec<(Vec<usize>, Frame)>, Error> {
+    let deadline = std::time::Instant::now() + crate::route::RETRY_DEADLINE;
+    let mut pause = crate::route::MOVED_PAUSE;
+    let mut pending: Vec<(usize, T)> = items.into_iter().enumerate().collect();
+    let mut done = Vec::new();
+    while !pending.is_empty() {
+        let mut groups: BTreeMap<ShardId, Vec<(usize, T)>> = BTreeMap::new();
+        for (i, item) in pending.drain(..) {
+            groups.entry(router.shard_of(key(&item))?).or_default().push((i, item));
+        }
+        let tasks = groups.into_iter().map(|(shard, group)| {
+            let op = build(group.iter().map(|(_, item)| item.clone()).collect());
+            async move { (group, router.exec(shard, op).await) }
+        });
+        for (group, result) in futures::future::join_all(tasks).await {
+            match result {
+                Ok(frame) => done.push((group.iter().map(|(i, _)| *i).collect(), frame)),
+                Err(Error::Moved(shard)) if std::time::Instant::now() >= deadline => {
+                    return Err(Error::TryAgain(shard))
+                }
+                Err(Error::Moved(_)) => pending.extend(group),
+                Err(e) => return Err(e),
+            }
+        }
+        if !pending.is_empty() {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(crate::route::MOVED_PAUSE_MAX);
+        }
     }
-    Ok(groups)
+    Ok(done)
 }
 
-/// Runs one operation per shard concurrently, in shard order.
-async fn fan_out(router: &Router, ops: Vec<(ShardId, ShardOp)>) -> Result<Vec<Frame>, Error> {
-    let tasks = ops.into_iter().map(|(shard, op)| router.exec(shard, op));
-    let results = futures::future::join_all(tasks).await;
-    results.into_iter().collect()
+/// Runs `op` on every shard (DBSIZE, FLUSHALL); its replies in shard order.
+async fn on_every_shard(router: &Router, op: ShardOp) -> Result<Vec<Frame>, Error> {
+    let tasks = router.shards()?.into_iter().map(|s| router.exec(s, op.clone()));
+    futures::future::join_all(tasks).await.into_iter().collect()
 }
 
 /// Executes a parsed command against the cluster.
@@ -534,22 +562,14 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
             };
             Frame::Bulk(crate::info::render(router, section.as_deref(), keys).into_bytes())
         }
-        Command::Keyed { key, op } => router.exec(router.shard_of(&key)?, op).await?,
+        Command::Keyed { key, op } => router.exec_key(&key, op).await?,
         Command::MGet(keys) => {
-            let n = keys.len();
-            let groups = split(router, keys, |k| k)?;
-            let (positions, ops): (Vec<Vec<usize>>, Vec<(ShardId, ShardOp)>) = groups
-                .into_iter()
-                .map(|(shard, items)| {
-                    let (pos, keys): (Vec<usize>, Vec<Bytes>) = items.into_iter().unzip();
-                    (pos, (shard, ShardOp::Read(ReadOp::MGet { keys })))
-                })
-                .unzip();
-            let mut out = vec![Frame::Null; n];
-            for (pos, frame) in positions.into_iter().zip(fan_out(router, ops).await?) {
+            let mut out = vec![Frame::Null; keys.len()];
+            let build = |keys| ShardOp::Read(ReadOp::MGet { keys });
+            for (positions, frame) in fan_out(router, keys, |k| k, build).await? {
                 match frame {
                     Frame::Array(values) => {
-                        for (p, v) in pos.into_iter().zip(values) {
+                        for (p, v) in positions.into_iter().zip(values) {
                             out[p] = v;
                         }
                     }
@@ -559,63 +579,50 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
             Frame::Array(out)
         }
         Command::MSet(pairs) => {
-            let ops = split(router, pairs, |p| &p.0)?
-                .into_iter()
-                .map(|(shard, items)| {
-                    (
-                        shard,
-                        ShardOp::Write(WriteOp::MSet {
-                            pairs: items.into_iter().map(|(_, p)| p).collect(),
-                        }),
-                    )
-                })
-                .collect();
-            all_ok(fan_out(router, ops).await?)
+            let build = |pairs| ShardOp::Write(WriteOp::MSet { pairs });
+            all_ok(
+                fan_out(router, pairs, |p| &p.0, build)
+                    .await?
+                    .into_iter()
+                    .map(|(_, f)| f)
+                    .collect(),
+            )
         }
         Command::MSetNx(pairs) => {
-            let mut groups = split(router, pairs, |p| &p.0)?;
-            if groups.len() > 1 {
+            let shards: std::collections::BTreeSet<ShardId> =
+                pairs.iter().map(|p| router.shard_of(&p.0)).collect::<Result<_, _>>()?;
+            if shards.len() > 1 {
                 return Err(Error::CrossSlot);
             }
-            let (shard, items) = groups.pop_first().expect("at least one pair");
+            let Some(first) = pairs.first().map(|p| p.0.clone()) else {
+                return Ok(Frame::error("ERR wrong number of arguments for 'msetnx' command"));
+            };
             router
-                .exec(
-                    shard,
-                    ShardOp::Write(WriteOp::MSetNx {
-                        pairs: items.into_iter().map(|(_, p)| p).collect(),
-                    }),
-                )
+                .exec_key(&first, ShardOp::Write(WriteOp::MSetNx { pairs }))
                 .await?
         }
         Command::Count { keys, write } => {
-            let ops = split(router, keys, |k| k)?
+            let build = |keys| {
+                if write {
+                    ShardOp::Write(WriteOp::Del { keys })
+                } else {
+                    ShardOp::Read(ReadOp::Exists { keys })
+                }
+            };
+            sum(fan_out(router, keys, |k| k, build)
+                .await?
                 .into_iter()
-                .map(|(shard, items)| {
-                    let keys = items.into_iter().map(|(_, k)| k).collect();
-                    (
-                        shard,
-                        if write {
-                            ShardOp::Write(WriteOp::Del { keys })
-                        } else {
-                            ShardOp::Read(ReadOp::Exists { keys })
-                        },
-                    )
-                })
-                .collect();
-            sum(fan_out(router, ops).await?)
+                .map(|(_, f)| f)
+                .collect())
         }
         Command::SumAll(op) => sum_over_shards(router, op).await?,
-        Command::AllOk(op) => {
-            let ops = router.shards()?.into_iter().map(|s| (s, op.clone())).collect();
-            all_ok(fan_out(router, ops).await?)
-        }
+        Command::AllOk(op) => all_ok(on_every_shard(router, op).await?),
     })
 }
 
 /// Runs `op` on every shard and sums the integer replies (DBSIZE).
 async fn sum_over_shards(router: &Router, op: ShardOp) -> Result<Frame, Error> {
-    let ops = router.shards()?.into_iter().map(|s| (s, op.clone())).collect();
-    Ok(sum(fan_out(router, ops).await?))
+    Ok(sum(on_every_shard(router, op).await?))
 }
 
 fn all_ok(frames: Vec<Frame>) -> Frame {

@@ -19,6 +19,10 @@ pub enum Error {
     /// Keys of an atomic multi-key command are in different shards. Not retryable.
     #[error("CROSSSLOT Keys in request don't hash to the same slot")]
     CrossSlot,
+    /// The shard no longer owns a key (a split or merge moved it); nothing was
+    /// applied. The caller routes the keys again; clients never see this.
+    #[error("TRYAGAIN shard {0} no longer owns the key")]
+    Moved(ShardId),
 }
 
 /// The reply a client sees for `error`.

@@ -33,6 +33,11 @@ use crate::reply::Error;
 pub const RETRY_DEADLINE: Duration = Duration::from_secs(8);
 /// How long one call to a node may take. Writes wait up to 5 s on the node.
 const CALL_TIMEOUT: Duration = Duration::from_secs(7);
+/// First pause before routing a moved key again: the placement driver publishes
+/// a split or merge moments after the shard applies it.
+pub const MOVED_PAUSE: Duration = Duration::from_millis(2);
+/// Longest pause between attempts to route a moved key.
+pub const MOVED_PAUSE_MAX: Duration = Duration::from_millis(100);
 /// How long a node that failed a call is avoided when another replica can be
 /// asked instead: about one election timeout, the time a new leader needs.
 const SUSPECT_FOR: Duration = Duration::from_millis(1500);
@@ -160,7 +165,26 @@ impl Router {
             .or_else(|| info.replicas.get(attempt % n).copied())
     }
 
+    /// Runs `op`, whose keys all route with `key`, on the shard owning `key`:
+    /// when a split or merge moved the key, routes it again under the newer
+    /// table (the shard answered before applying anything) until the deadline.
+    pub async fn exec_key(&self, key: &[u8], op: ShardOp) -> Result<Frame, Error> {
+        let deadline = Instant::now() + RETRY_DEADLINE;
+        let mut pause = MOVED_PAUSE;
+        loop {
+            match self.exec(self.shard_of(key)?, op.clone()).await {
+                Err(Error::Moved(shard)) if Instant::now() >= deadline => return Err(Error::TryAgain(shard)),
+                Err(Error::Moved(_)) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MOVED_PAUSE_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Runs `op` on `shard`'s leader, following redirects until the deadline.
+    /// `Err(Moved)` when the shard no longer owns a key of `op`.
     pub async fn exec(&self, shard: ShardId, op: ShardOp) -> Result<Frame, Error> {
         let deadline = Instant::now() + RETRY_DEADLINE;
         let is_read = matches!(op, ShardOp::Read(_));
@@ -196,7 +220,8 @@ impl Router {
                     }
                     Ok(NodeResponse::WrongShard { .. }) => {
                         retried("wrong_shard");
-                        self.refresh().await
+                        self.refresh().await;
+                        return Err(Error::Moved(shard));
                     }
                     Ok(NodeResponse::Unknown(_)) => return Err(Error::Unknown),
                     Ok(NodeResponse::Raft(_)) | Ok(NodeResponse::Batch(_)) => {}

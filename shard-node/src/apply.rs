@@ -336,6 +336,9 @@ impl<'a> Keyspace<'a> {
                 self.flushed = true;
                 Frame::ok()
             }
+            WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } => {
+                Frame::error("ERR split and merge entries are applied by the state machine")
+            }
             WriteOp::PurgeExpired { .. } => {
                 let mut n = 0;
                 for skey in skeys {

@@ -9,6 +9,12 @@
 //! through `client_write`, reads through openraft's linearizable read (ReadIndex)
 //! followed by a read of RocksDB. The scheduler's membership operations (add a
 //! learner, change voters, campaign) run here on the shard's leader.
+//!
+//! SPLITS. A shard created by a split is started by the node's own replica of the
+//! parent when it applies the split ([`Host::follow_reshapes`]); the routing table
+//! creates it here only once the local parent no longer owns its vnodes (or there
+//! is no local parent), so a lagging parent can never write into vnodes the child
+//! already serves. A removed group deletes only the vnodes no other group here owns.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -28,11 +34,10 @@ use redraft_common::transport::Endpoint;
 use redraft_common::wire::{self, NodeResponse};
 use redraft_raft_storage::engine::{CF_DATA, CF_META};
 use redraft_raft_storage::Engine;
-use serde::{Deserialize, Serialize};
 
 use crate::apply::{Keyspace, NotOwned};
 use crate::metrics;
-use crate::raft::state_machine::{group_meta_key, ShardStateMachine};
+use crate::raft::state_machine::{self, group_meta_key, GroupRecord, Ownership, Reshaped, ShardStateMachine};
 use crate::raft::{typ, ShardRequest, ShardResponse};
 use redraft_raft_storage::network::{GroupNetwork, NodeWire};
 
@@ -45,21 +50,36 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a read may wait for the leadership check.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What a node remembers about each group it hosts (in the `meta` column family).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct GroupRecord {
-    vnodes: Vec<VnodeId>,
-    vnode_count: u32,
-}
-
 /// One hosted replica.
 pub struct Group {
     /// The Raft handle.
     pub raft: typ::Raft,
     /// Virtual nodes the shard owns.
-    pub owned: Arc<BTreeSet<VnodeId>>,
+    pub owned: Ownership,
     /// The node's ring (shared).
     pub ring: Arc<Ring>,
+}
+
+/// Campaigns for a group created by a split until some replica leads it: the
+/// first vote requests may reach peers that have not applied the split yet (and
+/// so have no such group), and waiting for the election timeout instead would
+/// hold writes to the moved vnodes for a second or two.
+async fn campaign_until_led(group: Arc<Group>, me: NodeId) {
+    for _ in 0..60 {
+        if group.raft.metrics().borrow().current_leader.is_some() {
+            return;
+        }
+        let _ = group.raft.trigger().elect().await;
+        let led = group
+            .raft
+            .wait(Some(Duration::from_millis(50)))
+            .metrics(|m| m.current_leader.is_some(), "split shard leader")
+            .await;
+        if led.is_ok() {
+            tracing::debug!(node_id = me, "split shard has a leader");
+            return;
+        }
+    }
 }
 
 /// All replicas on this node.
@@ -74,6 +94,8 @@ pub struct Host {
     creating: tokio::sync::Mutex<()>,
     /// Where the background expiry scan of each led shard continues.
     expiry_cursor: DashMap<ShardId, Vec<u8>>,
+    reshapes: tokio::sync::mpsc::UnboundedSender<Reshaped>,
+    reshaped: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Reshaped>>>,
 }
 
 impl Host {
@@ -85,6 +107,7 @@ impl Host {
         raft_config: Config,
         snapshot_dir: PathBuf,
     ) -> Result<Host> {
+        let (reshapes, reshaped) = tokio::sync::mpsc::unbounded_channel();
         Ok(Host {
             node_id,
             engine,
@@ -95,6 +118,8 @@ impl Host {
             ring: OnceLock::new(),
             creating: tokio::sync::Mutex::new(()),
             expiry_cursor: DashMap::new(),
+            reshapes,
+            reshaped: std::sync::Mutex::new(Some(reshaped)),
         })
     }
 
@@ -136,13 +161,15 @@ impl Host {
 
     async fn open_group(&self, shard: ShardId, record: &GroupRecord) -> Result<Arc<Group>> {
         let ring = self.ring(record.vnode_count);
-        let owned: Arc<BTreeSet<VnodeId>> = Arc::new(record.vnodes.iter().copied().collect());
+        let owned = Ownership::new(record.vnodes.iter().copied());
         let sm = ShardStateMachine::open(
             shard,
+            self.node_id,
             self.engine.clone(),
             ring.clone(),
             owned.clone(),
             self.snapshot_dir.join(shard.to_string()),
+            Some(self.reshapes.clone()),
         )?;
         let network = GroupNetwork::<_, NodeWire>::new(shard, self.endpoint.clone());
         let raft = typ::Raft::new(
@@ -176,8 +203,15 @@ impl Host {
             if !shard.hosted_on(self.node_id) || self.groups.contains_key(&shard.id) {
                 continue;
             }
+            let vnodes = table.vnodes_of(shard.id);
+            if let Some(parent) = shard.split_from.and_then(|p| self.group(p)) {
+                let parent_owned = parent.owned.get();
+                if vnodes.iter().any(|v| parent_owned.contains(v)) {
+                    continue; // the local parent creates it when it applies the split
+                }
+            }
             let record = GroupRecord {
-                vnodes: table.vnodes_of(shard.id),
+                vnodes,
                 vnode_count: table.vnode_count,
             };
             let mut batch = rocksdb::WriteBatch::default();
@@ -209,6 +243,53 @@ impl Host {
             }
         }
         Ok(())
+    }
+
+    /// Starts the groups that splits applied on this node created; the replica that
+    /// led the parent campaigns at once, so the moved vnodes are served again
+    /// after one election round trip rather than an election timeout.
+    pub async fn follow_reshapes(self: Arc<Self>) {
+        let Some(mut events) = self.reshaped.lock().expect("reshape lock").take() else {
+            return;
+        };
+        while let Some(event) = events.recv().await {
+            let Reshaped::SplitChild { parent, child } = event;
+            let _one_at_a_time = self.creating.lock().await;
+            if self.groups.contains_key(&child) {
+                continue;
+            }
+            let Some(record) = state_machine::group_record(&self.engine, child) else {
+                continue;
+            };
+            match self.open_group(child, &record).await {
+                Ok(group) => {
+                    tracing::info!(
+                        shard_id = child,
+                        parent,
+                        vnodes = record.vnodes.len(),
+                        "started shard created by a split"
+                    );
+                    let led_parent = self
+                        .group(parent)
+                        .is_some_and(|p| p.raft.metrics().borrow().current_leader == Some(self.node_id));
+                    if led_parent {
+                        tokio::spawn(campaign_until_led(group, self.node_id));
+                    }
+                }
+                Err(e) => tracing::error!(shard_id = child, error = %e, "could not start split shard"),
+            }
+        }
+    }
+
+    /// The index of the last entry this node's replica of `shard` applied.
+    pub fn applied(&self, shard: ShardId) -> NodeResponse {
+        match self.group(shard) {
+            Some(group) => {
+                let applied = group.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+                NodeResponse::Reply(redraft_common::resp::Frame::Integer(applied as i64))
+            }
+            None => NodeResponse::NoShard,
+        }
     }
 
     /// Shards this node currently leads.
@@ -281,7 +362,8 @@ impl Host {
                 Ok(Err(_)) => NodeResponse::NotLeader { leader: None },
                 Ok(Ok(_)) => {
                     let db = self.engine.db();
-                    let ks = Keyspace::new(db, self.engine.cf(CF_DATA), &group.ring, &group.owned, now_ms());
+                    let owned = group.owned.get();
+                    let ks = Keyspace::new(db, self.engine.cf(CF_DATA), &group.ring, &owned, now_ms());
                     match ks.read(&read) {
                         Ok(frame) => NodeResponse::Reply(frame),
                         Err(NotOwned) => NodeResponse::WrongShard { version: 0 },
@@ -305,12 +387,19 @@ impl Host {
             .map_err(anyhow::Error::msg)?;
         let sm = ShardStateMachine::open(
             shard,
+            self.node_id,
             self.engine.clone(),
             group.ring.clone(),
             group.owned.clone(),
             self.snapshot_dir.join(shard.to_string()),
+            None,
         )?;
-        sm.destroy()?;
+        let others: BTreeSet<VnodeId> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.owned.get().iter().copied().collect::<Vec<_>>())
+            .collect();
+        sm.destroy(&others)?;
         tracing::info!(shard_id = shard, node_id = self.node_id, "removed shard replica");
         Ok(())
     }
@@ -321,11 +410,39 @@ impl Host {
         let Some(group) = self.group(shard) else {
             return NodeResponse::NoShard;
         };
+        if let Err(e) = self.snapshot_past_reshape(shard, &group).await {
+            return NodeResponse::Unknown(e.to_string());
+        }
         let added = tokio::time::timeout(
             MEMBERSHIP_TIMEOUT,
             group.raft.add_learner(node, BasicNode::new(addr), true),
         );
         self.membership_answer(&group, added.await)
+    }
+
+    /// Makes sure a new replica of `shard` starts from a snapshot taken after the
+    /// last split or merge entry rather than replaying it: replaying a merge needs
+    /// the retired shard's data, which a new node never had. Snapshots, then
+    /// purges the log up to that entry when the log still holds it.
+    async fn snapshot_past_reshape(&self, shard: ShardId, group: &Group) -> Result<()> {
+        let Some(index) = state_machine::reshaped_at(&self.engine, shard) else {
+            return Ok(());
+        };
+        let purged = group.raft.metrics().borrow().purged.map_or(0, |l| l.index);
+        if purged >= index {
+            return Ok(());
+        }
+        let covered = |m: &openraft::RaftMetrics<u64, BasicNode>| m.snapshot.is_some_and(|s| s.index >= index);
+        if !covered(&group.raft.metrics().borrow()) {
+            group.raft.trigger().snapshot().await?;
+            group
+                .raft
+                .wait(Some(MEMBERSHIP_TIMEOUT))
+                .metrics(covered, "snapshot after reshape")
+                .await?;
+        }
+        group.raft.trigger().purge_log(index).await?;
+        Ok(())
     }
 
     /// On the leader of `shard`: makes `voters` the voting members.
@@ -448,7 +565,8 @@ impl Host {
         let mut expired = Vec::new();
         let mut seen = 0;
         let first_vnode = start.as_ref().map_or(0, |k| u16::from_be_bytes([k[0], k[1]]));
-        for &vnode in group.owned.range(first_vnode..) {
+        let owned = group.owned.get();
+        for &vnode in owned.range(first_vnode..) {
             let mut opts = rocksdb::ReadOptions::default();
             opts.set_iterate_upper_bound(crate::storage::vnode_end(vnode));
             let from = match &start {

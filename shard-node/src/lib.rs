@@ -155,6 +155,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         config.raft.to_config(),
         config.data_dir.join("snapshots"),
     )?);
+    let reshapes = tokio::spawn(host.clone().follow_reshapes());
     let reopened = host.reopen_groups().await?;
     tracing::info!(node_id, groups = reopened, "reopened shard replicas");
     serving.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -177,7 +178,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     };
     shutdown.await;
     tracing::info!(node_id, "shard node stopping");
-    for task in [heartbeat, watch, expiry, serve] {
+    for task in [heartbeat, watch, expiry, serve, reshapes] {
         task.abort();
     }
     host.shutdown().await;
@@ -219,6 +220,7 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
         NodeRequest::Campaign { shard } => host.campaign(shard).await,
         NodeRequest::AddLearner { shard, node, addr } => host.add_learner(shard, node, addr).await,
         NodeRequest::ChangeVoters { shard, voters } => host.change_voters(shard, voters).await,
+        NodeRequest::Applied { shard } => host.applied(shard),
         // Requests of a batch run concurrently; openraft then batches their entries.
         NodeRequest::Batch(requests) => {
             NodeResponse::Batch(futures::future::join_all(requests.into_iter().map(|r| Box::pin(serve(host, r)))).await)

@@ -14,24 +14,43 @@
 //! file in chunks. Installing first records an `installing` marker, then replaces
 //! the shard's vnode ranges batch by batch, then writes the new applied id and
 //! removes the marker in one batch; a node that crashes half way finishes the
-//! install when it reopens the group (resumable, never half-applied).
+//! install when it reopens the group (resumable, never half-applied). A snapshot's
+//! first record is the set of virtual nodes the shard owned at that index.
+//!
+//! SPLIT AND MERGE. Which virtual nodes a replica owns is state machine state
+//! ([`Ownership`]), changed only by log entries (and snapshots), so every replica
+//! changes it at the same index. A split entry gives half of the shard's vnodes to
+//! a new shard: every voter writes, in the same batch, the new shard's initial
+//! state (applied at a synthetic log id 0 with the parent's voters as members),
+//! whose data is the parent's data already in this RocksDB; the host then starts
+//! that group. Because the new group's log starts after a purged index 0, a
+//! replica that joins it later always starts from a snapshot. A merge is two
+//! entries: `Retire` in the shard that disappears (it stops serving) and `Absorb`
+//! in the one that grows, applied only once this node's copy of the retired shard
+//! has applied the retirement, so the absorbed data is complete.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, RaftSnapshotBuilder, StorageError, StorageIOError};
-use redraft_common::ids::{ShardId, VnodeId};
+use openraft::{
+    BasicNode, CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder, StorageError, StorageIOError,
+};
+use redraft_common::ids::{NodeId, ShardId, VnodeId};
 use redraft_common::keys::Ring;
+use redraft_common::ops::WriteOp;
+use redraft_common::resp::Frame;
 use redraft_common::wire;
 use redraft_raft_storage::engine::{CF_DATA, CF_META};
 use redraft_raft_storage::snapshot::{self, SnapshotWriter};
 use redraft_raft_storage::Engine;
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
+use serde::{Deserialize, Serialize};
 
 use super::typ::{LogId, SnapshotMeta, StoredMembership};
-use super::{ShardResponse, ShardTypes};
+use super::{ShardRequest, ShardResponse, ShardTypes};
 use crate::apply::{Keyspace, NotOwned};
 use crate::storage::{vnode_end, vnode_start};
 
@@ -51,8 +70,95 @@ const APPLIED: &str = "applied";
 const MEMBERSHIP: &str = "membership";
 const SNAPSHOT: &str = "snapshot";
 const INSTALLING: &str = "installing";
+/// The group's [`GroupRecord`].
+pub const RECORD: &str = "record";
+/// Log index of the shard's retirement (merge), once retired.
+const RETIRED: &str = "retired";
+/// Log index of the last split or merge entry applied.
+const RESHAPED: &str = "reshaped";
+
+/// Key of the snapshot record carrying the owned vnodes. Data keys start with a
+/// vnode id below `u16::MAX`, so this key never collides with one.
+const OWNERSHIP_RECORD: &[u8] = b"\xff\xffowned";
+
+/// How long an `Absorb` waits between looks at the retired shard's progress.
+const ABSORB_POLL: Duration = Duration::from_millis(10);
+
+/// What a node remembers about each group it hosts (in the `meta` column family),
+/// written when the group is created and whenever a split or merge changes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// Virtual nodes the shard owns.
+    pub vnodes: Vec<VnodeId>,
+    /// Virtual nodes on the ring.
+    pub vnode_count: u32,
+}
+
+/// The virtual nodes a replica owns right now. Shared by the state machine, which
+/// changes it when a split, merge or snapshot is applied, and the request path,
+/// which checks every key against it.
+#[derive(Clone, Debug, Default)]
+pub struct Ownership(Arc<RwLock<Arc<BTreeSet<VnodeId>>>>);
+
+impl Ownership {
+    /// Ownership of `vnodes`.
+    pub fn new(vnodes: impl IntoIterator<Item = VnodeId>) -> Ownership {
+        Ownership(Arc::new(RwLock::new(Arc::new(vnodes.into_iter().collect()))))
+    }
+
+    /// The owned set as of now.
+    pub fn get(&self) -> Arc<BTreeSet<VnodeId>> {
+        self.0.read().expect("ownership lock").clone()
+    }
+
+    fn set(&self, vnodes: BTreeSet<VnodeId>) {
+        *self.0.write().expect("ownership lock") = Arc::new(vnodes);
+    }
+}
+
+/// The log id a shard created by a split starts at: what `initialize` would
+/// write, so the first election works exactly as for a bootstrapped shard.
+fn split_origin() -> LogId {
+    LogId::new(CommittedLeaderId::new(0, 0), 0)
+}
+
+/// What the state machine tells the host after a structural change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reshaped {
+    /// `child` was created on this node by a split of `parent`: start it.
+    SplitChild { parent: ShardId, child: ShardId },
+}
+
+/// What to do once a structural entry's batch is written.
+struct AfterWrite {
+    owned: Option<BTreeSet<VnodeId>>,
+    event: Option<Reshaped>,
+}
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
+
+/// Reads a metadata item of any group.
+fn read_group_meta<T: serde::de::DeserializeOwned>(engine: &Engine, group: ShardId, item: &str) -> Option<T> {
+    let bytes = engine
+        .db()
+        .get_cf(engine.cf(CF_META), group_meta_key(group, item))
+        .unwrap_or_else(|e| panic!("RocksDB read failed: {e}"))?;
+    Some(wire::decode(&bytes).unwrap_or_else(|e| panic!("corrupt group metadata {item}: {e}")))
+}
+
+/// Log index of the last split or merge entry `group`'s replica here applied.
+pub fn reshaped_at(engine: &Engine, group: ShardId) -> Option<u64> {
+    read_group_meta(engine, group, RESHAPED)
+}
+
+/// The stored record of `group`, if this node hosts it.
+pub fn group_record(engine: &Engine, group: ShardId) -> Option<GroupRecord> {
+    read_group_meta(engine, group, RECORD)
+}
+
+fn put_group_meta<T: serde::Serialize>(engine: &Engine, batch: &mut WriteBatch, group: ShardId, item: &str, value: &T) {
+    batch.put_cf(engine.cf(CF_META), group_meta_key(group, item), wire::encode(value));
+}
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
@@ -62,31 +168,42 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 #[derive(Clone)]
 pub struct ShardStateMachine {
     group: ShardId,
+    node_id: NodeId,
     engine: Engine,
     ring: Arc<Ring>,
-    owned: Arc<BTreeSet<VnodeId>>,
+    owned: Ownership,
     snapshot_dir: PathBuf,
     incoming: Option<PathBuf>,
+    events: Option<tokio::sync::mpsc::UnboundedSender<Reshaped>>,
 }
 
 impl ShardStateMachine {
     /// Opens the state machine of `group`, finishing an interrupted snapshot install.
+    /// `owned` is the ownership the group was created with; the stored record wins
+    /// when there is one. `events` receives structural changes for the host.
     pub fn open(
         group: ShardId,
+        node_id: NodeId,
         engine: Engine,
         ring: Arc<Ring>,
-        owned: Arc<BTreeSet<VnodeId>>,
+        owned: Ownership,
         snapshot_dir: PathBuf,
+        events: Option<tokio::sync::mpsc::UnboundedSender<Reshaped>>,
     ) -> anyhow::Result<ShardStateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let sm = ShardStateMachine {
             group,
+            node_id,
             engine,
             ring,
             owned,
             snapshot_dir,
             incoming: None,
+            events,
         };
+        if let Some(record) = sm.read_meta::<GroupRecord>(RECORD) {
+            sm.owned.set(record.vnodes.into_iter().collect());
+        }
         if let Some((meta, file)) = sm.read_meta::<(SnapshotMeta, String)>(INSTALLING) {
             tracing::warn!(shard_id = group, "resuming interrupted snapshot install");
             sm.install_file(&meta, &sm.snapshot_dir.join(file))?;
@@ -95,31 +212,157 @@ impl ShardStateMachine {
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, item: &str) -> Option<T> {
-        let db = self.engine.db();
-        let bytes = db
-            .get_cf(self.engine.cf(CF_META), group_meta_key(self.group, item))
-            .unwrap_or_else(|e| panic!("RocksDB read failed: {e}"))?;
-        Some(wire::decode(&bytes).unwrap_or_else(|e| panic!("corrupt group metadata {item}: {e}")))
+        read_group_meta(&self.engine, self.group, item)
     }
 
     fn put_meta<T: serde::Serialize>(&self, batch: &mut WriteBatch, item: &str, value: &T) {
-        batch.put_cf(
-            self.engine.cf(CF_META),
-            group_meta_key(self.group, item),
-            wire::encode(value),
-        );
+        put_group_meta(&self.engine, batch, self.group, item, value);
     }
 
     /// The vnodes this replica owns.
-    pub fn owned(&self) -> &Arc<BTreeSet<VnodeId>> {
+    pub fn owned(&self) -> &Ownership {
         &self.owned
     }
 
+    fn record(&self, vnodes: &BTreeSet<VnodeId>) -> GroupRecord {
+        GroupRecord {
+            vnodes: vnodes.iter().copied().collect(),
+            vnode_count: self.ring.len(),
+        }
+    }
+
+    /// Applies a split, retirement or absorption at `log_id`, adding its writes to
+    /// `batch`. `membership` is the shard's membership as of this entry.
+    async fn apply_reshape(
+        &self,
+        batch: &mut WriteBatch,
+        log_id: LogId,
+        op: &WriteOp,
+        membership: &StoredMembership,
+    ) -> (Frame, AfterWrite) {
+        let owned = self.owned.get();
+        let mut after = AfterWrite {
+            owned: None,
+            event: None,
+        };
+        let reply = match op {
+            WriteOp::Split { child, vnodes } => {
+                let moving: BTreeSet<VnodeId> = vnodes.iter().copied().collect();
+                if moving.is_empty() || moving.is_disjoint(&owned) {
+                    Frame::ok() // applied before (or nothing to do)
+                } else if !moving.is_subset(&owned) || moving.len() == owned.len() {
+                    Frame::error("ERR a split must move some, not all, of the shard's own vnodes")
+                } else {
+                    let keep: BTreeSet<VnodeId> = owned.difference(&moving).copied().collect();
+                    self.put_meta(batch, RECORD, &self.record(&keep));
+                    self.put_meta(batch, RESHAPED, &log_id.index);
+                    let config = membership.membership();
+                    let voters: BTreeSet<NodeId> = config.voter_ids().collect();
+                    let child_exists = read_group_meta::<GroupRecord>(&self.engine, *child, RECORD).is_some();
+                    if voters.contains(&self.node_id) && !child_exists {
+                        let nodes: BTreeMap<NodeId, BasicNode> = voters
+                            .iter()
+                            .filter_map(|v| config.get_node(v).map(|n| (*v, n.clone())))
+                            .collect();
+                        let origin = Some(split_origin());
+                        let child_membership = StoredMembership::new(origin, Membership::new(vec![voters], nodes));
+                        put_group_meta(&self.engine, batch, *child, RECORD, &self.record(&moving));
+                        put_group_meta(&self.engine, batch, *child, APPLIED, &origin);
+                        put_group_meta(&self.engine, batch, *child, MEMBERSHIP, &child_membership);
+                        after.event = Some(Reshaped::SplitChild {
+                            parent: self.group,
+                            child: *child,
+                        });
+                    }
+                    tracing::info!(
+                        shard_id = self.group,
+                        child,
+                        moved = moving.len(),
+                        kept = keep.len(),
+                        index = log_id.index,
+                        "split applied"
+                    );
+                    after.owned = Some(keep);
+                    Frame::ok()
+                }
+            }
+            WriteOp::Retire => match self.read_meta::<u64>(RETIRED) {
+                Some(at) => Frame::Integer(at as i64),
+                None => {
+                    let none = BTreeSet::new();
+                    self.put_meta(batch, RECORD, &self.record(&none));
+                    self.put_meta(batch, RETIRED, &log_id.index);
+                    self.put_meta(batch, RESHAPED, &log_id.index);
+                    tracing::info!(shard_id = self.group, index = log_id.index, "retired for a merge");
+                    after.owned = Some(none);
+                    Frame::Integer(log_id.index as i64)
+                }
+            },
+            WriteOp::Absorb { from, vnodes, upto } => {
+                let incoming: BTreeSet<VnodeId> = vnodes.iter().copied().collect();
+                if incoming.is_subset(&owned) {
+                    Frame::ok()
+                } else {
+                    self.wait_for_retired(*from, *upto).await;
+                    let grown: BTreeSet<VnodeId> = owned.union(&incoming).copied().collect();
+                    self.put_meta(batch, RECORD, &self.record(&grown));
+                    self.put_meta(batch, RESHAPED, &log_id.index);
+                    tracing::info!(
+                        shard_id = self.group,
+                        from,
+                        absorbed = incoming.len(),
+                        index = log_id.index,
+                        "merge applied"
+                    );
+                    after.owned = Some(grown);
+                    Frame::ok()
+                }
+            }
+            _ => Frame::error("ERR not a structural operation"),
+        };
+        (reply, after)
+    }
+
+    /// Waits until this node's replica of the retired shard `from` has applied its
+    /// log up to `upto`, so its data (which this shard takes over in place) is
+    /// complete. A replica that no longer exists here cannot progress: the data
+    /// it left is all there is, and the wait ends with an error logged.
+    async fn wait_for_retired(&self, from: ShardId, upto: u64) {
+        let mut waited = Duration::ZERO;
+        loop {
+            if read_group_meta::<GroupRecord>(&self.engine, from, RECORD).is_none() {
+                tracing::error!(
+                    shard_id = self.group,
+                    from,
+                    "absorbing a shard that has no replica here"
+                );
+                return;
+            }
+            let applied = read_group_meta::<Option<LogId>>(&self.engine, from, APPLIED).flatten();
+            if applied.is_some_and(|l| l.index >= upto) {
+                return;
+            }
+            tokio::time::sleep(ABSORB_POLL).await;
+            waited += ABSORB_POLL;
+            if waited.as_millis().is_multiple_of(10_000) {
+                tracing::warn!(
+                    shard_id = self.group,
+                    from,
+                    upto,
+                    "merge waits for the retired shard to catch up"
+                );
+            }
+        }
+    }
+
     /// Deletes the shard's data, metadata and snapshot files (replica removed).
-    pub fn destroy(&self) -> anyhow::Result<()> {
+    /// Only the vnodes the replica owns are deleted: a retired shard's data now
+    /// belongs to the shard that absorbed it.
+    /// `others` are vnodes other groups on this node own; they are never deleted.
+    pub fn destroy(&self, others: &BTreeSet<VnodeId>) -> anyhow::Result<()> {
         let db = self.engine.db();
         let mut batch = WriteBatch::default();
-        for &vnode in self.owned.iter() {
+        for &vnode in self.owned.get().difference(others) {
             batch.delete_range_cf(self.engine.cf(CF_DATA), vnode_start(vnode), vnode_end(vnode));
         }
         batch.delete_range_cf(
@@ -150,11 +393,19 @@ impl ShardStateMachine {
         db.write_opt(batch, &sync)?;
 
         let mut batch = WriteBatch::default();
-        for &vnode in self.owned.iter() {
-            batch.delete_range_cf(data, vnode_start(vnode), vnode_end(vnode));
-        }
+        let before = self.owned.get();
+        let mut owned: Option<BTreeSet<VnodeId>> = None;
         let mut pending = 0;
         snapshot::for_each_record(path, |key, value| {
+            if key == OWNERSHIP_RECORD {
+                let vnodes: BTreeSet<VnodeId> = wire::decode::<Vec<VnodeId>>(value)?.into_iter().collect();
+                for &vnode in before.union(&vnodes) {
+                    batch.delete_range_cf(data, vnode_start(vnode), vnode_end(vnode));
+                }
+                owned = Some(vnodes);
+                return Ok(());
+            }
+            anyhow::ensure!(owned.is_some(), "snapshot without an ownership record");
             batch.put_cf(data, key, value);
             pending += key.len() + value.len();
             if pending >= INSTALL_BATCH_BYTES {
@@ -163,12 +414,15 @@ impl ShardStateMachine {
             }
             Ok(())
         })?;
+        let owned = owned.ok_or_else(|| anyhow::anyhow!("snapshot without an ownership record"))?;
         let previous = self.read_meta::<(SnapshotMeta, String)>(SNAPSHOT);
+        self.put_meta(&mut batch, RECORD, &self.record(&owned));
         self.put_meta(&mut batch, APPLIED, &meta.last_log_id);
         self.put_meta(&mut batch, MEMBERSHIP, &meta.last_membership);
         self.put_meta(&mut batch, SNAPSHOT, &(meta.clone(), file_name.clone()));
         batch.delete_cf(meta_cf, group_meta_key(self.group, INSTALLING));
         db.write_opt(batch, &sync)?;
+        self.owned.set(owned);
         if let Some((_, old)) = previous.filter(|(_, old)| *old != file_name) {
             let _ = std::fs::remove_file(self.snapshot_dir.join(old));
         }
@@ -215,10 +469,15 @@ impl ShardStateMachine {
             .map(|b| wire::decode(&b))
             .transpose()?
             .unwrap_or_default();
+        let owned: Vec<VnodeId> = match read_meta(RECORD)? {
+            Some(b) => wire::decode::<GroupRecord>(&b)?.vnodes,
+            None => self.owned.get().iter().copied().collect(),
+        };
         let name = self.snapshot_name(&applied.map_or(0, |l| l.index).to_string());
         let path = self.snapshot_dir.join(&name);
         let mut writer = SnapshotWriter::create(&path)?;
-        for &vnode in self.owned.iter() {
+        writer.record(OWNERSHIP_RECORD, &wire::encode(&owned))?;
+        for &vnode in &owned {
             let mut opts = ReadOptions::default();
             opts.set_iterate_upper_bound(vnode_end(vnode));
             let start = vnode_start(vnode);
@@ -246,7 +505,6 @@ impl ShardStateMachine {
             let _ = std::fs::remove_file(self.snapshot_dir.join(old));
         }
         tracing::info!(shard_id = self.group, index = ?applied.map(|l| l.index), records, "built snapshot");
-        crate::metrics::SNAPSHOTS.with_label_values(&["built"]).inc();
         crate::metrics::SNAPSHOTS.with_label_values(&["built"]).inc();
         Ok((meta, path))
     }
@@ -288,38 +546,65 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         let started = std::time::Instant::now();
         let db = self.engine.db().clone();
         let data = self.engine.cf(CF_DATA);
-        let mut keyspace = Keyspace::new(&db, data, &self.ring, &self.owned, 0);
         let mut replies = Vec::new();
-        let mut last = None;
-        let mut membership = None;
-        for entry in entries {
-            last = Some(entry.log_id);
-            replies.push(match entry.payload {
-                EntryPayload::Blank => ShardResponse::Reply(redraft_common::resp::Frame::Null),
-                EntryPayload::Normal(request) => {
-                    keyspace.set_now(request.now_ms);
-                    match keyspace.write(&request.op) {
-                        Ok(frame) => ShardResponse::Reply(frame),
-                        Err(NotOwned) => ShardResponse::WrongShard,
+        let mut entries = entries.into_iter().peekable();
+        // Runs of ordinary entries share one batch; a split or merge entry ends its
+        // run, because it changes the ownership later entries are checked against.
+        while entries.peek().is_some() {
+            let owned = self.owned.get();
+            let mut keyspace = Keyspace::new(&db, data, &self.ring, &owned, 0);
+            let mut last = None;
+            let mut membership = None;
+            let mut reshape: Option<(LogId, ShardRequest)> = None;
+            for entry in entries.by_ref() {
+                last = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => replies.push(ShardResponse::Reply(Frame::Null)),
+                    EntryPayload::Normal(request) if request.op.is_reshape() => {
+                        reshape = Some((entry.log_id, request));
+                        break;
+                    }
+                    EntryPayload::Normal(request) => {
+                        keyspace.set_now(request.now_ms);
+                        replies.push(match keyspace.write(&request.op) {
+                            Ok(frame) => ShardResponse::Reply(frame),
+                            Err(NotOwned) => ShardResponse::WrongShard,
+                        });
+                    }
+                    EntryPayload::Membership(m) => {
+                        tracing::info!(shard_id = self.group, index = entry.log_id.index, membership = %m, "membership changed");
+                        membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                        replies.push(ShardResponse::Reply(Frame::Null));
                     }
                 }
-                EntryPayload::Membership(m) => {
-                    tracing::info!(shard_id = self.group, index = entry.log_id.index, membership = %m, "membership changed");
-                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                    ShardResponse::Reply(redraft_common::resp::Frame::Null)
-                }
-            });
+            }
+            let mut batch = keyspace.into_batch();
+            if last.is_some() {
+                self.put_meta(&mut batch, APPLIED, &last);
+            }
+            if let Some(m) = &membership {
+                self.put_meta(&mut batch, MEMBERSHIP, m);
+            }
+            let mut after = AfterWrite {
+                owned: None,
+                event: None,
+            };
+            if let Some((log_id, request)) = reshape {
+                let current = membership.unwrap_or_else(|| self.read_meta(MEMBERSHIP).unwrap_or_default());
+                let (reply, then) = self.apply_reshape(&mut batch, log_id, &request.op, &current).await;
+                replies.push(ShardResponse::Reply(reply));
+                after = then;
+            }
+            // A failed write would leave this replica behind its log: stop the node.
+            db.write(batch)
+                .unwrap_or_else(|e| panic!("RocksDB apply write failed: {e}"));
+            if let Some(owned) = after.owned {
+                self.owned.set(owned);
+            }
+            if let (Some(event), Some(events)) = (after.event, &self.events) {
+                let _ = events.send(event);
+            }
         }
-        let mut batch = keyspace.into_batch();
-        if last.is_some() {
-            self.put_meta(&mut batch, APPLIED, &last);
-        }
-        if let Some(m) = &membership {
-            self.put_meta(&mut batch, MEMBERSHIP, m);
-        }
-        // A failed write would leave this replica behind its log: stop the node.
-        db.write(batch)
-            .unwrap_or_else(|e| panic!("RocksDB apply write failed: {e}"));
         crate::metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
         crate::metrics::APPLIED_ENTRIES.inc_by(replies.len() as u64);
         Ok(replies)
@@ -394,10 +679,12 @@ mod tests {
             let ring = Arc::new(Ring::new(16));
             let sm = ShardStateMachine::open(
                 7,
+                1,
                 engine.clone(),
                 ring,
-                Arc::new((0..16).collect()),
+                Ownership::new(0..16),
                 dir.path().join("snap"),
+                None,
             )
             .expect("open state machine");
             Ok((dir, engine.log_store(7), sm))
