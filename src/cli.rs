@@ -107,13 +107,21 @@ struct PlacementArgs {
     /// Seconds a node may stay silent before its replicas are re-created elsewhere.
     #[arg(long, default_value_t = 30)]
     dead_after_secs: u64,
-    /// Do not balance replicas and leaders automatically (operators run
-    /// `redraft ctl rebalance`); draining, splits and merges still proceed.
+    /// Do not balance replicas and leaders or split busy shards automatically
+    /// (operators run `redraft ctl rebalance` and `split`); draining, dead-node
+    /// re-replication, and operators' splits and merges still proceed.
     #[arg(long)]
     manual_balance: bool,
     /// Replica moves one node may take part in at once (as source or target).
     #[arg(long, default_value_t = 2)]
     moves_per_node: usize,
+    /// Split a shard whose data on disk exceeds this many MiB (0: never).
+    #[arg(long, default_value_t = 256)]
+    split_size_mib: u64,
+    /// Split a shard that applies more than this many writes per second for
+    /// several seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    split_writes_per_sec: u64,
 }
 
 #[derive(Args)]
@@ -150,6 +158,10 @@ struct NodeArgs {
     /// Snapshot a shard (and purge its log) every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// MiB per second of snapshots this node may send to others (replica moves,
+    /// catch-up); 0 for no limit.
+    #[arg(long, default_value_t = 64)]
+    snapshot_mib_per_sec: u64,
 }
 
 #[derive(Args)]
@@ -500,6 +512,8 @@ async fn run(command: Command) -> Result<()> {
                 dead_after: std::time::Duration::from_secs(a.dead_after_secs.max(1)),
                 auto_balance: !a.manual_balance,
                 moves_per_node: a.moves_per_node,
+                split_bytes: a.split_size_mib.saturating_mul(1 << 20),
+                split_writes_per_sec: a.split_writes_per_sec,
             };
             redraft_placement::run(config, shutdown_signal()).await
         }
@@ -524,6 +538,7 @@ async fn run(command: Command) -> Result<()> {
                     snapshot_every: a.snapshot_every.max(1),
                 },
                 http: a.operator.http,
+                snapshot_bandwidth: a.snapshot_mib_per_sec.saturating_mul(1 << 20),
             };
             redraft_node::run(config, shutdown_signal()).await
         }

@@ -109,6 +109,9 @@ pub struct Cluster {
     /// Extra arguments for every shard node (tests use it for small snapshot intervals).
     #[serde(default)]
     pub node_args: Vec<String>,
+    /// Extra arguments for every placement driver member (tests set split thresholds).
+    #[serde(default)]
+    pub placement_args: Vec<String>,
 }
 
 impl Cluster {
@@ -154,6 +157,7 @@ impl Cluster {
             shards: 0,
             fsync: "always".into(),
             node_args: Vec::new(),
+            placement_args: Vec::new(),
         }
     }
 
@@ -229,7 +233,8 @@ impl Cluster {
                     .args(["--members", &members])
                     .args(["--initial-nodes", &self.nodes.len().min(3).to_string()])
                     .args(["--shards", &self.shards.to_string()])
-                    .args(["--replicas", &self.nodes.len().min(3).to_string()]);
+                    .args(["--replicas", &self.nodes.len().min(3).to_string()])
+                    .args(&self.placement_args);
             }
             Role::Node => {
                 cmd.arg("node")

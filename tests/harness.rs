@@ -42,6 +42,11 @@ impl TestCluster {
     /// Like [`TestCluster::start`], with `placement` PD members and extra
     /// arguments for every shard node.
     pub fn start_with(nodes: u16, placement: u16, node_args: &[&str]) -> TestCluster {
+        Self::start_configured(nodes, placement, node_args, &[])
+    }
+
+    /// Like [`TestCluster::start_with`], with extra arguments for the PD members.
+    pub fn start_configured(nodes: u16, placement: u16, node_args: &[&str], placement_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = Cluster::new(dir.path(), free_port(), 0, nodes, placement);
         for member in cluster.placement.iter_mut().chain(cluster.nodes.iter_mut()) {
@@ -57,6 +62,7 @@ impl TestCluster {
         }
         cluster.shards = 6;
         cluster.node_args = node_args.iter().map(|s| s.to_string()).collect();
+        cluster.placement_args = placement_args.iter().map(|s| s.to_string()).collect();
         cluster.ensure_certs().unwrap();
         let mut tc = TestCluster {
             cluster,

@@ -335,3 +335,90 @@ fn placement_leader_killed_during_a_rebalance_and_the_rebalance_completes() {
     load.finish(&cluster, false);
     cluster.restart(&leader);
 }
+
+#[test]
+fn busy_shard_is_split_automatically() {
+    // Six shards share the client's writes (~100-300 per second each here).
+    let cluster = TestCluster::start_configured(3, 1, &[], &["--split-writes-per-sec", "20"]);
+    let load = Load::start(&cluster);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let table = loop {
+        let table = crate::harness::routing_table(&cluster);
+        if table.shards.values().any(|s| s.split_from.is_some()) {
+            break table;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no shard was split: {:?}",
+            table.shards.keys()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let split: Vec<_> = table
+        .shards
+        .values()
+        .filter_map(|s| s.split_from.map(|p| (p, s.id)))
+        .collect();
+    eprintln!("automatic splits (parent, child): {split:?}");
+    for (parent, child) in split {
+        assert!(!table.vnodes_of(parent).is_empty() && !table.vnodes_of(child).is_empty());
+    }
+    load.finish(&cluster, false);
+}
+
+/// The value of an unlabelled gauge on a member's `/metrics`.
+fn gauge(cluster: &TestCluster, member: &str, name: &str) -> Option<i64> {
+    let http = cluster.cluster.members().find(|m| m.name == member)?.http?;
+    std::net::TcpStream::connect(http).ok()?; // not listening yet after a restart
+    let (_, body) = crate::harness::http_get(http, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn node_down_past_the_timeout_rejoins_without_stale_replicas() {
+    // Manual balancing: nothing moves onto node 4 unless an operator asks, so its
+    // replica count shows exactly what it kept.
+    let args = ["--dead-after-secs", "3", "--manual-balance"];
+    let mut cluster = TestCluster::start_configured(3, 1, &[], &args);
+    cluster.add_node();
+    std::thread::sleep(Duration::from_secs(1)); // registered and heartbeating
+    let rebalance = |cluster: &TestCluster| {
+        let out = ctl(cluster, &["rebalance"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    };
+    rebalance(&cluster);
+    wait_balanced(&cluster, 4);
+    let load = Load::start(&cluster);
+    cluster.kill9("node-4");
+    // Its replicas are re-created on the three others.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let counts = node_counts(&cluster);
+        let others: Vec<_> = counts.iter().filter(|c| c.0 != 4).collect();
+        if counts.iter().any(|c| c.0 == 4 && c.1 == 0) && others.iter().all(|c| c.1 == 6) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4's replicas were not re-created: {counts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(1)); // writes node 4 never saw
+    cluster.restart("node-4");
+    // Back, it learns it owns nothing and deletes its stale copies.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gauge(&cluster, "node-4", "redraft_node_replicas") != Some(0) {
+        assert!(Instant::now() < deadline, "node 4 kept stale replicas");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gauge(&cluster, "node-4", "redraft_node_replicas"), Some(0));
+    load.finish(&cluster, true);
+    // An operator's rebalance uses it again, with fresh copies.
+    rebalance(&cluster);
+    wait_balanced(&cluster, 4);
+}

@@ -79,8 +79,13 @@ pub enum NodeResponse {
 pub enum PdRequest {
     /// A node starts: registers its address; gets an id when it has none yet.
     Register { node_id: Option<NodeId>, addr: String },
-    /// A node is alive; `leaders` are the shards it currently leads.
-    Heartbeat { node_id: NodeId, leaders: Vec<ShardId> },
+    /// A node is alive; `leaders` are the shards it currently leads, `load` their
+    /// progress and size (the placement driver splits busy or big shards).
+    Heartbeat {
+        node_id: NodeId,
+        leaders: Vec<ShardId>,
+        load: Vec<ShardLoad>,
+    },
     /// The routing table once it is newer than what the caller knows, or after
     /// `wait_ms` at the latest (long poll: a push on change, a pull otherwise).
     Routing {
@@ -106,6 +111,17 @@ pub enum PdRequest {
     /// Operators: run the scheduler until the cluster is balanced (or
     /// `max_steps` steps); answered with the steps taken.
     Rebalance { max_steps: u32 },
+}
+
+/// What a shard's leader reports about it with each heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLoad {
+    /// The shard.
+    pub shard: ShardId,
+    /// Index of the last applied log entry (its growth rate is the write rate).
+    pub applied: u64,
+    /// Approximate bytes of the shard's data on disk (flushed data only).
+    pub bytes: u64,
 }
 
 /// The placement driver's answer.

@@ -75,11 +75,17 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// A node silent this long has its replicas re-created on other nodes.
     pub dead_after: Duration,
-    /// Whether the scheduler balances replicas and leaders on its own; when off,
-    /// only `redraft ctl rebalance`, `move-replica`, splits and merges move data.
+    /// Whether the scheduler balances replicas and leaders and splits busy or big
+    /// shards on its own; when off, draining, dead-node re-replication and
+    /// operators' requests still proceed.
     pub auto_balance: bool,
     /// Replica moves one node may take part in at once (as source or target).
     pub moves_per_node: usize,
+    /// Split a shard whose data on disk exceeds this many bytes (0: never).
+    pub split_bytes: u64,
+    /// Split a shard that applies more than this many writes per second,
+    /// sustained over several seconds (0: never).
+    pub split_writes_per_sec: u64,
 }
 
 /// A node that has not heartbeated for this long counts as down (heartbeats come
@@ -92,7 +98,18 @@ struct Soft {
     last_seen: HashMap<NodeId, Instant>,
     leaders: BTreeMap<ShardId, NodeId>,
     generation: u64,
+    /// Recent `(when, applied index, bytes)` reports of each shard's leader.
+    load: HashMap<ShardId, std::collections::VecDeque<(Instant, u64, u64)>>,
+    /// When each shard last took part in an automatic split.
+    split_at: HashMap<ShardId, Instant>,
 }
+
+/// How far back write rates are measured.
+const LOAD_WINDOW: Duration = Duration::from_secs(10);
+/// The shortest history a write rate is judged on.
+const LOAD_MIN_SPAN: Duration = Duration::from_secs(5);
+/// A shard (or a shard just split off) is not split again sooner than this.
+const SPLIT_COOLDOWN: Duration = Duration::from_secs(60);
 
 struct Pd {
     raft: PdRaft,
@@ -105,6 +122,8 @@ struct Pd {
     dead_after: Duration,
     auto_balance: bool,
     moves_per_node: usize,
+    split_bytes: u64,
+    split_writes_per_sec: u64,
     /// Shards whose replica move runs in a task of this process.
     moving: Mutex<std::collections::BTreeSet<ShardId>>,
     /// Held while a scheduling step runs: steps never overlap, whether the
@@ -145,6 +164,7 @@ impl scheduler::Cluster for Pd {
         scheduler::InFlight {
             moves: self.store.state().moves,
             per_node: self.moves_per_node,
+            balance: self.auto_balance,
         }
     }
 
@@ -171,9 +191,6 @@ async fn schedule_loop(pd: Arc<Pd>) {
         for (&shard, &(from, to)) in &state.moves {
             spawn_move(&pd, shard, from, to);
         }
-        if !pd.auto_balance && state.reshape.is_none() {
-            continue;
-        }
         let _one_round = pd.operating.lock().await;
         if let Err(e) = schedule_round(&pd).await {
             tracing::warn!(error = %e, "scheduling step failed");
@@ -192,6 +209,17 @@ async fn schedule_round(pd: &Arc<Pd>) -> Result<()> {
             scheduler::tick(pd.as_ref(), &pd.endpoint).await?;
         }
         return Ok(());
+    }
+    if pd.auto_balance && pd.moving.lock().expect("moving lock").is_empty() {
+        if let Some((shard, why)) = pd.split_candidate(&pd.table()) {
+            if let PdReply::Done = Cluster::propose(pd.as_ref(), PdCommand::BeginSplit { shard }).await? {
+                if let Some(state::Reshape::Split { child, .. }) = pd.store.state().reshape {
+                    pd.split_started(shard, child);
+                }
+                tracing::info!(shard_id = shard, reason = why, "splitting a busy or big shard");
+            }
+            return Ok(());
+        }
     }
     loop {
         let table = pd.table();
@@ -282,6 +310,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         dead_after: config.dead_after,
         auto_balance: config.auto_balance,
         moves_per_node: config.moves_per_node.max(1),
+        split_bytes: config.split_bytes,
+        split_writes_per_sec: config.split_writes_per_sec,
         moving: Mutex::default(),
         operating: tokio::sync::Mutex::new(()),
     });
@@ -346,10 +376,21 @@ impl Pd {
         table
     }
 
-    fn heartbeat(&self, node: NodeId, leaders: Vec<ShardId>) {
+    fn heartbeat(&self, node: NodeId, leaders: Vec<ShardId>, load: Vec<wire::ShardLoad>) {
         metrics::HEARTBEATS.inc();
         let mut soft = self.soft.lock().expect("soft state lock");
-        soft.last_seen.insert(node, Instant::now());
+        let now = Instant::now();
+        soft.last_seen.insert(node, now);
+        for report in load {
+            let samples = soft.load.entry(report.shard).or_default();
+            samples.push_back((now, report.applied, report.bytes));
+            while samples
+                .front()
+                .is_some_and(|(at, _, _)| now.duration_since(*at) > LOAD_WINDOW)
+            {
+                samples.pop_front();
+            }
+        }
         let mut changed = false;
         for shard in leaders {
             if soft.leaders.insert(shard, node) != Some(node) {
@@ -359,6 +400,37 @@ impl Pd {
         if changed {
             soft.generation += 1;
             self.leaders_tx.send_replace(soft.generation);
+        }
+    }
+
+    /// A shard to split automatically, with the reason: one whose data outgrew
+    /// `split_bytes`, or whose write rate stayed above `split_writes_per_sec`.
+    fn split_candidate(&self, table: &RoutingTable) -> Option<(ShardId, String)> {
+        let soft = self.soft.lock().expect("soft state lock");
+        let cooling = |s: &ShardId| soft.split_at.get(s).is_some_and(|t| t.elapsed() < SPLIT_COOLDOWN);
+        table
+            .shards
+            .keys()
+            .filter(|s| !cooling(s) && table.vnodes_of(**s).len() >= 2)
+            .find_map(|shard| {
+                let samples = soft.load.get(shard)?;
+                let (first, last) = (samples.front()?, samples.back()?);
+                if self.split_bytes > 0 && last.2 > self.split_bytes {
+                    return Some((*shard, format!("{} bytes on disk", last.2)));
+                }
+                let span = last.0.duration_since(first.0);
+                let rate = last.1.saturating_sub(first.1) as f64 / span.as_secs_f64().max(1e-3);
+                (self.split_writes_per_sec > 0 && span >= LOAD_MIN_SPAN && rate > self.split_writes_per_sec as f64)
+                    .then(|| (*shard, format!("{rate:.0} writes/s")))
+            })
+    }
+
+    /// Notes that `shard` was just split into `child`: neither splits again soon.
+    fn split_started(&self, shard: ShardId, child: ShardId) {
+        let mut soft = self.soft.lock().expect("soft state lock");
+        for s in [shard, child] {
+            soft.split_at.insert(s, Instant::now());
+            soft.load.remove(&s);
         }
     }
 
@@ -438,8 +510,8 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
                 },
             }
         }
-        PdRequest::Heartbeat { node_id, leaders } => {
-            pd.heartbeat(node_id, leaders);
+        PdRequest::Heartbeat { node_id, leaders, load } => {
+            pd.heartbeat(node_id, leaders, load);
             PdResponse::Ack
         }
         PdRequest::Routing {
@@ -498,9 +570,10 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
         }
         PdRequest::Rebalance { max_steps } => {
             let mut steps = Vec::new();
+            let balancing = Balancing(pd.as_ref());
             while steps.len() < max_steps as usize {
                 let _one_step = pd.operating.lock().await;
-                match scheduler::tick(pd.as_ref(), &pd.endpoint).await {
+                match scheduler::tick(&balancing, &pd.endpoint).await {
                     Ok(Some(step)) => steps.push(step.to_string()),
                     Ok(None) => break,
                     Err(e) => {
@@ -514,6 +587,39 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
         PdRequest::Raft { .. } => PdResponse::Error("Raft RPCs are handled above".into()),
     };
     wire::encode(&response)
+}
+
+/// The placement driver as the scheduler sees it for `redraft ctl rebalance`:
+/// balancing on, whatever the automatic setting.
+struct Balancing<'a>(&'a Pd);
+
+impl scheduler::Cluster for Balancing<'_> {
+    fn table(&self) -> RoutingTable {
+        self.0.table()
+    }
+
+    fn live(&self) -> Vec<NodeId> {
+        scheduler::Cluster::live(self.0)
+    }
+
+    fn dead(&self) -> Vec<NodeId> {
+        scheduler::Cluster::dead(self.0)
+    }
+
+    fn reshape(&self) -> Option<state::Reshape> {
+        scheduler::Cluster::reshape(self.0)
+    }
+
+    fn in_flight(&self) -> scheduler::InFlight {
+        scheduler::InFlight {
+            balance: true,
+            ..scheduler::Cluster::in_flight(self.0)
+        }
+    }
+
+    async fn propose(&self, command: PdCommand) -> Result<PdReply> {
+        scheduler::Cluster::propose(self.0, command).await
+    }
 }
 
 /// Proposes an operator's split or merge; the scheduler carries it out.

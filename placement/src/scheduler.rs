@@ -95,6 +95,9 @@ pub struct InFlight {
     pub moves: BTreeMap<ShardId, (NodeId, NodeId)>,
     /// Moves one node may take part in at once (at least 1).
     pub per_node: usize,
+    /// Whether to even out replicas and leaders; when false only draining and
+    /// dead nodes are emptied (operators balance with `redraft ctl rebalance`).
+    pub balance: bool,
 }
 
 impl InFlight {
@@ -172,7 +175,7 @@ pub fn next_step(table: &RoutingTable, live: &[NodeId], dead: &[NodeId], in_flig
         }
     }
     let live = usable;
-    if live.len() < 2 {
+    if live.len() < 2 || !in_flight.balance {
         return None;
     }
     let replicas: BTreeMap<NodeId, usize> = live.iter().map(|n| (*n, count(*n))).collect();
@@ -531,6 +534,7 @@ mod tests {
         InFlight {
             moves: BTreeMap::new(),
             per_node: 1,
+            balance: true,
         }
     }
 
@@ -610,6 +614,7 @@ mod tests {
         let mut in_flight = InFlight {
             moves: BTreeMap::new(),
             per_node: 1,
+            balance: true,
         };
         let mut started = Vec::new();
         while let Some(Step::Move { shard, from, to }) = next_step(&t, &live, &[], &in_flight) {

@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_histogram, Histogram};
+use prometheus::{register_histogram, register_int_counter, Histogram, IntCounter};
 
 /// Time to write one batch of log mutations, fsync included.
 pub static LOG_WRITE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
@@ -25,8 +25,18 @@ pub static LOG_BATCH_REQUESTS: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Snapshot bytes this process sent to other members (replica moves, catch-up).
+pub static SNAPSHOT_BYTES_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "redraft_raft_snapshot_sent_bytes_total",
+        "Snapshot bytes sent to other members (replica moves and catch-up)"
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every metric of this crate.
 pub fn init() {
     LazyLock::force(&LOG_WRITE_SECONDS);
     LazyLock::force(&LOG_BATCH_REQUESTS);
+    LazyLock::force(&SNAPSHOT_BYTES_SENT);
 }

@@ -7,9 +7,17 @@
 //! Generic over the group's type configuration and over the envelope ([`RaftWire`]),
 //! so shard groups (in `NodeRequest`) and the placement group (in `PdRequest`)
 //! share this code.
+//!
+//! BANDWIDTH. Snapshot chunks of every group leave the process through one rate
+//! limiter ([`limit_snapshot_bandwidth`]), so replica moves cannot starve client
+//! traffic of the disk and the network: the operator's bandwidth limit.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use openraft::error::{InstallSnapshotError, NetworkError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -24,6 +32,40 @@ use redraft_common::transport::{CallError, Endpoint};
 use redraft_common::wire::{self, NodeRequest, NodeResponse, PdRequest, PdResponse, RaftKind};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// The limiter counts KiB: a `u32` of cells then covers any sane rate.
+const LIMITER_CELL: u64 = 1024;
+
+static SNAPSHOT_LIMITER: OnceLock<DefaultDirectRateLimiter> = OnceLock::new();
+
+/// Limits the snapshot bytes this process sends to `bytes_per_sec` (all groups,
+/// all peers together). Call once at startup; 0 leaves snapshots unlimited.
+pub fn limit_snapshot_bandwidth(bytes_per_sec: u64) {
+    let Some(per_sec) = NonZeroU32::new((bytes_per_sec / LIMITER_CELL).min(u64::from(u32::MAX)) as u32) else {
+        return;
+    };
+    // A burst of one second, and at least one whole chunk.
+    let burst = per_sec.max(NonZeroU32::new(MAX_CHUNK_CELLS).expect("non-zero"));
+    let _ = SNAPSHOT_LIMITER.set(RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst)));
+}
+
+/// Largest snapshot chunk the limiter admits in one go, in cells (16 MiB).
+const MAX_CHUNK_CELLS: u32 = 16 * 1024;
+
+/// Waits until `bytes` of snapshot may be sent.
+async fn pace_snapshot(bytes: usize) {
+    crate::metrics::SNAPSHOT_BYTES_SENT.inc_by(bytes as u64);
+    let Some(limiter) = SNAPSHOT_LIMITER.get() else {
+        return;
+    };
+    let cells = (bytes as u64)
+        .div_ceil(LIMITER_CELL)
+        .clamp(1, u64::from(MAX_CHUNK_CELLS)) as u32;
+    if let Some(cells) = NonZeroU32::new(cells) {
+        // Fails only when `cells` exceeds the burst, which it never does.
+        let _ = limiter.until_n_ready(cells).await;
+    }
+}
 
 type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<u64, E>;
 type RpcError<E = openraft::error::Infallible> = openraft::error::RPCError<u64, BasicNode, RaftError<E>>;
@@ -169,6 +211,7 @@ where
         rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcError<InstallSnapshotError>> {
+        pace_snapshot(rpc.data.len()).await;
         self.send(RaftKind::InstallSnapshot, &rpc, option.hard_ttl()).await
     }
 

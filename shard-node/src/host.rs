@@ -31,7 +31,7 @@ use redraft_common::now_ms;
 use redraft_common::ops::{ShardOp, WriteOp};
 use redraft_common::routing::RoutingTable;
 use redraft_common::transport::Endpoint;
-use redraft_common::wire::{self, NodeResponse};
+use redraft_common::wire::{self, NodeResponse, ShardLoad};
 use redraft_raft_storage::engine::{CF_DATA, CF_META};
 use redraft_raft_storage::Engine;
 
@@ -290,6 +290,28 @@ impl Host {
             }
             None => NodeResponse::NoShard,
         }
+    }
+
+    /// Progress and approximate size of every shard this node leads.
+    pub fn load(&self) -> Vec<ShardLoad> {
+        let db = self.engine.db();
+        let cf = self.engine.cf(CF_DATA);
+        self.leaders()
+            .into_iter()
+            .filter_map(|shard| {
+                let group = self.group(shard)?;
+                let applied = group.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+                let bounds: Vec<(Vec<u8>, Vec<u8>)> = group
+                    .owned
+                    .get()
+                    .iter()
+                    .map(|&v| (crate::storage::vnode_start(v), crate::storage::vnode_end(v)))
+                    .collect();
+                let ranges: Vec<rocksdb::Range> = bounds.iter().map(|(a, b)| rocksdb::Range::new(a, b)).collect();
+                let bytes = db.get_approximate_sizes_cf(&cf, &ranges).iter().sum();
+                Some(ShardLoad { shard, applied, bytes })
+            })
+            .collect()
     }
 
     /// Shards this node currently leads.

@@ -59,6 +59,8 @@ pub struct Config {
     pub raft: RaftTiming,
     /// Operator HTTP endpoint (`/metrics`, `/health`, `/ready`), if any.
     pub http: Option<SocketAddr>,
+    /// Snapshot bytes per second this node may send (replica moves); 0: no limit.
+    pub snapshot_bandwidth: u64,
 }
 
 /// Raft timing knobs, kept together.
@@ -99,6 +101,8 @@ impl RaftTiming {
             purge_batch_size: 1,
             // Small chunks: a snapshot streams in many InstallSnapshot messages.
             snapshot_max_chunk_size: 1 << 20,
+            // A chunk may wait for the node's snapshot bandwidth limit.
+            install_snapshot_timeout: 10_000,
             ..Default::default()
         }
     }
@@ -109,6 +113,7 @@ const NODE_ID_KEY: &[u8] = b"node/id";
 /// Runs a shard node until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     metrics::init();
+    redraft_raft_storage::network::limit_snapshot_bandwidth(config.snapshot_bandwidth);
     let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(addr) = config.http {
         let serving = serving.clone();
@@ -243,6 +248,7 @@ async fn heartbeat_loop(host: Arc<Host>, pd: PdClient) {
         let request = PdRequest::Heartbeat {
             node_id: host.node_id(),
             leaders: host.leaders(),
+            load: host.load(),
         };
         if let Err(e) = pd.call(&request, Duration::from_secs(2)).await {
             tracing::debug!(error = %e, "heartbeat failed");
