@@ -154,6 +154,16 @@ impl Load {
 #[test]
 fn fourth_node_joins_under_load_and_replicas_even_out() {
     let mut cluster = TestCluster::start(3);
+    // 20,000 keys of 100-byte values besides the client's own, so moves carry data.
+    let mut conn = Resp::connect(cluster.proxy());
+    let value = "v".repeat(100);
+    let mut user_bytes = 0;
+    for batch in 0..200 {
+        let pairs: Vec<String> = (0..100).map(|i| format!("bulk{}-{i} {value}", batch)).collect();
+        user_bytes += pairs.iter().map(|p| p.len() - 1).sum::<usize>();
+        assert_eq!(conn.cmd(&format!("MSET {}", pairs.join(" "))), Frame::ok());
+    }
+    let sent_before = snapshot_bytes_sent(&cluster);
     let load = Load::start(&cluster);
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
@@ -161,6 +171,16 @@ fn fourth_node_joins_under_load_and_replicas_even_out() {
     let joined = cluster.add_node();
     let balanced = wait_balanced(&cluster, 4);
     let balanced_at = Instant::now();
+    // Ideal: the new node ends with its share, 3 copies of the data over 4 nodes.
+    let moved = snapshot_bytes_sent(&cluster) - sent_before;
+    let (_, metrics) = crate::harness::http_get(cluster.cluster.nodes[3].http.unwrap(), "/metrics");
+    let installed: Vec<&str> = metrics.lines().filter(|l| l.contains("snapshots_total{")).collect();
+    eprintln!("{joined} snapshots: {installed:?}");
+    let ideal = user_bytes as f64 * 3.0 / 4.0;
+    eprintln!(
+        "snapshot bytes sent {moved} for {user_bytes} bytes of keys and values: {:.2}x the ideal 3/4 share",
+        moved as f64 / ideal
+    );
     let before = load.write_latency(started, join_at);
     let during = load.write_latency(join_at, balanced_at);
     eprintln!(
@@ -197,6 +217,21 @@ fn decommissioned_node_is_drained_under_load() {
     // Nothing acknowledged may be lost. Writes in flight while a shard's
     // leadership moves may time out with an unknown outcome (reported, not lost).
     load.finish(&cluster, true);
+}
+
+/// Snapshot bytes all shard nodes have sent so far.
+fn snapshot_bytes_sent(cluster: &TestCluster) -> u64 {
+    cluster
+        .cluster
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            let (_, body) = crate::harness::http_get(n.http?, "/metrics");
+            body.lines()
+                .find_map(|l| l.strip_prefix("redraft_raft_snapshot_sent_bytes_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// `redraft_proxy_routing_version` of the proxy whose HTTP endpoint is `http`.

@@ -432,7 +432,7 @@ impl Host {
         let Some(group) = self.group(shard) else {
             return NodeResponse::NoShard;
         };
-        if let Err(e) = self.snapshot_past_reshape(shard, &group).await {
+        if let Err(e) = self.snapshot_for_new_replica(shard, &group).await {
             return NodeResponse::Unknown(e.to_string());
         }
         let added = tokio::time::timeout(
@@ -442,28 +442,35 @@ impl Host {
         self.membership_answer(&group, added.await)
     }
 
-    /// Makes sure a new replica of `shard` starts from a snapshot taken after the
-    /// last split or merge entry rather than replaying it: replaying a merge needs
-    /// the retired shard's data, which a new node never had. Snapshots, then
-    /// purges the log up to that entry when the log still holds it.
-    async fn snapshot_past_reshape(&self, shard: ShardId, group: &Group) -> Result<()> {
-        let Some(index) = state_machine::reshaped_at(&self.engine, shard) else {
-            return Ok(());
-        };
-        let purged = group.raft.metrics().borrow().purged.map_or(0, |l| l.index);
-        if purged >= index {
-            return Ok(());
-        }
-        let covered = |m: &openraft::RaftMetrics<u64, BasicNode>| m.snapshot.is_some_and(|s| s.index >= index);
+    /// Makes a new replica of `shard` start from a fresh snapshot rather than by
+    /// replaying the whole log: a snapshot carries each key once where the log
+    /// carries every overwrite, and replaying a merge entry would need the retired
+    /// shard's data, which a new node never had. Snapshots, then purges the log
+    /// up to the snapshot, but never past what a current follower still needs.
+    async fn snapshot_for_new_replica(&self, shard: ShardId, group: &Group) -> Result<()> {
+        let applied = group.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let reshaped = state_machine::reshaped_at(&self.engine, shard).unwrap_or(0);
+        let wanted = applied.max(reshaped);
+        let covered = |m: &openraft::RaftMetrics<u64, BasicNode>| m.snapshot.is_some_and(|s| s.index >= wanted);
         if !covered(&group.raft.metrics().borrow()) {
             group.raft.trigger().snapshot().await?;
             group
                 .raft
                 .wait(Some(MEMBERSHIP_TIMEOUT))
-                .metrics(covered, "snapshot after reshape")
+                .metrics(covered, "snapshot for a new replica")
                 .await?;
         }
-        group.raft.trigger().purge_log(index).await?;
+        let metrics = group.raft.metrics().borrow().clone();
+        let snapshot = metrics.snapshot.map_or(0, |s| s.index);
+        let followers_need = metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.values().map(|m| m.map_or(0, |l| l.index)).min())
+            .unwrap_or(snapshot);
+        let upto = snapshot.min(followers_need);
+        if upto > metrics.purged.map_or(0, |l| l.index) {
+            group.raft.trigger().purge_log(upto).await?;
+        }
         Ok(())
     }
 
