@@ -10,12 +10,27 @@ use std::time::Duration;
 use redraft::local::{Cluster, MemberSpec};
 use redraft_common::resp::Frame;
 
+/// Next port to try; below the kernel's ephemeral range (32768 and up), so the
+/// client sockets of other tests, which get ephemeral ports, never take a port
+/// handed out here before its process binds it. Never the same port twice in
+/// one test run.
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// A free port on 127.0.0.1 (TCP and UDP both free at the time of the call).
 pub fn free_port() -> u16 {
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        FIRST + (std::process::id() % 20) * 600,
+        std::sync::atomic::Ordering::SeqCst,
+        std::sync::atomic::Ordering::SeqCst,
+    );
     loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        let n = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let port = (FIRST + (n - FIRST) % SPAN) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        if tcp.is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
