@@ -162,6 +162,10 @@ struct NodeArgs {
     /// catch-up); 0 for no limit.
     #[arg(long, default_value_t = 64)]
     snapshot_mib_per_sec: u64,
+    /// Seconds without writes after which a shard's Raft timers stop
+    /// (heartbeats, elections); 0 keeps them always running.
+    #[arg(long, default_value_t = 5)]
+    quiesce_after_secs: u64,
 }
 
 #[derive(Args)]
@@ -539,6 +543,7 @@ async fn run(command: Command) -> Result<()> {
                 },
                 http: a.operator.http,
                 snapshot_bandwidth: a.snapshot_mib_per_sec.saturating_mul(1 << 20),
+                quiesce_after: (a.quiesce_after_secs > 0).then(|| std::time::Duration::from_secs(a.quiesce_after_secs)),
             };
             redraft_node::run(config, shutdown_signal()).await
         }

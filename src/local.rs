@@ -58,6 +58,10 @@ pub struct UpArgs {
     /// Return once the cluster is ready and leave it running in the background.
     #[arg(long)]
     pub detach: bool,
+    /// An extra argument for every shard node, e.g. `--node-arg=--quiesce-after-secs=0`
+    /// (repeatable; kept in `up.json` for restarts).
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    pub node_args: Vec<String>,
 }
 
 /// What kind of member a process is.
@@ -366,6 +370,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
             );
             c.shards = args.shards.unwrap_or(0);
             c.fsync = args.fsync.clone();
+            c.node_args = args.node_args.clone();
             c
         }
     };

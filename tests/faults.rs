@@ -13,6 +13,8 @@ use std::time::Duration;
 use redraft_loadtest::check::{run, CheckConfig};
 use redraft_loadtest::linearizability::{check, describe, Verdict};
 
+use redraft_common::resp::Frame;
+
 use crate::harness::{Partitions, TestCluster};
 
 fn scenario_secs() -> u64 {
@@ -144,4 +146,39 @@ fn leaders_transferred_under_load() {
             2 * shards.len()
         );
     });
+}
+
+#[test]
+fn quiesced_shards_fail_over_when_their_leader_dies() {
+    let mut c = TestCluster::start(3);
+    let mut conn = crate::harness::Resp::connect(c.proxy());
+    for i in 0..60 {
+        assert_eq!(conn.cmd(&format!("SET q{i} v{i}")), Frame::ok());
+    }
+    // Idle shards stop their Raft timers: no heartbeats, no election timers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for node in ["node-1", "node-2", "node-3"] {
+        while crate::harness::gauge(&c, node, "redraft_node_quiesced_replicas") != Some(6) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{node} did not quiesce its shards"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let leader = c.busiest_leader();
+    c.kill9(&leader);
+    let killed = std::time::Instant::now();
+    // Every shard, including those the dead node led, serves reads and writes
+    // again: followers notice the dead node by its missing pings and elect.
+    let mut conn = crate::harness::Resp::connect(c.proxy());
+    for i in 0..60 {
+        assert_eq!(
+            conn.cmd(&format!("GET q{i}")),
+            Frame::bulk(format!("v{i}").as_str()),
+            "q{i}"
+        );
+        assert_eq!(conn.cmd(&format!("SET q{i} w{i}")), Frame::ok(), "q{i}");
+    }
+    eprintln!("{leader} killed; every shard served again after {:?}", killed.elapsed());
 }

@@ -409,6 +409,16 @@ impl TestCluster {
     }
 }
 
+/// The value of an unlabelled gauge on a member's `/metrics`.
+pub fn gauge(cluster: &TestCluster, member: &str, name: &str) -> Option<i64> {
+    let http = cluster.cluster.members().find(|m| m.name == member)?.http?;
+    std::net::TcpStream::connect(http).ok()?; // not listening yet after a restart
+    let (_, body) = http_get(http, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// `GET path` on a member's HTTP endpoint: status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();

@@ -401,16 +401,6 @@ fn busy_shard_is_split_automatically() {
     load.finish(&cluster, false);
 }
 
-/// The value of an unlabelled gauge on a member's `/metrics`.
-fn gauge(cluster: &TestCluster, member: &str, name: &str) -> Option<i64> {
-    let http = cluster.cluster.members().find(|m| m.name == member)?.http?;
-    std::net::TcpStream::connect(http).ok()?; // not listening yet after a restart
-    let (_, body) = crate::harness::http_get(http, "/metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn node_down_past_the_timeout_rejoins_without_stale_replicas() {
     // Manual balancing: nothing moves onto node 4 unless an operator asks, so its
@@ -446,12 +436,15 @@ fn node_down_past_the_timeout_rejoins_without_stale_replicas() {
     cluster.restart("node-4");
     // Back, it learns it owns nothing and deletes its stale copies.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while gauge(&cluster, "node-4", "redraft_node_replicas") != Some(0) {
+    while crate::harness::gauge(&cluster, "node-4", "redraft_node_replicas") != Some(0) {
         assert!(Instant::now() < deadline, "node 4 kept stale replicas");
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(gauge(&cluster, "node-4", "redraft_node_replicas"), Some(0));
+    assert_eq!(
+        crate::harness::gauge(&cluster, "node-4", "redraft_node_replicas"),
+        Some(0)
+    );
     load.finish(&cluster, true);
     // An operator's rebalance uses it again, with fresh copies.
     rebalance(&cluster);

@@ -52,6 +52,9 @@ pub enum NodeRequest {
     /// Scheduler, to any replica: the index of the last entry this replica of
     /// `shard` has applied, as `Reply(:index)`, or `NoShard`.
     Applied { shard: ShardId },
+    /// Node-level liveness between shard nodes: `Reply(+PONG)`. Replicas of idle
+    /// shards stop their Raft timers and rely on this to notice a dead leader.
+    Ping,
 }
 
 /// A shard node's answer.

@@ -20,6 +20,7 @@ pub mod check;
 pub mod client;
 pub mod compare;
 pub mod history;
+pub mod idle;
 pub mod linearizability;
 pub mod report;
 pub mod runner;

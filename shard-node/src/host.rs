@@ -10,6 +10,18 @@
 //! followed by a read of RocksDB. The scheduler's membership operations (add a
 //! learner, change voters, campaign) run here on the shard's leader.
 //!
+//! QUIESCENCE. A group whose log has not grown for a while (`--quiesce-after-secs`,
+//! 5 s by default) stops its
+//! Raft timer on every replica (openraft's tick): no heartbeats from its leader,
+//! no election timers on its followers, so thousands of idle groups cost nothing.
+//! Safety does not depend on it: a quiesced leader still confirms its leadership
+//! with a quorum round before every read, and commits writes with a quorum. What
+//! replaces the per-group heartbeat is one node-level ping per peer
+//! ([`Host::watch_peers`]): a follower restarts its timer as soon as its leader's
+//! node stops answering (and then elects a new leader at once, its lease having
+//! long expired), or when the group is active again. A leader restarts its timer
+//! at the first request.
+//!
 //! SPLITS. A shard created by a split is started by the node's own replica of the
 //! parent when it applies the split ([`Host::follow_reshapes`]); the routing table
 //! creates it here only once the local parent no longer owns its vnodes (or there
@@ -49,6 +61,25 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a read may wait for the leadership check.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often idle groups are looked for.
+pub const QUIESCE_CHECK: Duration = Duration::from_millis(500);
+/// How often every peer node is pinged.
+const PING_EVERY: Duration = Duration::from_millis(250);
+/// A peer that has not answered a ping for this long counts as down: about the
+/// election timeout, so a dead leader is replaced about as fast as without
+/// quiescence.
+const PEER_DOWN_AFTER: Duration = Duration::from_millis(1200);
+
+/// What the quiescence check remembers about a group.
+#[derive(Clone, Copy, Debug)]
+struct Activity {
+    /// Last log index seen.
+    last_index: u64,
+    /// When it last changed (or the group was last woken).
+    changed_at: std::time::Instant,
+    /// Whether the group's Raft timer runs.
+    ticking: bool,
+}
 
 /// One hosted replica.
 pub struct Group {
@@ -96,6 +127,14 @@ pub struct Host {
     expiry_cursor: DashMap<ShardId, Vec<u8>>,
     reshapes: tokio::sync::mpsc::UnboundedSender<Reshaped>,
     reshaped: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Reshaped>>>,
+    /// Quiescence state of each group.
+    activity: DashMap<ShardId, Activity>,
+    /// Idle time after which a group's Raft timer stops (`None`: never).
+    quiesce_after: Option<Duration>,
+    /// Peer nodes and their addresses, from the routing table.
+    peers: std::sync::RwLock<Vec<(NodeId, std::net::SocketAddr)>>,
+    /// When each peer node last answered a ping.
+    peer_seen: DashMap<NodeId, std::time::Instant>,
 }
 
 impl Host {
@@ -106,6 +145,7 @@ impl Host {
         endpoint: Endpoint,
         raft_config: Config,
         snapshot_dir: PathBuf,
+        quiesce_after: Option<Duration>,
     ) -> Result<Host> {
         let (reshapes, reshaped) = tokio::sync::mpsc::unbounded_channel();
         Ok(Host {
@@ -120,6 +160,10 @@ impl Host {
             expiry_cursor: DashMap::new(),
             reshapes,
             reshaped: std::sync::Mutex::new(Some(reshaped)),
+            activity: DashMap::new(),
+            quiesce_after,
+            peers: std::sync::RwLock::new(Vec::new()),
+            peer_seen: DashMap::new(),
         })
     }
 
@@ -189,6 +233,12 @@ impl Host {
     /// Creates the groups the routing table assigns to this node and does not exist yet.
     pub async fn sync_with(&self, table: &RoutingTable) -> Result<()> {
         let _one_at_a_time = self.creating.lock().await;
+        *self.peers.write().expect("peers lock") = table
+            .nodes
+            .values()
+            .filter(|n| n.id != self.node_id)
+            .filter_map(|n| Some((n.id, n.addr.parse().ok()?)))
+            .collect();
         // Replicas moved away: stop and delete them.
         let gone: Vec<ShardId> = self
             .groups
@@ -277,6 +327,102 @@ impl Host {
                     }
                 }
                 Err(e) => tracing::error!(shard_id = child, error = %e, "could not start split shard"),
+            }
+        }
+    }
+
+    /// Pings every peer node forever, recording who answers.
+    pub async fn watch_peers(self: Arc<Self>) {
+        loop {
+            let peers = self.peers.read().expect("peers lock").clone();
+            let pings = peers.into_iter().map(|(node, addr)| {
+                let endpoint = self.endpoint.clone();
+                async move {
+                    let answer = endpoint
+                        .call::<_, NodeResponse>(addr, &wire::NodeRequest::Ping, PING_EVERY * 2)
+                        .await;
+                    (node, answer.is_ok())
+                }
+            });
+            for (node, answered) in futures::future::join_all(pings).await {
+                if answered {
+                    self.peer_seen.insert(node, std::time::Instant::now());
+                }
+            }
+            tokio::time::sleep(PING_EVERY).await;
+        }
+    }
+
+    fn peer_is_up(&self, node: NodeId) -> bool {
+        node == self.node_id || self.peer_seen.get(&node).is_some_and(|t| t.elapsed() < PEER_DOWN_AFTER)
+    }
+
+    /// Stops the Raft timers of idle groups and restarts them where needed (see
+    /// QUIESCENCE above). Cheap: reads each group's metrics, no I/O.
+    pub fn quiesce_idle(&self) {
+        let now = std::time::Instant::now();
+        let mut quiet = 0;
+        for entry in self.groups.iter() {
+            let (shard, group) = (*entry.key(), entry.value());
+            let m = group.raft.metrics().borrow().clone();
+            let last_index = m.last_log_index.unwrap_or(0);
+            let mut activity = self.activity.entry(shard).or_insert(Activity {
+                last_index,
+                changed_at: now,
+                ticking: true,
+            });
+            if activity.last_index != last_index {
+                activity.last_index = last_index;
+                activity.changed_at = now;
+            }
+            let idle = self
+                .quiesce_after
+                .is_some_and(|after| now.duration_since(activity.changed_at) >= after);
+            let settled = match (&m.replication, m.current_leader) {
+                // A leader waits until every member has its whole log.
+                (Some(replication), Some(leader)) if leader == self.node_id => replication
+                    .values()
+                    .all(|matched| matched.map_or(0, |l| l.index) == last_index),
+                // A follower or learner, while its leader's node answers pings.
+                (_, Some(leader)) => leader != self.node_id && self.peer_is_up(leader),
+                _ => false,
+            };
+            let ticking = !(idle && settled);
+            if ticking != activity.ticking {
+                group.raft.runtime_config().tick(ticking);
+                activity.ticking = ticking;
+                tracing::debug!(shard_id = shard, ticking, "raft timer switched");
+                // Woken because the leader's node is down: every follower's timer
+                // has long expired, so all would campaign at once and split the
+                // vote. The lowest live voter campaigns now; the others' vote for
+                // it resets their timers.
+                let leader_down = m
+                    .current_leader
+                    .is_some_and(|l| l != self.node_id && !self.peer_is_up(l));
+                let first = m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .filter(|v| Some(*v) != m.current_leader && self.peer_is_up(*v))
+                    .min();
+                if leader_down && first == Some(self.node_id) {
+                    let raft = group.raft.clone();
+                    tokio::spawn(async move { raft.trigger().elect().await });
+                }
+            }
+            quiet += usize::from(!ticking);
+        }
+        self.activity.retain(|shard, _| self.groups.contains_key(shard));
+        metrics::QUIESCED.set(quiet as i64);
+    }
+
+    /// Restarts a group's Raft timer before serving a request on it.
+    fn wake(&self, shard: ShardId, group: &Group) {
+        if let Some(mut activity) = self.activity.get_mut(&shard) {
+            activity.changed_at = std::time::Instant::now();
+            if !activity.ticking {
+                group.raft.runtime_config().tick(true);
+                activity.ticking = true;
             }
         }
     }
@@ -375,6 +521,7 @@ impl Host {
         let Some(group) = self.group(shard) else {
             return NodeResponse::NoShard;
         };
+        self.wake(shard, &group);
         match op {
             ShardOp::Read(read) => match tokio::time::timeout(READ_TIMEOUT, group.raft.ensure_linearizable()).await {
                 Err(_) => NodeResponse::NotLeader { leader: None },
@@ -432,6 +579,7 @@ impl Host {
         let Some(group) = self.group(shard) else {
             return NodeResponse::NoShard;
         };
+        self.wake(shard, &group);
         if let Err(e) = self.snapshot_for_new_replica(shard, &group).await {
             return NodeResponse::Unknown(e.to_string());
         }
@@ -479,6 +627,7 @@ impl Host {
         let Some(group) = self.group(shard) else {
             return NodeResponse::NoShard;
         };
+        self.wake(shard, &group);
         let voters: BTreeSet<NodeId> = voters.into_iter().collect();
         let changed = tokio::time::timeout(MEMBERSHIP_TIMEOUT, group.raft.change_membership(voters, false));
         self.membership_answer(&group, changed.await)
@@ -511,6 +660,7 @@ impl Host {
         let Some(group) = self.group(shard) else {
             return NodeResponse::NoShard;
         };
+        self.wake(shard, &group);
         if let Err(e) = group.raft.trigger().elect().await {
             return NodeResponse::Unknown(e.to_string());
         }

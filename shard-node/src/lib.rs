@@ -61,6 +61,8 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// Snapshot bytes per second this node may send (replica moves); 0: no limit.
     pub snapshot_bandwidth: u64,
+    /// Idle time after which a shard's Raft timers stop; `None`: never.
+    pub quiesce_after: Option<Duration>,
 }
 
 /// Raft timing knobs, kept together.
@@ -159,6 +161,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         endpoint.clone(),
         config.raft.to_config(),
         config.data_dir.join("snapshots"),
+        config.quiesce_after,
     )?);
     let reshapes = tokio::spawn(host.clone().follow_reshapes());
     let reopened = host.reopen_groups().await?;
@@ -171,6 +174,16 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         tokio::spawn(async move { endpoint.serve(move |bytes| handle(host.clone(), bytes)).await })
     };
     let heartbeat = tokio::spawn(heartbeat_loop(host.clone(), pd.clone()));
+    let liveness = tokio::spawn(host.clone().watch_peers());
+    let quiesce = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(host::QUIESCE_CHECK).await;
+                host.quiesce_idle();
+            }
+        })
+    };
     let watch = tokio::spawn(watch_loop(host.clone(), pd.clone()));
     let expiry = {
         let host = host.clone();
@@ -183,7 +196,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     };
     shutdown.await;
     tracing::info!(node_id, "shard node stopping");
-    for task in [heartbeat, watch, expiry, serve, reshapes] {
+    for task in [heartbeat, watch, expiry, serve, reshapes, liveness, quiesce] {
         task.abort();
     }
     host.shutdown().await;
@@ -226,6 +239,7 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
         NodeRequest::AddLearner { shard, node, addr } => host.add_learner(shard, node, addr).await,
         NodeRequest::ChangeVoters { shard, voters } => host.change_voters(shard, voters).await,
         NodeRequest::Applied { shard } => host.applied(shard),
+        NodeRequest::Ping => NodeResponse::Reply(redraft_common::resp::Frame::Simple("PONG".into())),
         // Requests of a batch run concurrently; openraft then batches their entries.
         NodeRequest::Batch(requests) => {
             NodeResponse::Batch(futures::future::join_all(requests.into_iter().map(|r| Box::pin(serve(host, r)))).await)
@@ -241,14 +255,23 @@ const EXPIRY_SCAN_BUDGET: usize = 2000;
 /// Heartbeat period: liveness and leader hints for the PD.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
+/// Shard load (applied index, size) goes with every this many heartbeats: the
+/// placement driver judges write rates over seconds, and sizes cost a RocksDB
+/// lookup per vnode range.
+const LOAD_EVERY: u64 = 4;
+
 async fn heartbeat_loop(host: Arc<Host>, pd: PdClient) {
     let mut led = std::collections::BTreeSet::new();
-    loop {
+    for beat in 0u64.. {
         led = host.observe(&led);
         let request = PdRequest::Heartbeat {
             node_id: host.node_id(),
             leaders: host.leaders(),
-            load: host.load(),
+            load: if beat % LOAD_EVERY == 0 {
+                host.load()
+            } else {
+                Vec::new()
+            },
         };
         if let Err(e) = pd.call(&request, Duration::from_secs(2)).await {
             tracing::debug!(error = %e, "heartbeat failed");

@@ -33,6 +33,8 @@ metric!(APPLIED_ENTRIES: IntCounter = register_int_counter!(
     "redraft_node_applied_entries_total", "Committed entries applied to state machines"));
 metric!(LEADERS: IntGauge = register_int_gauge!("redraft_node_leaders", "Shards this node leads"));
 metric!(REPLICAS: IntGauge = register_int_gauge!("redraft_node_replicas", "Shard replicas hosted on this node"));
+metric!(QUIESCED: IntGauge = register_int_gauge!(
+    "redraft_node_quiesced_replicas", "Replicas of idle shards whose Raft timers are stopped"));
 metric!(LEADER_CHANGES: IntCounter = register_int_counter!(
     "redraft_node_leader_changes_total", "Times this node gained or lost the leadership of a shard"));
 metric!(REPLICATION_LAG: IntGauge = register_int_gauge!(
@@ -59,6 +61,7 @@ pub fn init() {
     LazyLock::force(&APPLIED_ENTRIES);
     LazyLock::force(&LEADERS);
     LazyLock::force(&REPLICAS);
+    LazyLock::force(&QUIESCED);
     LazyLock::force(&LEADER_CHANGES);
     LazyLock::force(&REPLICATION_LAG);
     LazyLock::force(&ROCKSDB_BYTES);

@@ -38,6 +38,33 @@ enum Command {
     /// Record a history of concurrent operations and check it for linearizability.
     /// Exits with 1 on a violation, 2 when the checker's time budget ran out.
     Check(CheckArgs),
+    /// Measure the idle CPU and memory of shard nodes hosting many shards:
+    /// starts `redraft up --detach` with each shard count in turn.
+    Idle {
+        /// Shard counts to measure, comma-separated (with 3 nodes, each node
+        /// hosts a replica of every shard).
+        #[arg(long, default_value = "1000,5000", value_delimiter = ',')]
+        shards: Vec<u32>,
+        /// The `redraft` binary (default: next to this one).
+        #[arg(long)]
+        redraft: Option<PathBuf>,
+        /// Seconds between "ready" and the measurement.
+        #[arg(long, default_value_t = 30)]
+        settle_secs: u64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 30)]
+        measure_secs: u64,
+        /// Folder for the clusters' data (each removed afterwards).
+        #[arg(long, default_value = "/tmp/redraft-idle")]
+        work: PathBuf,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// An extra argument for every shard node (repeatable), e.g.
+        /// `--node-arg=--quiesce-after-secs=0` to measure without quiescence.
+        #[arg(long = "node-arg", allow_hyphen_values = true)]
+        node_args: Vec<String>,
+    },
     /// Draw a comparison chart of result files.
     Plot {
         /// Result files written by `run --json`.
@@ -183,6 +210,44 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::Check(args) => check(args).await,
+        Command::Idle {
+            shards,
+            redraft,
+            settle_secs,
+            measure_secs,
+            work,
+            json,
+            node_args,
+        } => {
+            let redraft = match redraft {
+                Some(path) => path,
+                None => std::env::current_exe()?.with_file_name("redraft"),
+            };
+            let config = redraft_loadtest::idle::IdleConfig {
+                redraft,
+                nodes: 3,
+                settle: std::time::Duration::from_secs(settle_secs),
+                window: std::time::Duration::from_secs(measure_secs),
+                port: 16379,
+                base_port: 17100,
+                node_args,
+            };
+            let mut all = Vec::new();
+            for count in shards {
+                let measured = tokio::task::block_in_place(|| redraft_loadtest::idle::measure(&config, count, &work))?;
+                for node in &measured {
+                    println!(
+                        "{:>6} shards  {:<8} cpu {:>5.1}% of a core  rss {:>6.1} MiB",
+                        node.shards, node.node, node.cpu_percent, node.rss_mib
+                    );
+                }
+                all.extend(measured);
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&all)?)?;
+            }
+            Ok(())
+        }
         Command::Plot { files, out } => {
             let mut results = Vec::new();
             for f in files {
