@@ -238,6 +238,8 @@ impl Cluster {
                     .args(["--initial-nodes", &self.nodes.len().min(3).to_string()])
                     .args(["--shards", &self.shards.to_string()])
                     .args(["--replicas", &self.nodes.len().min(3).to_string()])
+                    // Every shard needs a virtual node of its own.
+                    .args(["--vnodes", &self.shards.max(1024).to_string()])
                     .args(&self.placement_args);
             }
             Role::Node => {

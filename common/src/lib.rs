@@ -9,6 +9,7 @@
 pub mod http;
 pub mod ids;
 pub mod keys;
+pub mod node_links;
 pub mod ops;
 pub mod pd_client;
 pub mod resp;

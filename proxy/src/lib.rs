@@ -5,7 +5,6 @@
 //! | [`connection`] | one client: parse, execute in order, reply (pipelining) |
 //! | [`cmd`] | the command table: parsing to shard operations, split and merge |
 //! | [`route`] | the routing-table cache, leader hints, retries |
-//! | [`pool`] | requests to shard nodes, batched per node |
 //! | [`reply`] | proxy errors and their wire strings |
 //! | [`info`] | INFO |
 //!
@@ -16,7 +15,6 @@ pub mod cmd;
 pub mod connection;
 pub mod info;
 pub mod metrics;
-pub mod pool;
 pub mod reply;
 pub mod route;
 

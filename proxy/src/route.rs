@@ -25,8 +25,8 @@ use redraft_common::routing::RoutingTable;
 use redraft_common::transport::{CallError, Endpoint};
 use redraft_common::wire::{NodeRequest, NodeResponse};
 
-use crate::pool::NodeLinks;
 use crate::reply::Error;
+use redraft_common::node_links::NodeLinks;
 
 /// How long the proxy keeps retrying a command before answering an error.
 /// Covers an election (1-2 s) with room to spare, well below client timeouts.

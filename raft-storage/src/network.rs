@@ -2,7 +2,9 @@
 //!
 //! Every group gets a cheap [`GroupNetwork`] factory; all of them share the
 //! process's single [`Endpoint`], so the RPCs of every group to one peer ride one
-//! QUIC connection, each on its own stream, tagged with the group id.
+//! QUIC connection, tagged with the group id. Shard groups go through the
+//! process's [`NodeLinks`]: when many groups talk to one peer at once (heartbeats,
+//! appends), their messages leave together in one batch on one stream.
 //!
 //! Generic over the group's type configuration and over the envelope ([`RaftWire`]),
 //! so shard groups (in `NodeRequest`) and the placement group (in `PdRequest`)
@@ -28,6 +30,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use openraft::RaftTypeConfig;
 use redraft_common::ids::ShardId;
+use redraft_common::node_links::NodeLinks;
 use redraft_common::transport::{CallError, Endpoint};
 use redraft_common::wire::{self, NodeRequest, NodeResponse, PdRequest, PdResponse, RaftKind};
 use serde::de::DeserializeOwned;
@@ -80,6 +83,15 @@ pub trait RaftWire: Send + Sync + 'static {
     fn wrap(group: ShardId, kind: RaftKind, payload: Vec<u8>) -> Self::Request;
     /// Unwraps the answer to a Raft RPC: the encoded result, or why there is none.
     fn unwrap(response: Self::Response) -> Result<Vec<u8>, String>;
+    /// What messages travel over (shared by every group of the process).
+    type Link: Clone + Send + Sync + 'static;
+    /// Sends one request and waits for its answer.
+    fn call(
+        link: &Self::Link,
+        addr: SocketAddr,
+        request: Self::Request,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Self::Response, CallError>> + Send;
 }
 
 /// Shard groups: `NodeRequest::Raft`.
@@ -96,6 +108,26 @@ impl RaftWire for NodeWire {
             NodeResponse::Raft(result) => result,
             other => Err(format!("unexpected answer {other:?}")),
         }
+    }
+    type Link = std::sync::Arc<NodeLinks>;
+    async fn call(
+        link: &Self::Link,
+        addr: SocketAddr,
+        request: NodeRequest,
+        timeout: Duration,
+    ) -> Result<NodeResponse, CallError> {
+        // A snapshot chunk is big and slow to install: batched, it would hold up
+        // the heartbeats that share its batch.
+        if matches!(
+            request,
+            NodeRequest::Raft {
+                kind: RaftKind::InstallSnapshot,
+                ..
+            }
+        ) {
+            return link.endpoint().call(addr, &request, timeout).await;
+        }
+        link.call(addr, request, timeout).await
     }
 }
 
@@ -114,34 +146,43 @@ impl RaftWire for PdWire {
             other => Err(format!("unexpected answer {other:?}")),
         }
     }
+    type Link = Endpoint;
+    async fn call(
+        link: &Endpoint,
+        addr: SocketAddr,
+        request: PdRequest,
+        timeout: Duration,
+    ) -> Result<PdResponse, CallError> {
+        link.call(addr, &request, timeout).await
+    }
 }
 
 /// Creates connections for one group.
-pub struct GroupNetwork<C, W> {
+pub struct GroupNetwork<C, W: RaftWire> {
     /// The group id carried on every message.
     pub group: ShardId,
-    /// The process's endpoint.
-    pub endpoint: Endpoint,
+    /// What the process's messages travel over.
+    pub link: W::Link,
     _types: std::marker::PhantomData<fn() -> (C, W)>,
 }
 
-impl<C, W> GroupNetwork<C, W> {
-    /// The network of `group` over `endpoint`.
-    pub fn new(group: ShardId, endpoint: Endpoint) -> Self {
+impl<C, W: RaftWire> GroupNetwork<C, W> {
+    /// The network of `group` over the process's `link`.
+    pub fn new(group: ShardId, link: W::Link) -> Self {
         GroupNetwork {
             group,
-            endpoint,
+            link,
             _types: std::marker::PhantomData,
         }
     }
 }
 
 /// One group's link to one peer.
-pub struct PeerLink<C, W> {
+pub struct PeerLink<C, W: RaftWire> {
     group: ShardId,
     target: u64,
     addr: Option<SocketAddr>,
-    endpoint: Endpoint,
+    link: W::Link,
     _types: std::marker::PhantomData<fn() -> (C, W)>,
 }
 
@@ -159,7 +200,7 @@ where
             group: self.group,
             target,
             addr: node.addr.parse().ok(),
-            endpoint: self.endpoint.clone(),
+            link: self.link.clone(),
             _types: std::marker::PhantomData,
         }
     }
@@ -180,7 +221,7 @@ impl<C, W: RaftWire> PeerLink<C, W> {
             )))));
         };
         let request = W::wrap(self.group, kind, wire::encode(req));
-        let response: W::Response = self.endpoint.call(addr, &request, timeout).await.map_err(|e| match e {
+        let response: W::Response = W::call(&self.link, addr, request, timeout).await.map_err(|e| match e {
             CallError::NotSent { .. } => RpcError::Unreachable(Unreachable::new(&e)),
             CallError::Unknown { .. } => RpcError::Network(NetworkError::new(&e)),
         })?;

@@ -127,6 +127,8 @@ pub struct Host {
     expiry_cursor: DashMap<ShardId, Vec<u8>>,
     reshapes: tokio::sync::mpsc::UnboundedSender<Reshaped>,
     reshaped: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Reshaped>>>,
+    /// Batched links to peer nodes, shared by every group's Raft messages.
+    links: Arc<redraft_common::node_links::NodeLinks>,
     /// Quiescence state of each group.
     activity: DashMap<ShardId, Activity>,
     /// Idle time after which a group's Raft timer stops (`None`: never).
@@ -151,7 +153,7 @@ impl Host {
         Ok(Host {
             node_id,
             engine,
-            endpoint,
+            endpoint: endpoint.clone(),
             raft_config: Arc::new(raft_config.validate().context("invalid Raft configuration")?),
             snapshot_dir,
             groups: DashMap::new(),
@@ -160,6 +162,7 @@ impl Host {
             expiry_cursor: DashMap::new(),
             reshapes,
             reshaped: std::sync::Mutex::new(Some(reshaped)),
+            links: Arc::new(redraft_common::node_links::NodeLinks::new(endpoint.clone())),
             activity: DashMap::new(),
             quiesce_after,
             peers: std::sync::RwLock::new(Vec::new()),
@@ -215,7 +218,7 @@ impl Host {
             self.snapshot_dir.join(shard.to_string()),
             Some(self.reshapes.clone()),
         )?;
-        let network = GroupNetwork::<_, NodeWire>::new(shard, self.endpoint.clone());
+        let network = GroupNetwork::<_, NodeWire>::new(shard, self.links.clone());
         let raft = typ::Raft::new(
             self.node_id,
             self.raft_config.clone(),

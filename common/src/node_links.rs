@@ -1,4 +1,6 @@
-//! Requests to shard nodes, batched per node.
+//! Requests to shard nodes, batched per node: the proxy's commands and the shard
+//! nodes' Raft messages (every group's heartbeats and appends to one peer share
+//! its batches).
 //!
 //! Every node gets a batcher task. Requests that arrive while the node already has
 //! [`MAX_IN_FLIGHT`] batches outstanding wait and leave together as one
@@ -11,9 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use redraft_common::transport::{CallError, Endpoint};
-use redraft_common::wire::{NodeRequest, NodeResponse};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::transport::{CallError, Endpoint};
+use crate::wire::{NodeRequest, NodeResponse};
 
 /// Batches in flight per node before requests start to queue into bigger batches.
 const MAX_IN_FLIGHT: usize = 4;
@@ -24,10 +27,13 @@ const QUEUE: usize = 4096;
 
 type Reply = oneshot::Sender<Result<NodeResponse, CallError>>;
 
+/// A queued request: what to send, how long its caller waits, where to answer.
+type Queued = (NodeRequest, Duration, Reply);
+
 /// Batched links to shard nodes.
 pub struct NodeLinks {
     endpoint: Endpoint,
-    links: DashMap<SocketAddr, mpsc::Sender<(NodeRequest, Reply)>>,
+    links: DashMap<SocketAddr, mpsc::Sender<Queued>>,
 }
 
 impl NodeLinks {
@@ -37,6 +43,11 @@ impl NodeLinks {
             endpoint,
             links: DashMap::new(),
         }
+    }
+
+    /// The endpoint, for messages that must not wait in a batch.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// Sends `request` to `addr` (possibly inside a batch) and waits for its answer.
@@ -51,7 +62,7 @@ impl NodeLinks {
             .entry(addr)
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(batcher(self.endpoint.clone(), addr, rx, timeout));
+                tokio::spawn(batcher(self.endpoint.clone(), addr, rx));
                 tx
             })
             .clone();
@@ -60,17 +71,18 @@ impl NodeLinks {
             addr,
             reason: "node link stopped".into(),
         };
-        link.send((request, reply)).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        link.send((request, timeout, reply)).await.map_err(|_| stopped())?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(answer) => answer.map_err(|_| stopped())?,
+            Err(_) => Err(CallError::Unknown {
+                addr,
+                reason: format!("timed out after {timeout:?}"),
+            }),
+        }
     }
 }
 
-async fn batcher(
-    endpoint: Endpoint,
-    addr: SocketAddr,
-    mut rx: mpsc::Receiver<(NodeRequest, Reply)>,
-    timeout: Duration,
-) {
+async fn batcher(endpoint: Endpoint, addr: SocketAddr, mut rx: mpsc::Receiver<Queued>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -86,18 +98,21 @@ async fn batcher(
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            send(&endpoint, addr, batch, timeout).await;
+            send(&endpoint, addr, batch).await;
         });
     }
 }
 
-async fn send(endpoint: &Endpoint, addr: SocketAddr, mut batch: Vec<(NodeRequest, Reply)>, timeout: Duration) {
+/// Sends a batch; it may take as long as its most patient request (each caller
+/// stops waiting at its own timeout).
+async fn send(endpoint: &Endpoint, addr: SocketAddr, mut batch: Vec<Queued>) {
     if batch.len() == 1 {
-        let (request, reply) = batch.pop().expect("one request");
+        let (request, timeout, reply) = batch.pop().expect("one request");
         let _ = reply.send(endpoint.call(addr, &request, timeout).await);
         return;
     }
-    let (requests, replies): (Vec<NodeRequest>, Vec<Reply>) = batch.into_iter().unzip();
+    let timeout = batch.iter().map(|(_, t, _)| *t).max().unwrap_or_default();
+    let (requests, replies): (Vec<NodeRequest>, Vec<Reply>) = batch.into_iter().map(|(r, _, a)| (r, a)).unzip();
     let n = replies.len();
     match endpoint.call(addr, &NodeRequest::Batch(requests), timeout).await {
         Ok(NodeResponse::Batch(answers)) if answers.len() == n => {
