@@ -6,7 +6,11 @@
 #   2. redraft-bench --compare for SET/GET at pipeline 1 and 16 (50 connections),
 #      JSON results and SVG charts into docs/bench/;
 #   3. redis-benchmark -t set,get -c 50 -P 1|16 against all three;
-#   4. the criterion micro-benchmarks.
+#   4. the criterion micro-benchmarks;
+#   5. the SET throughput curve: 1, 4, 16, 64 connections at pipeline 1 and 16,
+#      each point against redis-server appendfsync always in the same run;
+#   6. the idle cost of 1,000 and 5,000 shards per node, with and without
+#      quiescence (redraft-bench idle).
 # Usage: scripts/bench.sh [requests per run, default 100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,3 +62,17 @@ for b in "redraft-common codec" "redraft-node apply" "redraft-raft-storage log_a
   set -- $b
   cargo bench --profile dev -p "$1" --bench "$2" 2>/dev/null | grep -E "^[a-z].*/|time:|thrpt:|committer" || true
 done
+
+echo "## SET throughput curve (redraft-bench --compare; ratio against appendfsync always)"
+curve=$(( N / 5 ))
+for p in 1 16; do
+  for c in 1 4 16 64; do
+    echo "### SET c=$c P$p"
+    "$target/redraft-bench" run --target "127.0.0.1:$rport" --mix set -c "$c" -P "$p" -n "$curve" --compare \
+      --json "$out/curve-set-c$c-p$p.json"
+  done
+done
+
+echo "## idle cost (3 nodes, each hosting a replica of every shard)"
+"$target/redraft-bench" idle --shards 1000,5000 --json "$out/idle-quiesced.json"
+"$target/redraft-bench" idle --shards 1000,5000 --node-arg=--quiesce-after-secs=0 --json "$out/idle-ticking.json"
