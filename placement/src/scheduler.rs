@@ -367,7 +367,8 @@ fn exec(table: &RoutingTable, shard: ShardId, op: WriteOp) -> NodeRequest {
     }
 }
 
-/// Waits until `node`'s replica of `shard` has applied its log up to `index`.
+/// Waits until `node`'s replica of `shard` has applied its log up to `index`
+/// (with `index` 0: until the replica exists).
 async fn wait_applied(
     endpoint: &Endpoint,
     table: &RoutingTable,
@@ -450,6 +451,9 @@ pub async fn complete_move(
         .chain([*to])
         .collect();
     let moved = async {
+        // The target creates its empty replica when it sees the recorded learner;
+        // a snapshot sent before that would be refused and sent again.
+        wait_applied(endpoint, table, *shard, *to, 0).await?;
         to_leader(
             endpoint,
             table,

@@ -252,6 +252,14 @@ where
         rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcError<InstallSnapshotError>> {
+        tracing::debug!(
+            group = self.group,
+            target = self.target,
+            offset = rpc.offset,
+            bytes = rpc.data.len(),
+            done = rpc.done,
+            "sending snapshot chunk"
+        );
         pace_snapshot(rpc.data.len()).await;
         self.send(RaftKind::InstallSnapshot, &rpc, option.hard_ttl()).await
     }
