@@ -114,7 +114,7 @@ impl TestCluster {
     pub fn dump_logs(&self) {
         for m in self.cluster.members() {
             let log = std::fs::read_to_string(&m.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = log.lines().rev().filter(|l| !l.contains("openraft")).take(60).collect();
             eprintln!("----- {} -----", m.name);
             for line in tail.into_iter().rev() {
                 eprintln!("{line}");

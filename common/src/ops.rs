@@ -148,6 +148,11 @@ pub enum WriteOp {
         vnodes: Vec<VnodeId>,
         upto: u64,
     },
+    /// Concurrent writes of several clients to one shard, carried by one Raft
+    /// entry (one append, one replication round, one apply): applied in order,
+    /// each with its own reply and its own ownership check. Built by shard nodes
+    /// from a batch of requests; never nested.
+    Many(Vec<WriteOp>),
 }
 
 /// One operation on one shard.
@@ -197,6 +202,7 @@ impl WriteOp {
             | WriteOp::Persist { key } => vec![key],
             WriteOp::MSet { pairs } | WriteOp::MSetNx { pairs } => pairs.iter().map(|(k, _)| &k[..]).collect(),
             WriteOp::Del { keys } | WriteOp::PurgeExpired { keys } => keys.iter().map(|k| &k[..]).collect(),
+            WriteOp::Many(ops) => ops.iter().flat_map(WriteOp::keys).collect(),
             WriteOp::FlushAll | WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } => vec![],
         }
     }

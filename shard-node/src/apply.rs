@@ -336,8 +336,8 @@ impl<'a> Keyspace<'a> {
                 self.flushed = true;
                 Frame::ok()
             }
-            WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } => {
-                Frame::error("ERR split and merge entries are applied by the state machine")
+            WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } | WriteOp::Many(_) => {
+                Frame::error("ERR split, merge and batch entries are applied by the state machine")
             }
             WriteOp::PurgeExpired { .. } => {
                 let mut n = 0;

@@ -686,6 +686,40 @@ impl Host {
 
     /// Proposes a write and waits for it to be applied.
     pub async fn propose(&self, group: &Group, op: WriteOp) -> NodeResponse {
+        match self.propose_raw(group, op).await {
+            Ok(applied) => Self::answer(applied),
+            Err(failed) => failed,
+        }
+    }
+
+    /// Runs concurrent writes of several clients to `shard` as one Raft entry
+    /// (one append, one replication round, one apply); their answers in order.
+    pub async fn exec_writes(&self, shard: ShardId, ops: Vec<WriteOp>) -> Vec<NodeResponse> {
+        let n = ops.len();
+        let Some(group) = self.group(shard) else {
+            return vec![NodeResponse::NoShard; n];
+        };
+        self.wake(shard, &group);
+        match self.propose_raw(&group, WriteOp::Many(ops)).await {
+            Ok(ShardResponse::Many(outcomes)) if outcomes.len() == n => {
+                outcomes.into_iter().map(Self::answer).collect()
+            }
+            Ok(other) => vec![NodeResponse::Unknown(format!("unexpected batch outcome {other:?}")); n],
+            Err(failed) => vec![failed; n],
+        }
+    }
+
+    fn answer(applied: ShardResponse) -> NodeResponse {
+        match applied {
+            ShardResponse::Reply(frame) => NodeResponse::Reply(frame),
+            ShardResponse::WrongShard => NodeResponse::WrongShard { version: 0 },
+            ShardResponse::Many(_) => NodeResponse::Unknown("unexpected batch outcome".into()),
+        }
+    }
+
+    /// Proposes a write; its applied outcome, or the answer for a write that was
+    /// not (or may not have been) applied.
+    async fn propose_raw(&self, group: &Group, op: WriteOp) -> Result<ShardResponse, NodeResponse> {
         let request = ShardRequest { now_ms: now_ms(), op };
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(WRITE_TIMEOUT, group.raft.client_write(request)).await;
@@ -699,15 +733,12 @@ impl Host {
             metrics::PROPOSAL_SECONDS.observe(started.elapsed().as_secs_f64());
         }
         match outcome {
-            Err(_) => NodeResponse::Unknown("timeout; write may have been applied".into()),
-            Ok(Ok(response)) => match response.data {
-                ShardResponse::Reply(frame) => NodeResponse::Reply(frame),
-                ShardResponse::WrongShard => NodeResponse::WrongShard { version: 0 },
-            },
+            Err(_) => Err(NodeResponse::Unknown("timeout; write may have been applied".into())),
+            Ok(Ok(response)) => Ok(response.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                NodeResponse::NotLeader { leader: f.leader_id }
+                Err(NodeResponse::NotLeader { leader: f.leader_id })
             }
-            Ok(Err(e)) => NodeResponse::Unknown(format!("write may have been applied: {e}")),
+            Ok(Err(e)) => Err(NodeResponse::Unknown(format!("write may have been applied: {e}"))),
         }
     }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use redraft_common::ids::NodeId;
+use redraft_common::ids::{NodeId, ShardId};
 use redraft_common::pd_client::PdClient;
 use redraft_common::tls::TlsIdentity;
 use redraft_common::transport::Endpoint;
@@ -240,11 +240,49 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
         NodeRequest::ChangeVoters { shard, voters } => host.change_voters(shard, voters).await,
         NodeRequest::Applied { shard } => host.applied(shard),
         NodeRequest::Ping => NodeResponse::Reply(redraft_common::resp::Frame::Simple("PONG".into())),
-        // Requests of a batch run concurrently; openraft then batches their entries.
-        NodeRequest::Batch(requests) => {
-            NodeResponse::Batch(futures::future::join_all(requests.into_iter().map(|r| Box::pin(serve(host, r)))).await)
+        NodeRequest::Batch(requests) => NodeResponse::Batch(Box::pin(serve_batch(host, requests)).await),
+    }
+}
+
+/// Serves a batch: its requests run concurrently, and the client writes it
+/// carries for one shard become one Raft entry (`WriteOp::Many`). They come from
+/// different connections (the proxy keeps one connection's commands to a shard
+/// in order, one at a time), so applying them in any order is linearizable.
+async fn serve_batch(host: &Host, requests: Vec<NodeRequest>) -> Vec<NodeResponse> {
+    use redraft_common::ops::{ShardOp, WriteOp};
+    let n = requests.len();
+    let mut writes: std::collections::BTreeMap<ShardId, Vec<(usize, WriteOp)>> = Default::default();
+    let mut others = Vec::new();
+    for (i, request) in requests.into_iter().enumerate() {
+        match request {
+            NodeRequest::Exec {
+                shard,
+                op: ShardOp::Write(op),
+                ..
+            } if !op.is_reshape() && !matches!(op, WriteOp::Many(_)) => writes.entry(shard).or_default().push((i, op)),
+            other => others.push((i, other)),
         }
     }
+    let singles = others
+        .into_iter()
+        .map(|(i, request)| async move { vec![(i, serve(host, request).await)] });
+    let grouped = writes.into_iter().map(|(shard, items)| async move {
+        let (positions, ops): (Vec<usize>, Vec<WriteOp>) = items.into_iter().unzip();
+        let answers = if ops.len() == 1 {
+            let op = ops.into_iter().next().expect("one write");
+            vec![host.exec(shard, ShardOp::Write(op)).await]
+        } else {
+            host.exec_writes(shard, ops).await
+        };
+        positions.into_iter().zip(answers).collect::<Vec<_>>()
+    });
+    let (singles, grouped) =
+        futures::future::join(futures::future::join_all(singles), futures::future::join_all(grouped)).await;
+    let mut out = vec![NodeResponse::Unknown("no answer".into()); n];
+    for (i, answer) in singles.into_iter().chain(grouped).flatten() {
+        out[i] = answer;
+    }
+    out
 }
 
 /// Stored keys the background expiry looks at per led shard per second: bounded

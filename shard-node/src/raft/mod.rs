@@ -30,6 +30,8 @@ pub enum ShardResponse {
     Reply(Frame),
     /// A key was not owned by the shard at this log index; nothing changed.
     WrongShard,
+    /// The outcomes of a `WriteOp::Many`, in order.
+    Many(Vec<ShardResponse>),
 }
 
 openraft::declare_raft_types!(

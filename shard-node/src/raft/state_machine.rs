@@ -566,9 +566,13 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
                     }
                     EntryPayload::Normal(request) => {
                         keyspace.set_now(request.now_ms);
-                        replies.push(match keyspace.write(&request.op) {
+                        let mut write = |op: &WriteOp| match keyspace.write(op) {
                             Ok(frame) => ShardResponse::Reply(frame),
                             Err(NotOwned) => ShardResponse::WrongShard,
+                        };
+                        replies.push(match &request.op {
+                            WriteOp::Many(ops) => ShardResponse::Many(ops.iter().map(&mut write).collect()),
+                            op => write(op),
                         });
                     }
                     EntryPayload::Membership(m) => {
@@ -695,5 +699,130 @@ mod tests {
     #[test]
     fn openraft_storage_suite() -> Result<(), StorageError<u64>> {
         Suite::test_all(Builder)
+    }
+
+    fn entry(index: u64, payload: EntryPayload<ShardTypes>) -> openraft::Entry<ShardTypes> {
+        openraft::Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload,
+        }
+    }
+
+    fn write(index: u64, op: WriteOp) -> openraft::Entry<ShardTypes> {
+        entry(index, EntryPayload::Normal(ShardRequest { now_ms: 1, op }))
+    }
+
+    fn set(key: &[u8]) -> WriteOp {
+        WriteOp::Set {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            expiry: None,
+            condition: redraft_common::ops::SetCondition::Always,
+            keep_ttl: false,
+            reply: redraft_common::ops::SetReply::Ok,
+        }
+    }
+
+    /// A key of `ring` whose vnode satisfies `wanted`.
+    fn key_where(ring: &Ring, wanted: impl Fn(VnodeId) -> bool) -> Vec<u8> {
+        (0..10_000)
+            .map(|i| format!("k{i}").into_bytes())
+            .find(|k| wanted(ring.vnode_of(k)))
+            .expect("some key")
+    }
+
+    async fn state_machine(
+        dir: &tempfile::TempDir,
+    ) -> (
+        Engine,
+        ShardStateMachine,
+        tokio::sync::mpsc::UnboundedReceiver<Reshaped>,
+    ) {
+        let engine = Engine::open(&dir.path().join("db"), FsyncPolicy::Always).expect("open engine");
+        let (events, reshaped) = tokio::sync::mpsc::unbounded_channel();
+        let sm = ShardStateMachine::open(
+            7,
+            1,
+            engine.clone(),
+            Arc::new(Ring::new(16)),
+            Ownership::new(0..16),
+            dir.path().join("snap"),
+            Some(events),
+        )
+        .expect("open state machine");
+        (engine, sm, reshaped)
+    }
+
+    #[tokio::test]
+    async fn a_batch_entry_applies_each_write_with_its_own_answer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_engine, mut sm, _) = state_machine(&dir).await;
+        let ring = Ring::new(16);
+        let moved: BTreeSet<VnodeId> = (8..16).collect();
+        let split = WriteOp::Split {
+            child: 9,
+            vnodes: moved.iter().copied().collect(),
+        };
+        sm.apply([write(1, split)]).await.expect("apply");
+        let (mine, gone) = (key_where(&ring, |v| v < 8), key_where(&ring, |v| v >= 8));
+        let batch = WriteOp::Many(vec![
+            set(&mine),
+            set(&gone),
+            WriteOp::IncrBy {
+                key: mine.clone(),
+                delta: 1,
+            },
+        ]);
+        let replies = sm.apply([write(2, batch)]).await.expect("apply");
+        match &replies[..] {
+            [ShardResponse::Many(each)] => match &each[..] {
+                [ShardResponse::Reply(ok), ShardResponse::WrongShard, ShardResponse::Reply(Frame::Error(e))] => {
+                    assert_eq!(*ok, Frame::ok());
+                    assert!(e.contains("not an integer"), "{e}");
+                }
+                other => panic!("unexpected answers {other:?}"),
+            },
+            other => panic!("unexpected replies {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn split_moves_ownership_creates_the_child_and_is_idempotent() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (engine, mut sm, mut reshaped) = state_machine(&dir).await;
+        let voters: BTreeSet<NodeId> = [1, 2, 3].into_iter().collect();
+        let nodes: BTreeMap<NodeId, BasicNode> = voters.iter().map(|v| (*v, BasicNode::new(format!("n{v}")))).collect();
+        let members = entry(1, EntryPayload::Membership(Membership::new(vec![voters], nodes)));
+        let split = || WriteOp::Split {
+            child: 9,
+            vnodes: (8..16).collect(),
+        };
+        let replies = sm.apply([members, write(2, split())]).await.expect("apply");
+        assert!(matches!(&replies[1], ShardResponse::Reply(f) if *f == Frame::ok()));
+        assert_eq!(*sm.owned().get(), (0..8).collect::<BTreeSet<VnodeId>>());
+        assert_eq!(
+            reshaped.try_recv().ok(),
+            Some(Reshaped::SplitChild { parent: 7, child: 9 })
+        );
+        let child = group_record(&engine, 9).expect("child record");
+        assert_eq!(child.vnodes, (8..16).collect::<Vec<_>>());
+        assert_eq!(reshaped_at(&engine, 7), Some(2));
+        // Applied again (a PD leader retrying): same answer, nothing changes.
+        let replies = sm.apply([write(3, split())]).await.expect("apply");
+        assert!(matches!(&replies[0], ShardResponse::Reply(f) if *f == Frame::ok()));
+        assert!(reshaped.try_recv().is_err());
+        // Ownership survives a restart of the state machine.
+        drop(sm);
+        let reopened = ShardStateMachine::open(
+            7,
+            1,
+            engine.clone(),
+            Arc::new(Ring::new(16)),
+            Ownership::new(0..16),
+            dir.path().join("snap"),
+            None,
+        )
+        .expect("reopen");
+        assert_eq!(reopened.owned().get().len(), 8);
     }
 }
