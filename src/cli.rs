@@ -113,7 +113,7 @@ struct PlacementArgs {
     #[arg(long)]
     manual_balance: bool,
     /// Replica moves one node may take part in at once (as source or target).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     moves_per_node: usize,
     /// Split a shard whose data on disk exceeds this many MiB (0: never).
     #[arg(long, default_value_t = 256)]
