@@ -411,7 +411,12 @@ impl TestCluster {
 
 /// The value of an unlabelled gauge on a member's `/metrics`.
 pub fn gauge(cluster: &TestCluster, member: &str, name: &str) -> Option<i64> {
-    let http = cluster.cluster.members().find(|m| m.name == member)?.http?;
+    metric(cluster.cluster.members().find(|m| m.name == member)?.http?, name)
+}
+
+/// The value of an unlabelled metric on the `/metrics` of the HTTP endpoint
+/// `http`; `None` when it is not listening (yet) or lacks the metric.
+pub fn metric(http: SocketAddr, name: &str) -> Option<i64> {
     std::net::TcpStream::connect(http).ok()?; // not listening yet after a restart
     let (_, body) = http_get(http, "/metrics");
     body.lines()

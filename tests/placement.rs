@@ -228,22 +228,13 @@ fn snapshot_bytes_sent(cluster: &TestCluster) -> u64 {
         .cluster
         .nodes
         .iter()
-        .filter_map(|n| {
-            let (_, body) = crate::harness::http_get(n.http?, "/metrics");
-            body.lines()
-                .find_map(|l| l.strip_prefix("redraft_raft_snapshot_sent_bytes_total "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .sum()
+        .filter_map(|n| crate::harness::metric(n.http?, "redraft_raft_snapshot_sent_bytes_total"))
+        .sum::<i64>() as u64
 }
 
 /// `redraft_proxy_routing_version` of the proxy whose HTTP endpoint is `http`.
 fn proxy_routing_version(http: std::net::SocketAddr) -> u64 {
-    let (_, body) = crate::harness::http_get(http, "/metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix("redraft_proxy_routing_version "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    crate::harness::metric(http, "redraft_proxy_routing_version").unwrap_or(0) as u64
 }
 
 #[test]

@@ -522,20 +522,10 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
             pd.routing(known_version, known_leaders, Duration::from_millis(wait_ms.min(30_000)))
                 .await
         }
-        PdRequest::Status => {
-            let soft = pd.soft.lock().expect("soft state lock");
-            let live = soft
-                .last_seen
-                .iter()
-                .filter(|(_, t)| t.elapsed() < NODE_DOWN_AFTER)
-                .map(|(n, _)| *n)
-                .collect();
-            drop(soft);
-            PdResponse::Status {
-                table: pd.table(),
-                live,
-            }
-        }
+        PdRequest::Status => PdResponse::Status {
+            table: pd.table(),
+            live: scheduler::Cluster::live(pd.as_ref()),
+        },
         PdRequest::Decommission { node } => {
             match pd
                 .propose(PdCommand::SetNodeState {

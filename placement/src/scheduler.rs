@@ -321,7 +321,6 @@ pub fn check_move(table: &RoutingTable, live: &[NodeId], shard: ShardId, from: N
 
 /// Carries out one step.
 pub async fn execute(cluster: &impl Cluster, endpoint: &Endpoint, table: &RoutingTable, step: &Step) -> Result<()> {
-    let table = table.clone();
     match step {
         Step::Reshape(reshape) => {
             match reshape {
@@ -331,16 +330,16 @@ pub async fn execute(cluster: &impl Cluster, endpoint: &Endpoint, table: &Routin
                         child: *child,
                         vnodes: vnodes.clone(),
                     };
-                    to_leader(endpoint, &table, *shard, exec(&table, *shard, split)).await?;
+                    to_leader(endpoint, table, *shard, exec(table, *shard, split)).await?;
                 }
                 Reshape::Merge { from, into, vnodes } => {
                     tracing::info!(shard_id = from, into, "merging shard: retiring it");
-                    let upto = match to_leader(endpoint, &table, *from, exec(&table, *from, WriteOp::Retire)).await? {
+                    let upto = match to_leader(endpoint, table, *from, exec(table, *from, WriteOp::Retire)).await? {
                         Frame::Integer(index) => index as u64,
                         other => bail!("shard {from}: unexpected answer to Retire: {other:?}"),
                     };
                     for &node in &table.shards[from].replicas {
-                        wait_applied(endpoint, &table, *from, node, upto).await?;
+                        wait_applied(endpoint, table, *from, node, upto).await?;
                     }
                     tracing::info!(shard_id = from, into, upto, "retired on every replica: absorbing");
                     let absorb = WriteOp::Absorb {
@@ -348,13 +347,13 @@ pub async fn execute(cluster: &impl Cluster, endpoint: &Endpoint, table: &Routin
                         vnodes: vnodes.clone(),
                         upto,
                     };
-                    to_leader(endpoint, &table, *into, exec(&table, *into, absorb)).await?;
+                    to_leader(endpoint, table, *into, exec(table, *into, absorb)).await?;
                 }
             }
             cluster.propose(PdCommand::FinishReshape).await?;
             tracing::info!("{step}");
         }
-        _ => execute_move(cluster, endpoint, &table, step).await?,
+        _ => execute_move(cluster, endpoint, table, step).await?,
     }
     Ok(())
 }
@@ -502,11 +501,10 @@ pub async fn complete_move(
 }
 
 async fn execute_move(cluster: &impl Cluster, endpoint: &Endpoint, table: &RoutingTable, step: &Step) -> Result<()> {
-    let table = table.clone();
     match step {
         Step::Move { shard, from, to } => {
-            begin_move(cluster, endpoint, &table, (shard, from, to)).await?;
-            complete_move(cluster, endpoint, &table, (shard, from, to)).await?;
+            begin_move(cluster, endpoint, table, (shard, from, to)).await?;
+            complete_move(cluster, endpoint, table, (shard, from, to)).await?;
         }
         Step::Remove { node } => {
             cluster
@@ -519,7 +517,7 @@ async fn execute_move(cluster: &impl Cluster, endpoint: &Endpoint, table: &Routi
         }
         Step::Lead { shard, to } => {
             tracing::info!(shard_id = shard, to, "moving leadership");
-            if let Err(e) = campaign(endpoint, &table, *shard, *to).await {
+            if let Err(e) = campaign(endpoint, table, *shard, *to).await {
                 tracing::warn!(shard_id = shard, to, error = %e, "leadership move failed");
             }
         }
