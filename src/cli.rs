@@ -649,13 +649,31 @@ async fn run(command: Command) -> Result<()> {
                 membership,
                 max_steps,
             } => {
+                // One step per request: a step takes seconds, a whole rebalance
+                // minutes, longer than a connection should be trusted to stay up;
+                // a lost answer is asked again (the PD plans from its state).
                 let (_, pd) = ctl_client(&placement, &membership)?;
-                let request = redraft_common::wire::PdRequest::Rebalance { max_steps };
-                let steps = operator_request(&pd, &request, std::time::Duration::from_secs(3600)).await?;
-                for line in &steps {
+                let request = redraft_common::wire::PdRequest::Rebalance { max_steps: 1 };
+                let mut taken = 0;
+                let mut lost = 0;
+                while taken < max_steps {
+                    let step = match operator_request(&pd, &request, std::time::Duration::from_secs(600)).await {
+                        Ok(step) => step,
+                        Err(e) if lost < 3 => {
+                            lost += 1;
+                            eprintln!("retrying after: {e:#}");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let Some(line) = step.first() else { break };
                     println!("{line}");
+                    if line.starts_with("failed") {
+                        return Err(anyhow!("rebalance stopped after {taken} steps"));
+                    }
+                    taken += 1;
                 }
-                println!("{} steps; balanced", steps.len());
+                println!("{taken} steps; balanced");
                 Ok(())
             }
             CtlCommand::Status {
