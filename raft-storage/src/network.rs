@@ -44,12 +44,17 @@ static SNAPSHOT_LIMITER: OnceLock<DefaultDirectRateLimiter> = OnceLock::new();
 /// Limits the snapshot bytes this process sends to `bytes_per_sec` (all groups,
 /// all peers together). Call once at startup; 0 leaves snapshots unlimited.
 pub fn limit_snapshot_bandwidth(bytes_per_sec: u64) {
-    let Some(per_sec) = NonZeroU32::new((bytes_per_sec / LIMITER_CELL).min(u64::from(u32::MAX)) as u32) else {
-        return;
-    };
+    if let Some(limiter) = snapshot_limiter(bytes_per_sec) {
+        let _ = SNAPSHOT_LIMITER.set(limiter);
+    }
+}
+
+/// A limiter of `bytes_per_sec` (in KiB cells), or `None` for no limit.
+fn snapshot_limiter(bytes_per_sec: u64) -> Option<DefaultDirectRateLimiter> {
+    let per_sec = NonZeroU32::new((bytes_per_sec / LIMITER_CELL).min(u64::from(u32::MAX)) as u32)?;
     // A burst of one second, and at least one whole chunk.
     let burst = per_sec.max(NonZeroU32::new(MAX_CHUNK_CELLS).expect("non-zero"));
-    let _ = SNAPSHOT_LIMITER.set(RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst)));
+    Some(RateLimiter::direct(Quota::per_second(per_sec).allow_burst(burst)))
 }
 
 /// Largest snapshot chunk the limiter admits in one go, in cells (16 MiB).
@@ -282,4 +287,29 @@ where
         RaftKind::Vote => wire::encode(&raft.vote(wire::decode(payload).map_err(text)?).await),
         RaftKind::InstallSnapshot => wire::encode(&raft.install_snapshot(wire::decode(payload).map_err(text)?).await),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_limiter_admits_one_burst_then_holds_back() {
+        assert!(snapshot_limiter(0).is_none(), "0 means unlimited");
+        assert!(
+            snapshot_limiter(LIMITER_CELL - 1).is_none(),
+            "under one cell per second is unlimited too"
+        );
+        let limiter = snapshot_limiter(64 << 20).expect("a limit");
+        let cells = |n: u32| NonZeroU32::new(n).expect("non-zero");
+        // The burst (one second's worth, 64 MiB) passes at once...
+        assert!(matches!(limiter.check_n(cells(64 * 1024)), Ok(Ok(()))));
+        // ...then even one more KiB has to wait.
+        assert!(matches!(limiter.check_n(cells(1)), Ok(Err(_))));
+        // A chunk larger than the burst is refused outright, which is why the
+        // sender clamps chunks to `MAX_CHUNK_CELLS` and the burst is at least that.
+        let small = snapshot_limiter(LIMITER_CELL).expect("a limit");
+        assert!(small.check_n(cells(MAX_CHUNK_CELLS)).is_ok());
+        assert!(small.check_n(cells(MAX_CHUNK_CELLS + 1)).is_err());
+    }
 }
