@@ -16,6 +16,10 @@ struct Acked {
     /// Keys written with `EX 1000`.
     with_ttl: Vec<String>,
     incrs: i64,
+    /// Per list key, the items whose RPUSH was acknowledged, in push order.
+    pushed: BTreeMap<String, Vec<u64>>,
+    /// Acknowledged HSET field -> value of each writer's hash.
+    fields: BTreeMap<(String, String), String>,
     errors: u64,
     /// Reads that returned the value last acknowledged for their key.
     reads: u64,
@@ -65,6 +69,23 @@ fn writer(cluster_proxy: std::net::SocketAddr, id: usize, stop: Arc<AtomicBool>,
                 _ => acked.lock().unwrap().errors += 1,
             }
         }
+        if n.is_multiple_of(4) {
+            let (list, hash) = (format!("list{id}"), format!("hash{id}"));
+            match conn.cmd(&format!("RPUSH {list} {n}")) {
+                Frame::Integer(_) => acked.lock().unwrap().pushed.entry(list).or_default().push(n),
+                _ => acked.lock().unwrap().errors += 1,
+            }
+            match conn.cmd(&format!("HSET {hash} f{} v{n}", n % 64)) {
+                Frame::Integer(_) => {
+                    acked
+                        .lock()
+                        .unwrap()
+                        .fields
+                        .insert((hash, format!("f{}", n % 64)), format!("v{n}"));
+                }
+                _ => acked.lock().unwrap().errors += 1,
+            }
+        }
         n += 1;
     }
 }
@@ -83,6 +104,36 @@ fn verify(cluster: &TestCluster, acked: &Acked) {
             Frame::Integer(ttl) => assert!((1..=1000).contains(&ttl), "{key} lost its TTL: {ttl}"),
             other => panic!("TTL {key}: {other:?}"),
         }
+    }
+    for (list, pushed) in &acked.pushed {
+        // Pushes whose answer was lost may have been applied too, so the list holds
+        // every acknowledged item, in order, and nothing out of order.
+        let Frame::Array(items) = conn.cmd(&format!("LRANGE {list} 0 -1")) else {
+            panic!("LRANGE {list}")
+        };
+        let items: Vec<u64> = items
+            .into_iter()
+            .map(|f| match f {
+                Frame::Bulk(b) => String::from_utf8(b).unwrap().parse().unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(items.windows(2).all(|w| w[0] < w[1]), "{list} out of order: {items:?}");
+        for n in pushed {
+            assert!(items.contains(n), "acknowledged RPUSH {list} {n} lost");
+        }
+    }
+    for ((hash, field), value) in &acked.fields {
+        let got = conn.cmd(&format!("HGET {hash} {field}"));
+        // A later unacknowledged HSET of the field may have won; it has a larger n.
+        let Frame::Bulk(got) = got else {
+            panic!("acknowledged HSET {hash} {field} lost: {got:?}")
+        };
+        let got: u64 = String::from_utf8(got).unwrap()[1..].parse().unwrap();
+        assert!(
+            got >= value[1..].parse::<u64>().unwrap(),
+            "HSET {hash} {field} went back to v{got}"
+        );
     }
     match conn.cmd("GET counter") {
         Frame::Bulk(v) => {

@@ -222,9 +222,17 @@ pub fn stored_strings(node_dir: &Path) -> std::collections::HashMap<String, Stri
     let mut out = std::collections::HashMap::new();
     for item in db.iterator_cf(engine.cf(CF_DATA), rocksdb::IteratorMode::Start) {
         let (key, value) = item.unwrap();
-        // `vnode u16 | user key` -> `kind u8 | expires_at u64 | payload`
-        let user_key = String::from_utf8_lossy(&key[2..]).into_owned();
-        out.insert(user_key, String::from_utf8_lossy(&value[9..]).into_owned());
+        if !redraft_node::storage::is_key_record(&key) {
+            continue;
+        }
+        let value = redraft_node::storage::Value::decode(&value);
+        if value.kind == redraft_node::storage::Kind::String {
+            let user_key = redraft_node::storage::user_key(&key);
+            out.insert(
+                String::from_utf8_lossy(user_key).into_owned(),
+                String::from_utf8_lossy(&value.payload).into_owned(),
+            );
+        }
     }
     out
 }

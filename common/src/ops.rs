@@ -89,6 +89,9 @@ pub enum ReadOp {
     Type { key: Bytes },
     /// Number of live keys in the shard (DBSIZE fans out).
     DbSize,
+    /// A read-only [`crate::commands::ShardCommand`], as its arguments; `seed`
+    /// drives the commands that pick at random.
+    Command { args: Vec<Bytes>, seed: u64 },
 }
 
 /// A write, replicated through the shard's Raft log.
@@ -148,6 +151,10 @@ pub enum WriteOp {
         vnodes: Vec<VnodeId>,
         upto: u64,
     },
+    /// A writing [`crate::commands::ShardCommand`], as its arguments. `seed`
+    /// drives the commands that pick at random (SPOP), so every replica picks the
+    /// same elements.
+    Command { args: Vec<Bytes>, seed: u64 },
     /// Concurrent writes of several clients to one shard, carried by one Raft
     /// entry (one append, one replication round, one apply): applied in order,
     /// each with its own reply and its own ownership check. Built by shard nodes
@@ -176,6 +183,7 @@ impl ShardOp {
                 | ReadOp::Type { key } => vec![key],
                 ReadOp::MGet { keys } | ReadOp::Exists { keys } => keys.iter().map(|k| &k[..]).collect(),
                 ReadOp::DbSize => vec![],
+                ReadOp::Command { args, .. } => command_keys(args),
             },
             ShardOp::Write(op) => op.keys(),
         }
@@ -203,8 +211,18 @@ impl WriteOp {
             WriteOp::MSet { pairs } | WriteOp::MSetNx { pairs } => pairs.iter().map(|(k, _)| &k[..]).collect(),
             WriteOp::Del { keys } | WriteOp::PurgeExpired { keys } => keys.iter().map(|k| &k[..]).collect(),
             WriteOp::Many(ops) => ops.iter().flat_map(WriteOp::keys).collect(),
+            WriteOp::Command { args, .. } => command_keys(args),
             WriteOp::FlushAll | WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } => vec![],
         }
+    }
+}
+
+/// The keys of a shard command's arguments (none for an unknown command, which
+/// the shard then rejects).
+pub fn command_keys(args: &[Bytes]) -> Vec<&[u8]> {
+    match args.first().and_then(|name| crate::commands::lookup(name)) {
+        Some(command) => command.keys(args),
+        None => vec![],
     }
 }
 

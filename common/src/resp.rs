@@ -1,4 +1,4 @@
-//! RESP2 codec: frames, an incremental request parser and an encoder.
+//! RESP codec: frames, an incremental request parser and RESP2/RESP3 encoders.
 //!
 //! The parser is incremental: it is handed whatever bytes have arrived and answers
 //! `Ok(None)` until a whole request is there, so partial frames and pipelined input
@@ -9,7 +9,8 @@
 //! connection is closed, as Redis does.
 //!
 //! [`Frame`] is also the reply type that shard nodes return to the proxy, so it is
-//! serde-serializable.
+//! serde-serializable; its RESP3-only shapes (maps, sets, doubles, pairs) fall
+//! back to RESP2 forms when a connection has not negotiated RESP3.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,15 @@ pub enum Frame {
     NullArray,
     /// `*2\r\n...`
     Array(Vec<Frame>),
+    /// A double, as Redis formats it: RESP3 `,1.5`, RESP2 a bulk string.
+    Double(String),
+    /// Field-value pairs: RESP3 `%`, RESP2 a flat array (HGETALL).
+    Map(Vec<(Frame, Frame)>),
+    /// Unordered members: RESP3 `~`, RESP2 an array (SMEMBERS).
+    Set(Vec<Frame>),
+    /// Member-score pairs: RESP3 an array of two-element arrays, RESP2 a flat
+    /// array (ZRANGE ... WITHSCORES).
+    Pairs(Vec<(Frame, Frame)>),
 }
 
 impl Frame {
@@ -55,9 +65,42 @@ impl Frame {
         Frame::Bulk(bytes.into())
     }
 
-    /// Appends this frame's wire form to `out`.
+    /// Appends this frame's RESP2 wire form to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_as(false, out)
+    }
+
+    /// Appends this frame's RESP3 wire form to `out`.
+    pub fn encode_resp3(&self, out: &mut Vec<u8>) {
+        self.encode_as(true, out)
+    }
+
+    fn encode_as(&self, resp3: bool, out: &mut Vec<u8>) {
         match self {
+            Frame::Null | Frame::NullArray if resp3 => out.extend_from_slice(b"_\r\n"),
+            Frame::Double(text) if resp3 => line(out, b',', text.as_bytes()),
+            Frame::Double(text) => Frame::Bulk(text.clone().into_bytes()).encode_as(resp3, out),
+            Frame::Map(pairs) | Frame::Pairs(pairs) => {
+                let prefix = match self {
+                    Frame::Map(_) if resp3 => b'%',
+                    _ => b'*',
+                };
+                let count = if resp3 { pairs.len() } else { pairs.len() * 2 };
+                line(out, prefix, count.to_string().as_bytes());
+                for (a, b) in pairs {
+                    if resp3 && matches!(self, Frame::Pairs(_)) {
+                        out.extend_from_slice(b"*2\r\n");
+                    }
+                    a.encode_as(resp3, out);
+                    b.encode_as(resp3, out);
+                }
+            }
+            Frame::Set(items) => {
+                line(out, if resp3 { b'~' } else { b'*' }, items.len().to_string().as_bytes());
+                for item in items {
+                    item.encode_as(resp3, out);
+                }
+            }
             Frame::Simple(s) => line(out, b'+', s.as_bytes()),
             Frame::Error(s) => line(out, b'-', s.as_bytes()),
             Frame::Integer(n) => line(out, b':', n.to_string().as_bytes()),
@@ -71,7 +114,7 @@ impl Frame {
             Frame::Array(items) => {
                 line(out, b'*', items.len().to_string().as_bytes());
                 for item in items {
-                    item.encode(out);
+                    item.encode_as(resp3, out);
                 }
             }
         }
@@ -149,6 +192,9 @@ fn parse_frame(buf: &[u8], pos: &mut usize, depth: usize) -> Result<Option<Frame
         b'+' => Frame::Simple(text()),
         b'-' => Frame::Error(text()),
         b':' => Frame::Integer(parse_int(body).ok_or_else(|| ProtocolError::new("invalid integer"))?),
+        b',' => Frame::Double(text()),
+        b'_' => Frame::Null,
+        b'#' => Frame::Integer(i64::from(body == b"t")),
         b'$' => {
             let len = parse_int(body).ok_or_else(|| ProtocolError::new("invalid bulk length"))?;
             if len < 0 {
@@ -162,12 +208,13 @@ fn parse_frame(buf: &[u8], pos: &mut usize, depth: usize) -> Result<Option<Frame
             *pos = after + len + 2;
             return Ok(Some(Frame::Bulk(buf[after..after + len].to_vec())));
         }
-        b'*' => {
+        b'*' | b'~' | b'%' | b'>' => {
             let count = parse_int(body).ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
             if count < 0 {
                 *pos = after;
                 return Ok(Some(Frame::NullArray));
             }
+            let count = if kind == b'%' { count.saturating_mul(2) } else { count };
             let mut cursor = after;
             let mut items = Vec::with_capacity((count as usize).min(1024));
             for _ in 0..count {
@@ -177,7 +224,18 @@ fn parse_frame(buf: &[u8], pos: &mut usize, depth: usize) -> Result<Option<Frame
                 }
             }
             *pos = cursor;
-            return Ok(Some(Frame::Array(items)));
+            return Ok(Some(match kind {
+                b'~' => Frame::Set(items),
+                b'%' => {
+                    let mut items = items.into_iter();
+                    let mut pairs = Vec::new();
+                    while let (Some(a), Some(b)) = (items.next(), items.next()) {
+                        pairs.push((a, b));
+                    }
+                    Frame::Map(pairs)
+                }
+                _ => Frame::Array(items),
+            }));
         }
         other => return Err(ProtocolError::new(format!("unexpected reply type '{}'", other as char))),
     };

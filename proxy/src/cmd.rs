@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use redraft_common::commands::{self, arity_ok};
 use redraft_common::ids::ShardId;
 use redraft_common::ops::{
     parse_strict_i64, Bytes, ExpireCondition, Expiry, GetExChange, ReadOp, SetCondition, SetReply, ShardOp, WriteOp,
@@ -44,6 +45,8 @@ pub enum Command {
     AllOk(ShardOp),
     /// MSETNX: all keys must live in one shard.
     MSetNx(Vec<(Bytes, Bytes)>),
+    /// A shard command whose keys must all live in one shard (SINTER, LMOVE, ...).
+    SameShard { keys: Vec<Bytes>, op: ShardOp },
 }
 
 fn err(text: impl Into<String>) -> Command {
@@ -64,16 +67,6 @@ fn float_arg(arg: &[u8]) -> Result<f64, Command> {
         .ok()
         .filter(|f| !f.is_nan())
         .ok_or_else(|| err("ERR value is not a valid float"))
-}
-
-/// Arity as Redis declares it: `n > 0` exactly n arguments (with the name),
-/// `n < 0` at least `-n`.
-fn arity_ok(arity: i32, argc: usize) -> bool {
-    if arity > 0 {
-        argc == arity as usize
-    } else {
-        argc >= (-arity) as usize
-    }
 }
 
 /// `(name, arity)` of every command the proxy knows.
@@ -148,14 +141,51 @@ pub fn command_name(name: &[u8]) -> &'static str {
     COMMANDS
         .iter()
         .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
-        .map_or("unknown", |(n, _)| n)
+        .map(|(n, _)| *n)
+        .or_else(|| commands::lookup(name).map(|c| c.name))
+        .unwrap_or("unknown")
+}
+
+/// A seed for the random choices of one command (SPOP, SRANDMEMBER, ...): the
+/// shard applies it on every replica, so it is chosen here, once.
+fn random_seed() -> u64 {
+    use std::hash::BuildHasher;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::collections::hash_map::RandomState::new().hash_one(n)
+}
+
+/// A command executed by the shard from its arguments (see `commands`).
+fn shard_command(spec: &commands::ShardCommand, args: &[Vec<u8>]) -> Command {
+    let op = if spec.write {
+        ShardOp::Write(WriteOp::Command {
+            args: args.to_vec(),
+            seed: random_seed(),
+        })
+    } else {
+        ShardOp::Read(ReadOp::Command {
+            args: args.to_vec(),
+            seed: random_seed(),
+        })
+    };
+    let keys: Vec<Bytes> = spec.keys(args).into_iter().map(<[u8]>::to_vec).collect();
+    match keys.as_slice() {
+        [key] => Command::Keyed { key: key.clone(), op },
+        _ => Command::SameShard { keys, op },
+    }
 }
 
 /// Parses a request into a [`Command`]; invalid requests become `Local` errors.
 pub fn parse(args: &[Vec<u8>]) -> Command {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
     let Some(&(_, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
-        return unknown_command(args);
+        return match commands::lookup(name.as_bytes()) {
+            Some(spec) if !arity_ok(spec.arity, args.len()) => {
+                err(format!("ERR wrong number of arguments for '{name}' command"))
+            }
+            Some(spec) => shard_command(spec, args),
+            None => unknown_command(args),
+        };
     };
     if !arity_ok(arity, args.len()) {
         return err(format!("ERR wrong number of arguments for '{name}' command"));
@@ -462,7 +492,9 @@ fn parse_expire(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
 fn command_info(a: &[Vec<u8>]) -> Command {
     match a.get(1).map(|s| s.to_ascii_lowercase()) {
         None => Command::Local(Frame::Array(vec![])),
-        Some(sub) if sub == b"count" => Command::Local(Frame::Integer(COMMANDS.len() as i64)),
+        Some(sub) if sub == b"count" => {
+            Command::Local(Frame::Integer((COMMANDS.len() + commands::SHARD_COMMANDS.len()) as i64))
+        }
         Some(sub) if sub == b"docs" || sub == b"info" => Command::Local(Frame::Array(vec![])),
         Some(sub) => err(format!(
             "ERR unknown subcommand '{}'. Try COMMAND HELP.",
@@ -589,11 +621,7 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
             )
         }
         Command::MSetNx(pairs) => {
-            let shards: std::collections::BTreeSet<ShardId> =
-                pairs.iter().map(|p| router.shard_of(&p.0)).collect::<Result<_, _>>()?;
-            if shards.len() > 1 {
-                return Err(Error::CrossSlot);
-            }
+            one_shard(router, pairs.iter().map(|p| &p.0[..]))?;
             let Some(first) = pairs.first().map(|p| p.0.clone()) else {
                 return Ok(Frame::error("ERR wrong number of arguments for 'msetnx' command"));
             };
@@ -615,9 +643,23 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
                 .map(|(_, f)| f)
                 .collect())
         }
+        Command::SameShard { keys, op } => {
+            one_shard(router, keys.iter().map(|k| &k[..]))?;
+            router.exec_key(&keys[0], op).await?
+        }
         Command::SumAll(op) => sum_over_shards(router, op).await?,
         Command::AllOk(op) => all_ok(on_every_shard(router, op).await?),
     })
+}
+
+/// Fails with CROSSSLOT unless every key is in one shard (under the current table;
+/// the shard re-checks ownership when it applies).
+fn one_shard<'k>(router: &Router, keys: impl Iterator<Item = &'k [u8]>) -> Result<(), Error> {
+    let shards: std::collections::BTreeSet<ShardId> = keys.map(|k| router.shard_of(k)).collect::<Result<_, _>>()?;
+    if shards.len() > 1 {
+        return Err(Error::CrossSlot);
+    }
+    Ok(())
 }
 
 /// Runs `op` on every shard and sums the integer replies (DBSIZE).

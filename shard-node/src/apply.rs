@@ -13,7 +13,7 @@
 //! OWNERSHIP. A key whose virtual node the shard does not own (as of this apply)
 //! makes the operation fail with [`NotOwned`] before anything changes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use redraft_common::ids::VnodeId;
 use redraft_common::keys::Ring;
@@ -23,7 +23,13 @@ use redraft_common::ops::{
 use redraft_common::resp::Frame;
 use rocksdb::{ColumnFamily, IteratorMode, ReadOptions, WriteBatch, DB};
 
-use crate::storage::{data_key, vnode_end, vnode_start, Kind, Value};
+use crate::storage::{data_key, element_prefix, key_records, prefix_end, vnode_end, vnode_start, Kind, Value};
+
+mod collections;
+mod hash;
+mod list;
+mod set;
+mod zset;
 
 /// Redis's WRONGTYPE error.
 pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
@@ -42,9 +48,11 @@ pub struct Keyspace<'a> {
     cf: &'a ColumnFamily,
     ring: &'a Ring,
     owned: &'a BTreeSet<VnodeId>,
-    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    /// FLUSHALL ran in this batch: keys not in the overlay are gone.
-    flushed: bool,
+    /// This batch's writes, read before the DB (`None`: deleted).
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Ranges deleted in this batch: DB records in them are gone, and the overlay
+    /// holds only what was written after.
+    cleared: Vec<(Vec<u8>, Vec<u8>)>,
     batch: WriteBatch,
     now_ms: u64,
 }
@@ -57,8 +65,8 @@ impl<'a> Keyspace<'a> {
             cf,
             ring,
             owned,
-            overlay: HashMap::new(),
-            flushed: false,
+            overlay: BTreeMap::new(),
+            cleared: Vec::new(),
             batch: WriteBatch::default(),
             now_ms,
         }
@@ -77,7 +85,7 @@ impl<'a> Keyspace<'a> {
     /// Gives the caller the batch so far (to add its own writes) and starts a new one.
     pub fn take_batch(&mut self) -> WriteBatch {
         self.overlay.clear();
-        self.flushed = false;
+        self.cleared.clear();
         std::mem::take(&mut self.batch)
     }
 
@@ -90,17 +98,80 @@ impl<'a> Keyspace<'a> {
         }
     }
 
-    /// The stored value of a storage key, expired or not, as of this batch.
-    fn load_raw(&self, skey: &[u8]) -> Option<Value> {
-        let raw = match self.overlay.get(skey) {
+    /// The stored bytes of any storage key as of this batch.
+    fn load_bytes(&self, skey: &[u8]) -> Option<Vec<u8>> {
+        match self.overlay.get(skey) {
             Some(pending) => pending.clone(),
-            None if self.flushed => None,
+            None if self.is_cleared(skey) => None,
             None => self
                 .db
                 .get_cf(self.cf, skey)
                 .unwrap_or_else(|e| panic!("RocksDB read failed: {e}")),
+        }
+    }
+
+    fn is_cleared(&self, skey: &[u8]) -> bool {
+        self.cleared
+            .iter()
+            .any(|(start, end)| start.as_slice() <= skey && skey < end.as_slice())
+    }
+
+    /// The stored value of a key record, expired or not, as of this batch.
+    fn load_raw(&self, skey: &[u8]) -> Option<Value> {
+        self.load_bytes(skey).map(|b| Value::decode(&b))
+    }
+
+    /// Records in `start..end` as of this batch, in key order (`reverse`: from the end).
+    fn scan(&self, start: &[u8], end: &[u8], reverse: bool) -> Merged<'_> {
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_lower_bound(start.to_vec());
+        opts.set_iterate_upper_bound(end.to_vec());
+        let mode = if reverse {
+            IteratorMode::End
+        } else {
+            IteratorMode::Start
         };
-        raw.map(|b| Value::decode(&b))
+        let range = self
+            .overlay
+            .range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Excluded(end)));
+        let overlay: OverlayIter<'_> = if reverse {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        Merged {
+            keyspace: self,
+            db: self.db.iterator_cf_opt(self.cf, opts, mode).peekable(),
+            overlay: overlay.peekable(),
+            reverse,
+        }
+    }
+
+    /// Deletes every record in `start..end`.
+    fn clear_range(&mut self, start: Vec<u8>, end: Vec<u8>) {
+        self.batch.delete_range_cf(self.cf, &start, &end);
+        let inside: Vec<Vec<u8>> = self
+            .overlay
+            .range::<[u8], _>((
+                std::ops::Bound::Included(&start[..]),
+                std::ops::Bound::Excluded(&end[..]),
+            ))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in inside {
+            self.overlay.remove(&key);
+        }
+        self.cleared.push((start, end));
+    }
+
+    /// Deletes a key and, for a collection, all its elements.
+    fn delete_key(&mut self, skey: Vec<u8>) {
+        if self.load_raw(&skey).is_some_and(|v| v.kind != Kind::String) {
+            let prefix = element_prefix(&skey);
+            let end = prefix_end(&prefix);
+            self.clear_range(prefix, end);
+        }
+        self.remove(skey);
     }
 
     /// The live value of a storage key (expired values read as absent).
@@ -112,6 +183,19 @@ impl<'a> Keyspace<'a> {
         let bytes = value.encode();
         self.batch.put_cf(self.cf, &skey, &bytes);
         self.overlay.insert(skey, Some(bytes));
+    }
+
+    fn put_bytes(&mut self, skey: Vec<u8>, bytes: Vec<u8>) {
+        self.batch.put_cf(self.cf, &skey, &bytes);
+        self.overlay.insert(skey, Some(bytes));
+    }
+
+    /// Stores a string at a key that may hold a collection (whose elements go).
+    fn replace(&mut self, skey: Vec<u8>, value: &Value) {
+        if self.load_raw(&skey).is_some_and(|v| v.kind != Kind::String) {
+            self.delete_key(skey.clone());
+        }
+        self.store(skey, value);
     }
 
     fn remove(&mut self, skey: Vec<u8>) {
@@ -139,8 +223,14 @@ impl<'a> Keyspace<'a> {
     }
 
     /// Executes a read.
-    pub fn read(&self, op: &ReadOp) -> Result<Frame, NotOwned> {
+    pub fn read(&mut self, op: &ReadOp) -> Result<Frame, NotOwned> {
         Ok(match op {
+            ReadOp::Command { args, seed } => {
+                for key in redraft_common::ops::command_keys(args) {
+                    self.storage_key(key)?;
+                }
+                self.command(args, *seed, false)
+            }
             ReadOp::Get { key } => match self.string(&self.storage_key(key)?) {
                 Ok(Some(v)) => Frame::Bulk(v.payload),
                 Ok(None) => Frame::Null,
@@ -191,14 +281,8 @@ impl<'a> Keyspace<'a> {
     fn count_live(&self) -> u64 {
         let mut count = 0;
         for &vnode in self.owned {
-            let mut opts = ReadOptions::default();
-            opts.set_iterate_upper_bound(vnode_end(vnode));
-            let start = vnode_start(vnode);
-            let iter = self
-                .db
-                .iterator_cf_opt(self.cf, opts, IteratorMode::From(&start, rocksdb::Direction::Forward));
-            for item in iter {
-                let (_, value) = item.unwrap_or_else(|e| panic!("RocksDB scan failed: {e}"));
+            let (start, end) = key_records(vnode);
+            for (_, value) in self.scan(&start, &end, false) {
                 count += u64::from(!Value::decode(&value).is_expired(self.now_ms));
             }
         }
@@ -259,7 +343,7 @@ impl<'a> Keyspace<'a> {
             },
             WriteOp::MSet { pairs } => {
                 for (skey, (_, value)) in skeys.into_iter().zip(pairs) {
-                    self.store(skey, &Value::string(value.clone(), 0));
+                    self.replace(skey, &Value::string(value.clone(), 0));
                 }
                 Frame::ok()
             }
@@ -268,7 +352,7 @@ impl<'a> Keyspace<'a> {
                     Frame::Integer(0)
                 } else {
                     for (skey, (_, value)) in skeys.into_iter().zip(pairs) {
-                        self.store(skey, &Value::string(value.clone(), 0));
+                        self.replace(skey, &Value::string(value.clone(), 0));
                     }
                     Frame::Integer(1)
                 }
@@ -277,7 +361,7 @@ impl<'a> Keyspace<'a> {
                 let mut n = 0;
                 for skey in skeys {
                     if self.load(&skey).is_some() {
-                        self.remove(skey);
+                        self.delete_key(skey);
                         n += 1;
                     }
                 }
@@ -328,14 +412,11 @@ impl<'a> Keyspace<'a> {
             },
             WriteOp::FlushAll => {
                 for &vnode in self.owned {
-                    self.batch
-                        .delete_range_cf(self.cf, vnode_start(vnode), vnode_end(vnode));
+                    self.clear_range(vnode_start(vnode), vnode_end(vnode));
                 }
-                // Later operations of this batch must not read flushed keys from the DB.
-                self.overlay.clear();
-                self.flushed = true;
                 Frame::ok()
             }
+            WriteOp::Command { args, seed } => self.command(args, *seed, true),
             WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } | WriteOp::Many(_) => {
                 Frame::error("ERR split, merge and batch entries are applied by the state machine")
             }
@@ -343,7 +424,7 @@ impl<'a> Keyspace<'a> {
                 let mut n = 0;
                 for skey in skeys {
                     if self.load_raw(&skey).is_some_and(|v| v.is_expired(self.now_ms)) {
-                        self.remove(skey);
+                        self.delete_key(skey);
                         n += 1;
                     }
                 }
@@ -366,9 +447,6 @@ impl<'a> Keyspace<'a> {
                 Ok(v) => v,
                 Err(e) => return e,
             }
-        } else if condition == SetCondition::Always && !keep_ttl {
-            // A plain SET overwrites whatever is there: no need to read it.
-            None
         } else {
             self.load(&skey)
         };
@@ -399,7 +477,7 @@ impl<'a> Keyspace<'a> {
             SetReply::OldValue => old(),
             SetReply::Integer => Frame::Integer(1),
         };
-        self.store(skey, &Value::string(value.to_vec(), expires_at));
+        self.replace(skey, &Value::string(value.to_vec(), expires_at));
         answer
     }
 
@@ -462,12 +540,64 @@ impl<'a> Keyspace<'a> {
             return Frame::Integer(0);
         }
         if deadline <= self.now_ms as i64 {
-            self.remove(skey);
+            self.delete_key(skey);
         } else {
             v.expires_at = Self::stored_deadline(deadline);
             self.store(skey, &v);
         }
         Frame::Integer(1)
+    }
+}
+
+/// The batch's own records over a range, in scan order.
+type OverlayIter<'k> = Box<dyn Iterator<Item = (&'k Vec<u8>, &'k Option<Vec<u8>>)> + 'k>;
+
+/// A merged view of the DB and a batch's overlay over one range: overlay records
+/// win, deleted ones are skipped, DB records in ranges cleared by the batch too.
+pub(crate) struct Merged<'k> {
+    keyspace: &'k Keyspace<'k>,
+    db: std::iter::Peekable<rocksdb::DBIteratorWithThreadMode<'k, DB>>,
+    overlay: std::iter::Peekable<OverlayIter<'k>>,
+    reverse: bool,
+}
+
+impl Iterator for Merged<'_> {
+    type Item = (Vec<u8>, Vec<u8>);
+
+    fn next(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        loop {
+            let db_key = match self.db.peek() {
+                Some(Ok((key, _))) if self.keyspace.is_cleared(key) => {
+                    self.db.next();
+                    continue;
+                }
+                Some(Ok((key, _))) => Some(key.to_vec()),
+                Some(Err(e)) => panic!("RocksDB scan failed: {e}"),
+                None => None,
+            };
+            let take_overlay = match (&db_key, self.overlay.peek()) {
+                (None, None) => return None,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some(d), Some((o, _))) => {
+                    if d == *o {
+                        self.db.next();
+                        true
+                    } else {
+                        (o.as_slice() < d.as_slice()) != self.reverse
+                    }
+                }
+            };
+            if take_overlay {
+                let (key, value) = self.overlay.next().expect("peeked");
+                if let Some(value) = value {
+                    return Some((key.clone(), value.clone()));
+                }
+            } else {
+                let (key, value) = self.db.next().expect("peeked").expect("checked");
+                return Some((key.to_vec(), value.to_vec()));
+            }
+        }
     }
 }
 

@@ -535,7 +535,7 @@ impl Host {
                 Ok(Ok(_)) => {
                     let db = self.engine.db();
                     let owned = group.owned.get();
-                    let ks = Keyspace::new(db, self.engine.cf(CF_DATA), &group.ring, &owned, now_ms());
+                    let mut ks = Keyspace::new(db, self.engine.cf(CF_DATA), &group.ring, &owned, now_ms());
                     match ks.read(&read) {
                         Ok(frame) => NodeResponse::Reply(frame),
                         Err(NotOwned) => NodeResponse::WrongShard { version: 0 },
@@ -780,11 +780,12 @@ impl Host {
         let first_vnode = start.as_ref().map_or(0, |k| u16::from_be_bytes([k[0], k[1]]));
         let owned = group.owned.get();
         for &vnode in owned.range(first_vnode..) {
+            let (first, end) = crate::storage::key_records(vnode);
             let mut opts = rocksdb::ReadOptions::default();
-            opts.set_iterate_upper_bound(crate::storage::vnode_end(vnode));
+            opts.set_iterate_upper_bound(end);
             let from = match &start {
                 Some(k) if k[..2] == vnode.to_be_bytes() => k.clone(),
-                _ => crate::storage::vnode_start(vnode),
+                _ => first,
             };
             let mode = rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward);
             for item in db.iterator_cf_opt(cf, opts, mode) {

@@ -93,8 +93,48 @@ fn local_commands_answer_without_the_cluster() {
     assert_eq!(p("select 0"), Command::Local(Frame::ok()));
     assert_eq!(
         p("command count"),
-        Command::Local(Frame::Integer(COMMANDS.len() as i64))
+        Command::Local(Frame::Integer(
+            (COMMANDS.len() + redraft_common::commands::SHARD_COMMANDS.len()) as i64
+        ))
     );
+}
+
+#[test]
+fn shard_commands_route_by_their_keys() {
+    match p("hset h f v") {
+        Command::Keyed {
+            key,
+            op: ShardOp::Write(WriteOp::Command { args, .. }),
+        } => {
+            assert_eq!(key, b"h".to_vec());
+            assert_eq!(args.len(), 4);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        p("ZRANGE z 0 -1"),
+        Command::Keyed {
+            op: ShardOp::Read(ReadOp::Command { .. }),
+            ..
+        }
+    ));
+    match p("sinterstore d a b") {
+        Command::SameShard { keys, .. } => assert_eq!(keys.len(), 3),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        p("hget h"),
+        Command::Local(Frame::error("ERR wrong number of arguments for 'hget' command"))
+    );
+    // Two SPOPs get different seeds: each is one random choice.
+    let seed = |c| match c {
+        Command::Keyed {
+            op: ShardOp::Write(WriteOp::Command { seed, .. }),
+            ..
+        } => seed,
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(seed(p("spop s")), seed(p("spop s")));
 }
 
 mod fuzz {

@@ -55,7 +55,7 @@ impl Fixture {
     }
 
     fn read(&self, now: u64, op: ReadOp) -> Frame {
-        let ks = Keyspace::new(self.engine.db(), self.engine.cf(CF_DATA), &self.ring, &self.owned, now);
+        let mut ks = Keyspace::new(self.engine.db(), self.engine.cf(CF_DATA), &self.ring, &self.owned, now);
         ks.read(&op).unwrap()
     }
 }
@@ -377,4 +377,204 @@ fn strict_integer_parsing() {
     ] {
         assert!(parse_strict_i64(bad.as_bytes()).is_none(), "{bad}");
     }
+}
+
+/// A shard command as a write, with seed 7.
+fn cmd(line: &str) -> WriteOp {
+    WriteOp::Command {
+        args: line.split(' ').map(b).collect(),
+        seed: 7,
+    }
+}
+
+fn query(line: &str) -> ReadOp {
+    ReadOp::Command {
+        args: line.split(' ').map(b).collect(),
+        seed: 7,
+    }
+}
+
+fn bulks(items: &[&str]) -> Vec<Frame> {
+    items.iter().map(|s| Frame::bulk(*s)).collect()
+}
+
+/// Every record under the data column family (keys and elements).
+fn record_count(f: &Fixture) -> usize {
+    f.engine
+        .db()
+        .iterator_cf(f.engine.cf(CF_DATA), rocksdb::IteratorMode::Start)
+        .count()
+}
+
+#[test]
+fn deleting_or_overwriting_a_collection_removes_its_elements() {
+    let f = fixture();
+    f.write(1, &[cmd("HSET h a 1 b 2"), cmd("RPUSH l x y z"), cmd("ZADD z 1 m 2 n")]);
+    // h: key + 2 fields; l: key + 3 items; z: key + 2 members in 2 families.
+    assert_eq!(record_count(&f), 3 + 4 + 5);
+    f.write(1, &[WriteOp::Del { keys: vec![b("h")] }, set("l", "now a string")]);
+    assert_eq!(record_count(&f), 1 + 5, "only l's string and z remain");
+    // A new hash at the same key starts empty.
+    f.write(1, &[cmd("HSET h c 3")]);
+    assert_eq!(
+        f.read(1, query("HGETALL h")),
+        Frame::Map(vec![(Frame::bulk("c"), Frame::bulk("3"))])
+    );
+    f.write(1, &[WriteOp::FlushAll]);
+    assert_eq!(record_count(&f), 0);
+}
+
+#[test]
+fn an_expired_collection_is_gone_for_reads_and_replaced_on_write() {
+    let f = fixture();
+    f.write(100, &[cmd("SADD s a b c")]);
+    f.write(
+        100,
+        &[WriteOp::Expire {
+            key: b("s"),
+            expiry: Expiry::InMs(10),
+            condition: ExpireCondition::Always,
+        }],
+    );
+    assert_eq!(f.read(105, query("SCARD s")), Frame::Integer(3));
+    assert_eq!(f.read(200, query("SCARD s")), Frame::Integer(0));
+    assert_eq!(f.read(200, query("SMEMBERS s")), Frame::Set(vec![]));
+    // Writing after the expiry creates a fresh set: the old members are not back.
+    f.write(200, &[cmd("SADD s z")]);
+    assert_eq!(f.read(200, query("SMEMBERS s")), Frame::Set(bulks(&["z"])));
+    assert_eq!(
+        f.read(
+            200,
+            ReadOp::Ttl {
+                key: b("s"),
+                millis: true
+            }
+        ),
+        Frame::Integer(-1)
+    );
+    // Purging an expired collection deletes its elements too.
+    f.write(
+        300,
+        &[
+            cmd("RPUSH l a b"),
+            WriteOp::Expire {
+                key: b("l"),
+                expiry: Expiry::InMs(1),
+                condition: ExpireCondition::Always,
+            },
+        ],
+    );
+    assert_eq!(
+        f.write(400, &[WriteOp::PurgeExpired { keys: vec![b("l")] }]),
+        vec![Frame::Integer(1)]
+    );
+    assert_eq!(record_count(&f), 2, "only s and its member remain");
+}
+
+#[test]
+fn writes_in_one_batch_see_each_other_in_ranges() {
+    let f = fixture();
+    // One batch: create, read ranges over uncommitted elements, delete and re-add.
+    let replies = f.write(
+        1,
+        &[
+            cmd("ZADD z 3 c 1 a 2 b"),
+            cmd("ZPOPMIN z"),
+            cmd("RPUSH l 1 2 3"),
+            cmd("LPOP l 2"),
+            cmd("SADD s x"),
+            WriteOp::Del { keys: vec![b("s")] },
+            cmd("SADD s y"),
+            cmd("SPOP s 5"),
+        ],
+    );
+    assert_eq!(
+        replies[1],
+        Frame::Array(vec![Frame::bulk("a"), Frame::Double("1".into())])
+    );
+    assert_eq!(replies[3], Frame::Array(bulks(&["1", "2"])));
+    assert_eq!(replies[7], Frame::Set(bulks(&["y"])), "the deleted member is not seen");
+    assert_eq!(f.read(1, query("ZRANGE z 0 -1")), Frame::Array(bulks(&["b", "c"])));
+    assert_eq!(f.read(1, query("LRANGE l 0 -1")), Frame::Array(bulks(&["3"])));
+    assert_eq!(f.read(1, ReadOp::Exists { keys: vec![b("s")] }), Frame::Integer(0));
+}
+
+#[test]
+fn random_pops_are_the_same_on_every_replica() {
+    let members: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    let add = format!("SADD s {}", members.join(" "));
+    let pop = |seed| {
+        let f = fixture();
+        f.write(1, &[cmd(&add)]);
+        let op = WriteOp::Command {
+            args: vec![b("SPOP"), b("s"), b("5")],
+            seed,
+        };
+        (f.write(1, &[op]).remove(0), f.read(1, query("SMEMBERS s")))
+    };
+    let (first, left) = pop(99);
+    assert_eq!((first.clone(), left.clone()), pop(99), "same seed, same choice");
+    let Frame::Set(popped) = first else { panic!("{first:?}") };
+    let Frame::Set(left) = left else { panic!("{left:?}") };
+    assert_eq!(popped.len(), 5);
+    assert_eq!(left.len(), 45);
+    assert!(popped.iter().all(|m| !left.contains(m)));
+    assert_ne!(pop(100).0, Frame::Set(popped), "another seed picks others");
+}
+
+#[test]
+fn element_scans_return_everything_present_throughout_despite_changes() {
+    let f = fixture();
+    let fields: Vec<String> = (0..200).map(|i| format!("f{i} v")).collect();
+    f.write(1, &[cmd(&format!("HSET h {}", fields.join(" ")))]);
+    let mut cursor = "0".to_string();
+    let mut seen = BTreeSet::new();
+    let mut calls = 0;
+    loop {
+        let Frame::Array(reply) = f.read(1, query(&format!("HSCAN h {cursor} COUNT 7"))) else {
+            panic!()
+        };
+        let [Frame::Bulk(next), Frame::Array(items)] = &reply[..] else {
+            panic!("{reply:?}")
+        };
+        for pair in items.chunks(2) {
+            let Frame::Bulk(field) = &pair[0] else { panic!() };
+            seen.insert(String::from_utf8(field.clone()).unwrap());
+        }
+        // Churn between calls: fields 150.. come and go, others stay.
+        f.write(
+            1,
+            &[
+                cmd(&format!("HDEL h f{}", 150 + calls % 50)),
+                cmd(&format!("HSET h new{calls} v")),
+            ],
+        );
+        calls += 1;
+        cursor = String::from_utf8(next.clone()).unwrap();
+        if cursor == "0" {
+            break;
+        }
+        assert!(calls < 200, "the scan must finish");
+    }
+    for i in 0..150 {
+        assert!(
+            seen.contains(&format!("f{i}")),
+            "f{i} was present throughout but not returned"
+        );
+    }
+}
+
+#[test]
+fn shard_commands_refuse_bad_shapes_instead_of_panicking() {
+    let f = fixture();
+    // Arity is checked on the node too (the proxy checks it first).
+    assert_eq!(
+        f.write(1, &[cmd("HSET")]),
+        vec![Frame::error("ERR wrong number of arguments for 'hset' command")]
+    );
+    assert_eq!(
+        f.read(1, query("SPOP s")),
+        Frame::error("ERR 'spop' writes and must go through the log")
+    );
+    assert_eq!(f.read(1, query("NOSUCH k")), Frame::error("ERR unknown shard command"));
 }

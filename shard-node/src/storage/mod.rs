@@ -1,19 +1,62 @@
 //! How user data is laid out in the node's RocksDB.
 //!
-//! KEYS. `vnode u16 BE | user key` in the `data` column family: one virtual node's
-//! data is one contiguous prefix, so a shard's snapshot is a scan of its virtual
-//! nodes and moving a virtual node is a scan of one prefix.
+//! Everything of one virtual node lives under its `vnode u16 BE` prefix in the
+//! `data` column family, so a shard's snapshot is a scan of its virtual nodes and
+//! moving, splitting or flushing a virtual node is one prefix.
 //!
-//! VALUES. `kind u8 | expires_at u64 BE (ms since epoch, 0 = none) | payload`.
-//! Only strings (`kind` 0) exist today; the kind byte lets other types share the
-//! keyspace and answer WRONGTYPE.
+//! KEYS. Under the prefix, a tag byte separates two kinds of records:
+//! - `vnode | 0x00 | xxh3(user key) u64 BE | user key`: the key's record (a
+//!   string's value, or a collection's metadata). Counting, expiring and scanning
+//!   keys read only these. Ordering by the key's hash gives SCAN a numeric cursor
+//!   that names a position (virtual node, hash) rather than a key, as Redis's
+//!   cursor names a hash bucket.
+//! - `vnode | 0x01 | key length u32 BE | user key | sub-key`: one element of a
+//!   collection (a hash field, a set member, a list slot, a sorted-set entry), so
+//!   changing one element never rewrites the collection. The length makes a key's
+//!   element prefix unique (no key's prefix is another key's), and deleting a
+//!   collection is one range deletion of that prefix.
+//!
+//! Hash fields, set members and sorted-set members are likewise stored after
+//! their own hash ([`hashed`]), for the same cursor in HSCAN, SSCAN and ZSCAN.
+//!
+//! VALUES. `kind u8 | expires_at u64 BE (ms since epoch, 0 = none) | payload`; for
+//! a string the payload is its bytes, for a collection its [`CollectionMeta`].
+//! Element values are the element's own bytes (see the collection modules).
 
 use redraft_common::ids::VnodeId;
 
+const TAG_KEY: u8 = 0;
+const TAG_ELEMENT: u8 = 1;
+
 /// The storage key of `key` in virtual node `vnode`.
 pub fn data_key(vnode: VnodeId, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + key.len());
+    let mut out = Vec::with_capacity(11 + key.len());
     out.extend_from_slice(&vnode.to_be_bytes());
+    out.push(TAG_KEY);
+    out.extend_from_slice(&hashed(key));
+    out
+}
+
+/// `xxh3(bytes) u64 BE | bytes`: the stored form of keys, hash fields and members.
+pub fn hashed(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + bytes.len());
+    out.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(bytes).to_be_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The bytes of a [`hashed`] form, without the hash.
+pub fn unhashed(stored: &[u8]) -> &[u8] {
+    &stored[8..]
+}
+
+/// The prefix of every element of the collection stored at `data_key`.
+pub fn element_prefix(data_key: &[u8]) -> Vec<u8> {
+    let key = user_key(data_key);
+    let mut out = Vec::with_capacity(7 + key.len());
+    out.extend_from_slice(&data_key[..2]);
+    out.push(TAG_ELEMENT);
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
     out.extend_from_slice(key);
     out
 }
@@ -29,9 +72,36 @@ pub fn vnode_end(vnode: VnodeId) -> Vec<u8> {
     (vnode + 1).to_be_bytes().to_vec()
 }
 
-/// The user key of a storage key.
+/// The range of key records (no elements) of virtual node `vnode`.
+pub fn key_records(vnode: VnodeId) -> (Vec<u8>, Vec<u8>) {
+    let mut start = vnode_start(vnode);
+    let mut end = start.clone();
+    start.push(TAG_KEY);
+    end.push(TAG_ELEMENT);
+    (start, end)
+}
+
+/// The exclusive end of the range of keys starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only an all-0xff prefix gets here; vnode prefixes never are (see vnode_end).
+    vec![0xff; prefix.len() + 1]
+}
+
+/// The user key of a key record's storage key.
 pub fn user_key(storage_key: &[u8]) -> &[u8] {
-    &storage_key[2..]
+    &storage_key[11..]
+}
+
+/// Whether a storage key is a key record (not a collection element).
+pub fn is_key_record(storage_key: &[u8]) -> bool {
+    storage_key.get(2) == Some(&TAG_KEY)
 }
 
 /// The kind of a stored value.
@@ -39,6 +109,14 @@ pub fn user_key(storage_key: &[u8]) -> &[u8] {
 pub enum Kind {
     /// A Redis string.
     String = 0,
+    /// A hash: field -> value elements.
+    Hash = 1,
+    /// A list: elements at consecutive positions.
+    List = 2,
+    /// A set: member elements.
+    Set = 3,
+    /// A sorted set: member -> score and (score, member) elements.
+    ZSet = 4,
 }
 
 impl Kind {
@@ -46,6 +124,73 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::String => "string",
+            Kind::Hash => "hash",
+            Kind::List => "list",
+            Kind::Set => "set",
+            Kind::ZSet => "zset",
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Kind> {
+        Some(match byte {
+            0 => Kind::String,
+            1 => Kind::Hash,
+            2 => Kind::List,
+            3 => Kind::Set,
+            4 => Kind::ZSet,
+            _ => return None,
+        })
+    }
+}
+
+/// The metadata of a collection, the payload of its key record.
+///
+/// `head..tail` are a list's positions (its elements are stored at `head`,
+/// `head + 1`, ...; a push on the left takes `head - 1`); other collections keep
+/// only `len`. Positions start in the middle of `u64`, so either end can grow for
+/// as long as any list can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CollectionMeta {
+    /// Number of elements (hash fields, members, list items).
+    pub len: u64,
+    /// A list's first position.
+    pub head: u64,
+}
+
+/// Where an empty list's positions start.
+pub const LIST_MIDDLE: u64 = 1 << 63;
+
+impl CollectionMeta {
+    /// An empty collection.
+    pub fn empty() -> CollectionMeta {
+        CollectionMeta {
+            len: 0,
+            head: LIST_MIDDLE,
+        }
+    }
+
+    /// A list's position after its last element.
+    pub fn tail(&self) -> u64 {
+        self.head + self.len
+    }
+
+    /// Payload encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        out.extend_from_slice(&self.len.to_be_bytes());
+        out.extend_from_slice(&self.head.to_be_bytes());
+        out
+    }
+
+    /// Decodes a payload.
+    ///
+    /// # Panics
+    /// On a malformed payload (storage corruption; see [`Value::decode`]).
+    pub fn decode(payload: &[u8]) -> CollectionMeta {
+        assert!(payload.len() == 16, "corrupt collection metadata");
+        CollectionMeta {
+            len: u64::from_be_bytes(payload[..8].try_into().expect("8 bytes")),
+            head: u64::from_be_bytes(payload[8..].try_into().expect("8 bytes")),
         }
     }
 }
@@ -91,12 +236,13 @@ impl Value {
     /// On a malformed value: storage corruption must stop the node rather than let
     /// it diverge from its peers.
     pub fn decode(bytes: &[u8]) -> Value {
-        assert!(
-            bytes.len() >= 9 && bytes[0] == Kind::String as u8,
-            "corrupt value in data column family"
-        );
+        let kind = bytes.first().and_then(|&b| Kind::from_byte(b));
+        let kind = match kind {
+            Some(kind) if bytes.len() >= 9 => kind,
+            _ => panic!("corrupt value in data column family"),
+        };
         Value {
-            kind: Kind::String,
+            kind,
             expires_at: u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")),
             payload: bytes[9..].to_vec(),
         }
@@ -115,6 +261,31 @@ mod tests {
         assert_eq!(vnode_end(1), vnode_start(2));
         assert!(data_key(u16::MAX - 1, b"\xff\xff") < vnode_end(u16::MAX - 1));
         assert!(data_key(255, b"k") < data_key(256, b"a"));
+    }
+
+    #[test]
+    fn elements_sort_after_every_key_record_of_their_vnode() {
+        let (start, end) = key_records(7);
+        let key = data_key(7, b"\xff\xffzz");
+        assert!(start <= key && key < end);
+        let elements = element_prefix(&data_key(7, b"h"));
+        assert!(end <= elements && elements < vnode_end(7));
+        assert!(!is_key_record(&elements) && is_key_record(&key));
+        // One key's element prefix is never a prefix of another key's.
+        let longer = element_prefix(&data_key(7, b"hh"));
+        assert!(!longer.starts_with(&elements));
+        assert!(prefix_end(&elements) <= longer || longer < elements);
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b".to_vec());
+    }
+
+    #[test]
+    fn collection_metadata_round_trips() {
+        let meta = CollectionMeta {
+            len: 3,
+            head: LIST_MIDDLE - 2,
+        };
+        assert_eq!(CollectionMeta::decode(&meta.encode()), meta);
+        assert_eq!(meta.tail(), LIST_MIDDLE + 1);
     }
 
     #[test]

@@ -1,0 +1,185 @@
+//! Commands that shard nodes execute from their arguments: the collection types.
+//!
+//! The proxy checks arity and routes by the key positions given here; the
+//! command travels to the shard as its arguments (as in Redis's own replication
+//! stream), and the shard's state machine parses and executes it. One table,
+//! shared by both sides, says which commands write and where their keys are.
+
+use crate::ops::Bytes;
+
+/// Where a command's keys are among its arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySpec {
+    /// The first argument.
+    First,
+    /// The first two arguments (source and destination).
+    FirstTwo,
+    /// Every argument after the name.
+    All,
+}
+
+/// A command executed by shard nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardCommand {
+    /// Lowercase name.
+    pub name: &'static str,
+    /// Redis's arity: `n > 0` exactly n arguments with the name, `n < 0` at least -n.
+    pub arity: i32,
+    /// Whether it is replicated through the log (else served as a read).
+    pub write: bool,
+    /// Its keys.
+    pub keys: KeySpec,
+}
+
+const fn cmd(name: &'static str, arity: i32, write: bool, keys: KeySpec) -> ShardCommand {
+    ShardCommand {
+        name,
+        arity,
+        write,
+        keys,
+    }
+}
+
+use KeySpec::{All, First, FirstTwo};
+
+/// Every command shard nodes execute from their arguments (Redis 7.0 arities).
+pub const SHARD_COMMANDS: &[ShardCommand] = &[
+    // Hashes.
+    cmd("hset", -4, true, First),
+    cmd("hmset", -4, true, First),
+    cmd("hsetnx", 4, true, First),
+    cmd("hget", 3, false, First),
+    cmd("hmget", -3, false, First),
+    cmd("hdel", -3, true, First),
+    cmd("hgetall", 2, false, First),
+    cmd("hkeys", 2, false, First),
+    cmd("hvals", 2, false, First),
+    cmd("hlen", 2, false, First),
+    cmd("hexists", 3, false, First),
+    cmd("hincrby", 4, true, First),
+    cmd("hincrbyfloat", 4, true, First),
+    cmd("hstrlen", 3, false, First),
+    cmd("hrandfield", -2, false, First),
+    cmd("hscan", -3, false, First),
+    // Lists.
+    cmd("lpush", -3, true, First),
+    cmd("rpush", -3, true, First),
+    cmd("lpushx", -3, true, First),
+    cmd("rpushx", -3, true, First),
+    cmd("lpop", -2, true, First),
+    cmd("rpop", -2, true, First),
+    cmd("llen", 2, false, First),
+    cmd("lrange", 4, false, First),
+    cmd("lindex", 3, false, First),
+    cmd("lset", 4, true, First),
+    cmd("linsert", 5, true, First),
+    cmd("lrem", 4, true, First),
+    cmd("ltrim", 4, true, First),
+    cmd("lpos", -3, false, First),
+    cmd("lmove", 5, true, FirstTwo),
+    cmd("rpoplpush", 3, true, FirstTwo),
+    // Sets.
+    cmd("sadd", -3, true, First),
+    cmd("srem", -3, true, First),
+    cmd("smembers", 2, false, First),
+    cmd("sismember", 3, false, First),
+    cmd("smismember", -3, false, First),
+    cmd("scard", 2, false, First),
+    cmd("spop", -2, true, First),
+    cmd("srandmember", -2, false, First),
+    cmd("smove", 4, true, FirstTwo),
+    cmd("sinter", -2, false, All),
+    cmd("sunion", -2, false, All),
+    cmd("sdiff", -2, false, All),
+    cmd("sinterstore", -3, true, All),
+    cmd("sunionstore", -3, true, All),
+    cmd("sdiffstore", -3, true, All),
+    cmd("sscan", -3, false, First),
+    // Sorted sets.
+    cmd("zadd", -4, true, First),
+    cmd("zrem", -3, true, First),
+    cmd("zscore", 3, false, First),
+    cmd("zmscore", -3, false, First),
+    cmd("zincrby", 4, true, First),
+    cmd("zcard", 2, false, First),
+    cmd("zcount", 4, false, First),
+    cmd("zlexcount", 4, false, First),
+    cmd("zrange", -4, false, First),
+    cmd("zrangebyscore", -4, false, First),
+    cmd("zrevrangebyscore", -4, false, First),
+    cmd("zrangebylex", -4, false, First),
+    cmd("zrevrangebylex", -4, false, First),
+    cmd("zrevrange", -4, false, First),
+    cmd("zrank", 3, false, First),
+    cmd("zrevrank", 3, false, First),
+    cmd("zpopmin", -2, true, First),
+    cmd("zpopmax", -2, true, First),
+    cmd("zremrangebyscore", 4, true, First),
+    cmd("zremrangebyrank", 4, true, First),
+    cmd("zremrangebylex", 4, true, First),
+    cmd("zscan", -3, false, First),
+];
+
+/// Arity as Redis declares it: `n > 0` exactly n arguments with the name, `n < 0`
+/// at least `-n`.
+pub fn arity_ok(arity: i32, argc: usize) -> bool {
+    if arity > 0 {
+        argc == arity as usize
+    } else {
+        argc >= arity.unsigned_abs() as usize
+    }
+}
+
+/// The shard command called `name` (any case).
+pub fn lookup(name: &[u8]) -> Option<&'static ShardCommand> {
+    SHARD_COMMANDS
+        .iter()
+        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
+}
+
+impl ShardCommand {
+    /// The keys among `args` (the full request, name first).
+    pub fn keys<'a>(&self, args: &'a [Bytes]) -> Vec<&'a [u8]> {
+        let keys = match self.keys {
+            KeySpec::First => &args[1..2.min(args.len())],
+            KeySpec::FirstTwo => &args[1..3.min(args.len())],
+            KeySpec::All => &args[1..],
+        };
+        keys.iter().map(|k| &k[..]).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_lowercase_and_arities_cover_the_keys() {
+        let mut names = std::collections::BTreeSet::new();
+        for c in SHARD_COMMANDS {
+            assert!(names.insert(c.name), "{} twice", c.name);
+            assert_eq!(c.name, c.name.to_lowercase());
+            let least = c.arity.unsigned_abs() as usize;
+            let needed = match c.keys {
+                KeySpec::First | KeySpec::All => 2,
+                KeySpec::FirstTwo => 3,
+            };
+            assert!(least >= needed, "{} has too few arguments for its keys", c.name);
+        }
+    }
+
+    #[test]
+    fn keys_are_found_where_the_spec_says() {
+        let args: Vec<Bytes> = ["LMOVE", "a", "b", "LEFT", "RIGHT"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        assert_eq!(lookup(b"lmove").unwrap().keys(&args), vec![&b"a"[..], b"b"]);
+        let args: Vec<Bytes> = ["sinter", "a", "b", "c"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        assert_eq!(lookup(b"SINTER").unwrap().keys(&args).len(), 3);
+        assert!(lookup(b"get").is_none());
+    }
+}
