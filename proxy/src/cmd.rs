@@ -47,6 +47,11 @@ pub enum Command {
     MSetNx(Vec<(Bytes, Bytes)>),
     /// A shard command whose keys must all live in one shard (SINTER, LMOVE, ...).
     SameShard { keys: Vec<Bytes>, op: ShardOp },
+    /// Reads or changes the connection (HELLO, AUTH, CLIENT) or needs its address
+    /// (CLUSTER, CONFIG): run by the connection, in order.
+    Session(Vec<Bytes>),
+    /// LEADER key: where the key lives (virtual node, shard, leader, replicas).
+    Leader(Bytes),
 }
 
 fn err(text: impl Into<String>) -> Command {
@@ -78,6 +83,11 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("command", -1),
     ("info", -1),
     ("client", -2),
+    ("hello", -1),
+    ("auth", -2),
+    ("cluster", -2),
+    ("config", -2),
+    ("leader", 2),
     ("dbsize", 1),
     ("flushall", -1),
     ("flushdb", -1),
@@ -210,9 +220,10 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
             0 => Command::Local(Frame::ok()),
             _ => err("ERR DB index is out of range"),
         },
-        "command" => command_info(a),
+        "command" => Command::Local(crate::admin::command(a)),
+        "hello" | "auth" | "client" | "cluster" | "config" => Command::Session(a.to_vec()),
+        "leader" => Command::Leader(key()),
         "info" => Command::Info(a.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())),
-        "client" => client(a),
         "dbsize" => Command::SumAll(ShardOp::Read(ReadOp::DbSize)),
         "flushall" | "flushdb" => {
             if a.len() > 2
@@ -489,32 +500,6 @@ fn parse_expire(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
     ))
 }
 
-fn command_info(a: &[Vec<u8>]) -> Command {
-    match a.get(1).map(|s| s.to_ascii_lowercase()) {
-        None => Command::Local(Frame::Array(vec![])),
-        Some(sub) if sub == b"count" => {
-            Command::Local(Frame::Integer((COMMANDS.len() + commands::SHARD_COMMANDS.len()) as i64))
-        }
-        Some(sub) if sub == b"docs" || sub == b"info" => Command::Local(Frame::Array(vec![])),
-        Some(sub) => err(format!(
-            "ERR unknown subcommand '{}'. Try COMMAND HELP.",
-            String::from_utf8_lossy(&sub)
-        )),
-    }
-}
-
-fn client(a: &[Vec<u8>]) -> Command {
-    match a[1].to_ascii_lowercase().as_slice() {
-        b"setname" | b"setinfo" | b"no-evict" | b"no-touch" => Command::Local(Frame::ok()),
-        b"getname" => Command::Local(Frame::Null),
-        b"id" => Command::Local(Frame::Integer(1)),
-        other => err(format!(
-            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
-            String::from_utf8_lossy(other)
-        )),
-    }
-}
-
 fn sum(frames: Vec<Frame>) -> Frame {
     let mut total = 0;
     for frame in frames {
@@ -647,6 +632,8 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
             one_shard(router, keys.iter().map(|k| &k[..]))?;
             router.exec_key(&keys[0], op).await?
         }
+        Command::Leader(key) => router.describe_key(&key)?,
+        Command::Session(_) => Frame::error("ERR connection commands run on their connection"),
         Command::SumAll(op) => sum_over_shards(router, op).await?,
         Command::AllOk(op) => all_ok(on_every_shard(router, op).await?),
     })

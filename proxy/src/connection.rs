@@ -24,6 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cmd::{self, Command};
+use crate::session::{self, After, Session};
 use crate::{reply, Shared};
 
 /// Most requests taken from the buffer as one batch: bounds the memory of
@@ -33,11 +34,15 @@ const MAX_BATCH: usize = 1024;
 /// Serves one client until it disconnects or sends QUIT.
 pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
+    let mut session = Session::open(&shared.clients, socket.peer_addr()?, socket.local_addr()?);
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let n = socket.read(&mut chunk).await?;
+        let n = tokio::select! {
+            read = socket.read(&mut chunk) => read?,
+            _ = session.client.killed.notified() => return Ok(()),
+        };
         if n == 0 {
             return Ok(());
         }
@@ -63,9 +68,13 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Resul
             }
             buf.drain(..consumed);
             let more = batch.len() == MAX_BATCH;
-            let (replies, quit) = run_batch(&shared, batch).await;
-            for reply in &replies {
-                reply.encode(&mut out);
+            let (replies, quit) = run_batch(&shared, &mut session, batch).await;
+            for (reply, resp3) in &replies {
+                if *resp3 {
+                    reply.encode_resp3(&mut out);
+                } else {
+                    reply.encode(&mut out);
+                }
             }
             if let Some(e) = &protocol_error {
                 e.to_frame().encode(&mut out);
@@ -84,18 +93,41 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Resul
     }
 }
 
-/// Runs a batch as described in the module docs; returns the replies in order and
-/// whether the client asked to quit (commands after QUIT are not run).
-async fn run_batch(shared: &Shared, batch: Vec<(&'static str, Command)>) -> (Vec<Frame>, bool) {
+/// Runs a batch as described in the module docs; returns the replies in order,
+/// each with whether it is encoded as RESP3, and whether the connection ends
+/// (QUIT, or CLIENT KILL of itself; later commands are not run).
+async fn run_batch(
+    shared: &Shared,
+    session: &mut Session,
+    batch: Vec<(&'static str, Command)>,
+) -> (Vec<(Frame, bool)>, bool) {
     let mut replies: Vec<Option<Frame>> = Vec::with_capacity(batch.len());
+    let mut resp3 = Vec::with_capacity(batch.len());
     let mut lanes: BTreeMap<ShardId, Vec<(usize, &'static str, Command)>> = BTreeMap::new();
     let mut quit = false;
     for (name, command) in batch {
         let i = replies.len();
         replies.push(None);
+        resp3.push(session.resp3);
+        session.touch(name);
         let answered = |frame: Frame| Some(observed(name, std::time::Instant::now(), frame));
         match command {
             Command::Local(frame) => replies[i] = answered(frame),
+            Command::Session(args) => {
+                drain(shared, &mut lanes, &mut replies).await;
+                let (frame, after) = match name {
+                    "cluster" => (crate::admin::cluster(&args, session.local_addr()), After::Continue),
+                    "config" => (crate::admin::config(&args, session.local_addr()), After::Continue),
+                    _ => session::execute(session, &args),
+                };
+                replies[i] = answered(frame);
+                // HELLO answers in the protocol it selects.
+                resp3[i] = session.resp3;
+                if after == After::Close {
+                    quit = true;
+                    break;
+                }
+            }
             Command::Quit => {
                 drain(shared, &mut lanes, &mut replies).await;
                 replies[i] = answered(Frame::ok());
@@ -117,7 +149,8 @@ async fn run_batch(shared: &Shared, batch: Vec<(&'static str, Command)>) -> (Vec
     (
         replies
             .into_iter()
-            .map(|r| r.expect("every command answered"))
+            .zip(resp3)
+            .map(|(r, resp3)| (r.expect("every command answered"), resp3))
             .collect(),
         quit,
     )

@@ -7,6 +7,10 @@ use std::time::Instant;
 
 use crate::route::Router;
 
+/// The Redis version the proxy reports (INFO, HELLO): the command set and
+/// replies follow Redis 7.
+pub const REDIS_VERSION: &str = "7.2.0";
+
 /// When the process started (first INFO call at the latest).
 static STARTED: OnceLock<Instant> = OnceLock::new();
 
@@ -27,7 +31,7 @@ pub fn render(router: &Router, section: Option<&str>, keys: Option<i64>) -> Stri
     if wanted("server") {
         let _ = write!(
             s,
-            "# Server\r\nredis_version:7.2.0\r\nredraft_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n\r\n",
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredraft_version:{}\r\nredis_mode:standalone\r\nos:{}\r\narch_bits:64\r\nprocess_id:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n\r\n",
             env!("CARGO_PKG_VERSION"),
             std::env::consts::OS,
             std::process::id(),

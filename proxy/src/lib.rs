@@ -7,16 +7,20 @@
 //! | [`route`] | the routing-table cache, leader hints, retries |
 //! | [`reply`] | proxy errors and their wire strings |
 //! | [`info`] | INFO |
+//! | [`session`] | one connection's state: HELLO, AUTH, CLIENT, the client list |
+//! | [`admin`] | COMMAND, CONFIG, CLUSTER (as one node owning every slot) |
 //!
 //! The proxy keeps no data: any number of copies can run behind a load balancer.
 //! It depends on neither RocksDB nor openraft.
 
+pub mod admin;
 pub mod cmd;
 pub mod connection;
 pub mod info;
 pub mod metrics;
 pub mod reply;
 pub mod route;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +59,8 @@ pub struct Config {
 pub struct Shared {
     /// Routing.
     pub router: Arc<Router>,
+    /// Connected clients (CLIENT LIST, CLIENT KILL).
+    pub clients: Arc<session::Clients>,
 }
 
 /// Runs the proxy until `shutdown` resolves.
@@ -81,7 +87,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    let shared = Arc::new(Shared { router });
+    let shared = Arc::new(Shared {
+        router,
+        clients: Arc::default(),
+    });
     info::mark_start();
     let limit = Arc::new(Semaphore::new(MAX_CLIENTS));
     tracing::info!(addr = %listener.local_addr()?, "proxy listening");

@@ -130,6 +130,37 @@ impl Router {
         }
     }
 
+    /// LEADER's answer for `key`: its virtual node, shard, the shard's leader (as
+    /// last seen) and replicas, with node addresses.
+    pub fn describe_key(&self, key: &[u8]) -> Result<Frame, Error> {
+        let shard = self.shard_of(key)?;
+        let ring = self.ring.read().expect("ring lock").clone();
+        let vnode = ring.map_or(0, |r| r.vnode_of(key));
+        let table = self.table();
+        let info = table
+            .shards
+            .get(&shard)
+            .ok_or_else(|| Error::ClusterDown(format!("shard {shard} is not in the routing table")))?;
+        let leader = self.leaders.get(&shard).map(|l| *l).or(info.leader);
+        let node = |id: u64| {
+            Frame::Array(vec![
+                Frame::Integer(id as i64),
+                Frame::Bulk(table.addr_of(id).unwrap_or("").as_bytes().to_vec()),
+            ])
+        };
+        let text = |s: &str| Frame::Bulk(s.as_bytes().to_vec());
+        Ok(Frame::Map(vec![
+            (text("vnode"), Frame::Integer(i64::from(vnode))),
+            (text("shard"), Frame::Integer(shard as i64)),
+            (text("epoch"), Frame::Integer(info.epoch as i64)),
+            (text("leader"), leader.map_or(Frame::Null, node)),
+            (
+                text("replicas"),
+                Frame::Array(info.replicas.iter().map(|&r| node(r)).collect()),
+            ),
+        ]))
+    }
+
     /// Every shard in the table.
     pub fn shards(&self) -> Result<Vec<ShardId>, Error> {
         let table = self.table();

@@ -1,0 +1,478 @@
+//! Introspection commands clients and tools send before real work: COMMAND
+//! (COUNT, INFO, DOCS, LIST, GETKEYS), CONFIG (GET, SET, RESETSTAT, REWRITE) and
+//! CLUSTER (INFO, MYID, SLOTS, SHARDS, NODES, KEYSLOT).
+//!
+//! CLUSTER answers as one node that owns all 16384 slots, at the address the
+//! client connected to: cluster-mode clients then send everything to this proxy,
+//! which routes by its own ring. CONFIG shows the parameters Redraft has and
+//! the usual values of common ones clients probe; none is changed at run time.
+
+use std::net::SocketAddr;
+
+use redraft_common::commands::{self, KeySpec, SHARD_COMMANDS};
+use redraft_common::resp::Frame;
+
+use crate::cmd::COMMANDS;
+
+/// Number of Redis Cluster hash slots.
+pub const SLOTS: u16 = 16384;
+
+fn bulk(text: impl Into<String>) -> Frame {
+    Frame::Bulk(text.into().into_bytes())
+}
+
+fn error(text: impl Into<String>) -> Frame {
+    Frame::Error(text.into())
+}
+
+fn unknown_subcommand(command: &str, sub: &[u8]) -> Frame {
+    error(format!(
+        "ERR unknown subcommand '{}'. Try {} HELP.",
+        String::from_utf8_lossy(sub),
+        command.to_uppercase()
+    ))
+}
+
+fn wrong_arity(command: &str) -> Frame {
+    error(format!("ERR wrong number of arguments for '{command}' command"))
+}
+
+/// Redis Cluster's slot of a key: CRC16 (XMODEM) of its hash tag, mod 16384.
+pub fn key_slot(key: &[u8]) -> u16 {
+    const CRC16: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+    CRC16.checksum(redraft_common::keys::hash_tag(key)) % SLOTS
+}
+
+/// The proxy's node id for CLUSTER: 40 hex digits derived from its address.
+fn node_id(laddr: SocketAddr) -> String {
+    let hash = xxhash_rust::xxh3::xxh3_128(laddr.to_string().as_bytes());
+    format!("{hash:032x}{:08x}", (hash >> 64) as u32)
+}
+
+/// CLUSTER <subcommand>, as a single node at `laddr` owning every slot.
+pub fn cluster(args: &[Vec<u8>], laddr: SocketAddr) -> Frame {
+    let Some(sub) = args.get(1) else {
+        return wrong_arity("cluster");
+    };
+    let id = node_id(laddr);
+    let (ip, port) = (laddr.ip().to_string(), i64::from(laddr.port()));
+    match (sub.to_ascii_lowercase().as_slice(), args.len()) {
+        (b"info", 2) => bulk(format!(
+            "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOTS}\r\ncluster_slots_ok:{SLOTS}\r\n\
+             cluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:1\r\ncluster_size:1\r\n\
+             cluster_current_epoch:1\r\ncluster_my_epoch:1\r\ncluster_stats_messages_sent:0\r\n\
+             cluster_stats_messages_received:0\r\ntotal_cluster_links_buffer_limit_exceeded:0\r\n"
+        )),
+        (b"myid", 2) => bulk(id),
+        (b"slots", 2) => Frame::Array(vec![Frame::Array(vec![
+            Frame::Integer(0),
+            Frame::Integer(i64::from(SLOTS) - 1),
+            Frame::Array(vec![bulk(ip), Frame::Integer(port), bulk(id), Frame::Map(vec![])]),
+        ])]),
+        (b"shards", 2) => Frame::Array(vec![Frame::Map(vec![
+            (
+                bulk("slots"),
+                Frame::Array(vec![Frame::Integer(0), Frame::Integer(i64::from(SLOTS) - 1)]),
+            ),
+            (
+                bulk("nodes"),
+                Frame::Array(vec![Frame::Map(vec![
+                    (bulk("id"), bulk(id)),
+                    (bulk("port"), Frame::Integer(port)),
+                    (bulk("ip"), bulk(ip.clone())),
+                    (bulk("endpoint"), bulk(ip)),
+                    (bulk("role"), bulk("master")),
+                    (bulk("replication-offset"), Frame::Integer(0)),
+                    (bulk("health"), bulk("online")),
+                ])]),
+            ),
+        ])]),
+        (b"nodes", 2) => bulk(format!(
+            "{id} {laddr}@{} myself,master - 0 0 1 connected 0-{}\n",
+            u32::from(laddr.port()) + 10000,
+            SLOTS - 1
+        )),
+        (b"keyslot", 3) => Frame::Integer(i64::from(key_slot(&args[2]))),
+        (b"help", 2) => Frame::Array(
+            [
+                "CLUSTER <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "INFO",
+                "MYID",
+                "SLOTS",
+                "SHARDS",
+                "NODES",
+                "KEYSLOT <key>",
+                "HELP",
+            ]
+            .iter()
+            .map(|l| Frame::Simple(l.to_string()))
+            .collect(),
+        ),
+        (b"info" | b"myid" | b"slots" | b"shards" | b"nodes" | b"keyslot" | b"help", _) => wrong_arity(&format!(
+            "cluster|{}",
+            String::from_utf8_lossy(sub).to_ascii_lowercase()
+        )),
+        _ => unknown_subcommand("cluster", sub),
+    }
+}
+
+/// CONFIG parameters and their values (`port` and `bind` come from the listener).
+fn parameters(laddr: SocketAddr) -> Vec<(&'static str, String)> {
+    let fixed = [
+        ("appendfsync", "always"),
+        ("appendonly", "yes"),
+        ("cluster-enabled", "no"),
+        ("databases", "1"),
+        ("hash-max-listpack-entries", "128"),
+        ("hz", "10"),
+        ("io-threads", "1"),
+        ("lua-time-limit", "5000"),
+        ("maxmemory", "0"),
+        ("maxmemory-policy", "noeviction"),
+        ("notify-keyspace-events", ""),
+        ("proto-max-bulk-len", "536870912"),
+        ("protected-mode", "no"),
+        ("replica-read-only", "yes"),
+        ("requirepass", ""),
+        ("save", ""),
+        ("set-max-intset-entries", "512"),
+        ("slowlog-log-slower-than", "10000"),
+        ("slowlog-max-len", "128"),
+        ("tcp-keepalive", "300"),
+        ("timeout", "0"),
+        ("zset-max-listpack-entries", "128"),
+    ];
+    let mut all: Vec<(&'static str, String)> = fixed.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    all.push(("bind", laddr.ip().to_string()));
+    all.push(("maxclients", crate::MAX_CLIENTS.to_string()));
+    all.push(("port", laddr.port().to_string()));
+    all.sort();
+    all
+}
+
+/// CONFIG <subcommand>.
+pub fn config(args: &[Vec<u8>], laddr: SocketAddr) -> Frame {
+    let Some(sub) = args.get(1) else {
+        return wrong_arity("config");
+    };
+    match sub.to_ascii_lowercase().as_slice() {
+        b"get" if args.len() >= 3 => {
+            let all = parameters(laddr);
+            let found = all
+                .into_iter()
+                .filter(|(name, _)| {
+                    args[2..]
+                        .iter()
+                        .any(|p| redraft_common::glob::matches(&p.to_ascii_lowercase(), name.as_bytes()))
+                })
+                .map(|(name, value)| (bulk(name), bulk(value)))
+                .collect();
+            Frame::Map(found)
+        }
+        b"set" if args.len() >= 4 && args.len().is_multiple_of(2) => {
+            let name = String::from_utf8_lossy(&args[2]).to_ascii_lowercase();
+            if parameters(laddr).iter().any(|(p, _)| *p == name) {
+                error(format!(
+                    "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
+                ))
+            } else {
+                error(format!(
+                    "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
+                ))
+            }
+        }
+        b"resetstat" if args.len() == 2 => Frame::ok(),
+        b"rewrite" if args.len() == 2 => error("ERR The server is running without a config file"),
+        b"help" if args.len() == 2 => Frame::Array(
+            [
+                "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "GET <pattern>",
+                "SET <directive> <value>",
+                "RESETSTAT",
+                "REWRITE",
+                "HELP",
+            ]
+            .iter()
+            .map(|l| Frame::Simple(l.to_string()))
+            .collect(),
+        ),
+        b"get" | b"set" | b"resetstat" | b"rewrite" | b"help" => {
+            wrong_arity(&format!("config|{}", String::from_utf8_lossy(sub).to_ascii_lowercase()))
+        }
+        _ => unknown_subcommand("config", sub),
+    }
+}
+
+/// `(first key, last key, step)` of a command, Redis's legacy key positions.
+fn key_positions(name: &str) -> (i64, i64, i64) {
+    if let Some(spec) = commands::lookup(name.as_bytes()) {
+        return match spec.keys {
+            KeySpec::First => (1, 1, 1),
+            KeySpec::FirstTwo => (1, 2, 1),
+            KeySpec::All => (1, -1, 1),
+        };
+    }
+    match name {
+        "mget" | "del" | "unlink" | "exists" | "touch" => (1, -1, 1),
+        "mset" | "msetnx" => (1, -1, 2),
+        "rename" | "renamenx" | "copy" => (1, 2, 1),
+        _ if is_keyless(name) => (0, 0, 0),
+        _ => (1, 1, 1),
+    }
+}
+
+fn is_keyless(name: &str) -> bool {
+    matches!(
+        name,
+        "ping"
+            | "echo"
+            | "quit"
+            | "select"
+            | "command"
+            | "info"
+            | "client"
+            | "dbsize"
+            | "flushall"
+            | "flushdb"
+            | "hello"
+            | "auth"
+            | "cluster"
+            | "config"
+            | "scan"
+            | "keys"
+            | "randomkey"
+            | "multi"
+            | "exec"
+            | "discard"
+            | "unwatch"
+            | "reset"
+    )
+}
+
+fn is_write(name: &str) -> bool {
+    if let Some(spec) = commands::lookup(name.as_bytes()) {
+        return spec.write;
+    }
+    matches!(
+        name,
+        "set"
+            | "setnx"
+            | "setex"
+            | "psetex"
+            | "getset"
+            | "getdel"
+            | "getex"
+            | "mset"
+            | "msetnx"
+            | "del"
+            | "unlink"
+            | "incr"
+            | "decr"
+            | "incrby"
+            | "decrby"
+            | "incrbyfloat"
+            | "append"
+            | "setrange"
+            | "expire"
+            | "pexpire"
+            | "expireat"
+            | "pexpireat"
+            | "persist"
+            | "flushall"
+            | "flushdb"
+            | "rename"
+            | "renamenx"
+            | "copy"
+    )
+}
+
+/// Redis's ACL category of a command's data type.
+fn category(name: &str) -> &'static str {
+    match name.as_bytes().first() {
+        _ if is_keyless(name) => "@connection",
+        Some(b'h') => "@hash",
+        Some(b'l') | Some(b'r') if name != "rename" && name != "renamenx" => "@list",
+        Some(b's') if commands::lookup(name.as_bytes()).is_some() => "@set",
+        Some(b'z') => "@sortedset",
+        _ => "@string",
+    }
+}
+
+/// Every command name and arity the proxy knows.
+pub fn all_commands() -> Vec<(&'static str, i32)> {
+    let mut all: Vec<(&'static str, i32)> = COMMANDS.to_vec();
+    all.extend(SHARD_COMMANDS.iter().map(|c| (c.name, c.arity)));
+    all
+}
+
+/// COMMAND INFO's entry for one command (Redis 7's ten fields).
+fn info_entry(name: &'static str, arity: i32) -> Frame {
+    let (first, last, step) = key_positions(name);
+    let simple = |s: &str| Frame::Simple(s.to_string());
+    let flags = if is_keyless(name) {
+        vec![simple("fast")]
+    } else if is_write(name) {
+        vec![simple("write")]
+    } else {
+        vec![simple("readonly")]
+    };
+    let rw = if is_write(name) { "@write" } else { "@read" };
+    Frame::Array(vec![
+        bulk(name),
+        Frame::Integer(i64::from(arity)),
+        Frame::Set(flags),
+        Frame::Integer(first),
+        Frame::Integer(last),
+        Frame::Integer(step),
+        Frame::Set(vec![simple(rw), simple(category(name))]),
+        Frame::Set(vec![]),
+        Frame::Array(vec![]),
+        Frame::Array(vec![]),
+    ])
+}
+
+/// COMMAND [COUNT | INFO name... | DOCS name... | LIST | GETKEYS command...].
+pub fn command(args: &[Vec<u8>]) -> Frame {
+    let all = all_commands();
+    let find = |name: &[u8]| {
+        all.iter()
+            .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+            .copied()
+    };
+    let Some(sub) = args.get(1).map(|s| s.to_ascii_lowercase()) else {
+        return Frame::Array(all.iter().map(|&(n, a)| info_entry(n, a)).collect());
+    };
+    match sub.as_slice() {
+        b"count" if args.len() == 2 => Frame::Integer(all.len() as i64),
+        b"list" if args.len() == 2 => Frame::Array(all.iter().map(|(n, _)| bulk(*n)).collect()),
+        b"info" => {
+            let names: Vec<&[u8]> = if args.len() == 2 {
+                all.iter().map(|(n, _)| n.as_bytes()).collect()
+            } else {
+                args[2..].iter().map(|a| &a[..]).collect()
+            };
+            Frame::Array(
+                names
+                    .into_iter()
+                    .map(|n| find(n).map_or(Frame::Null, |(n, a)| info_entry(n, a)))
+                    .collect(),
+            )
+        }
+        b"docs" => {
+            let wanted: Vec<(&'static str, i32)> = if args.len() == 2 {
+                all.clone()
+            } else {
+                args[2..].iter().filter_map(|n| find(n)).collect()
+            };
+            Frame::Map(
+                wanted
+                    .into_iter()
+                    .map(|(name, _)| {
+                        let group = category(name).trim_start_matches('@');
+                        let group = if group == "connection" { "generic" } else { group };
+                        (
+                            bulk(name),
+                            Frame::Map(vec![
+                                (
+                                    bulk("summary"),
+                                    bulk(format!("Redis's {} command", name.to_uppercase())),
+                                ),
+                                (bulk("since"), bulk("1.0.0")),
+                                (bulk("group"), bulk(group)),
+                            ]),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        b"getkeys" if args.len() >= 4 => {
+            let target = &args[2..];
+            let Some((name, arity)) = find(&target[0]) else {
+                return error("ERR Invalid command specified");
+            };
+            if !commands::arity_ok(arity, target.len()) {
+                return error("ERR Invalid number of arguments specified for command");
+            }
+            let (first, last, step) = key_positions(name);
+            if first == 0 {
+                return error("ERR The command has no key arguments");
+            }
+            let last = if last < 0 { target.len() as i64 + last } else { last };
+            Frame::Array(
+                (first..=last)
+                    .step_by(step as usize)
+                    .filter_map(|i| target.get(i as usize).map(|k| Frame::Bulk(k.clone())))
+                    .collect(),
+            )
+        }
+        b"help" if args.len() == 2 => Frame::Array(
+            [
+                "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "(no subcommand)",
+                "COUNT",
+                "DOCS [<command-name> ...]",
+                "GETKEYS <full-command>",
+                "INFO [<command-name> ...]",
+                "LIST",
+                "HELP",
+            ]
+            .iter()
+            .map(|l| Frame::Simple(l.to_string()))
+            .collect(),
+        ),
+        b"count" | b"list" | b"getkeys" | b"help" => wrong_arity(&format!("command|{}", String::from_utf8_lossy(&sub))),
+        _ => unknown_subcommand("command", &args[1]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_slots_match_redis_cluster() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(key_slot(b"123456789"), 0x31C3 % SLOTS);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"{user1000}.followers"));
+        assert_eq!(key_slot(b"somekey"), 11058);
+    }
+
+    #[test]
+    fn command_getkeys_uses_the_key_positions() {
+        let args = |s: &str| s.split(' ').map(|a| a.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            command(&args("COMMAND GETKEYS MSET a 1 b 2")),
+            Frame::Array(vec![bulk("a"), bulk("b")])
+        );
+        assert_eq!(
+            command(&args("COMMAND GETKEYS LMOVE x y LEFT RIGHT")),
+            Frame::Array(vec![bulk("x"), bulk("y")])
+        );
+        assert_eq!(command(&args("COMMAND INFO nosuch")), Frame::Array(vec![Frame::Null]));
+        let Frame::Array(entry) = command(&args("COMMAND INFO hset")) else {
+            panic!()
+        };
+        let Frame::Array(fields) = &entry[0] else { panic!() };
+        assert_eq!(fields[1], Frame::Integer(-4));
+        assert_eq!(fields[2], Frame::Set(vec![Frame::Simple("write".into())]));
+    }
+
+    #[test]
+    fn config_get_matches_globs_and_set_refuses() {
+        let addr: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+        let args = |s: &str| s.split(' ').map(|a| a.as_bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            config(&args("CONFIG GET maxmemory*"), addr),
+            Frame::Map(vec![
+                (bulk("maxmemory"), bulk("0")),
+                (bulk("maxmemory-policy"), bulk("noeviction")),
+            ])
+        );
+        assert_eq!(
+            config(&args("CONFIG GET port"), addr),
+            Frame::Map(vec![(bulk("port"), bulk("6379"))])
+        );
+        assert!(matches!(config(&args("CONFIG SET nosuch 1"), addr), Frame::Error(e) if e.contains("Unknown option")));
+    }
+}
