@@ -45,6 +45,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("strings", include_str!("scripts/strings.txt")),
     ("collections", include_str!("scripts/collections.txt")),
     ("connection", include_str!("scripts/connection.txt")),
+    ("keys", include_str!("scripts/keys.txt")),
 ];
 
 /// A reply's bytes, with an unordered array's items sorted (`pairs`: in pairs).
@@ -267,4 +268,69 @@ fn hello_client_cluster_and_leader() {
         panic!("{text:?}")
     };
     assert_eq!(replicas.len(), 3, "three replicas: {text:?}");
+}
+
+/// SCAN's guarantee across shards: a full iteration returns every key present
+/// for the whole scan, with MATCH and TYPE applied; keys of one command in
+/// different shards are refused with CROSSSLOT.
+#[test]
+fn scan_walks_every_shard_and_multi_key_commands_stay_in_one() {
+    let cluster = TestCluster::start(3);
+    let mut conn = Resp::connect(cluster.proxy());
+    for i in 0..300 {
+        assert_eq!(conn.cmd(&format!("SET key:{i} v")), Frame::ok());
+    }
+    for i in 0..20 {
+        assert_eq!(conn.cmd(&format!("HSET hash:{i} f v")), Frame::Integer(1));
+    }
+    let scan_all = |conn: &mut Resp, options: &str| {
+        let mut cursor = "0".to_string();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut calls = 0;
+        loop {
+            let Frame::Array(reply) = conn.cmd(&format!("SCAN {cursor}{options}")) else {
+                panic!()
+            };
+            let [Frame::Bulk(next), Frame::Array(keys)] = &reply[..] else {
+                panic!("{reply:?}")
+            };
+            for key in keys {
+                let Frame::Bulk(key) = key else { panic!() };
+                seen.insert(String::from_utf8(key.clone()).unwrap());
+            }
+            cursor = String::from_utf8(next.clone()).unwrap();
+            calls += 1;
+            // Churn while scanning: keys come and go, the 320 above stay.
+            conn.cmd(&format!("SET churn:{calls} v"));
+            conn.cmd(&format!("DEL churn:{}", calls - 1));
+            if cursor == "0" {
+                return (seen, calls);
+            }
+            assert!(calls < 2000, "SCAN must finish");
+        }
+    };
+    let (all, calls) = scan_all(&mut conn, " COUNT 50");
+    for i in 0..300 {
+        assert!(all.contains(&format!("key:{i}")), "key:{i} missing from SCAN");
+    }
+    assert!(calls > 1, "COUNT bounds each call");
+    let (hashes, _) = scan_all(&mut conn, " TYPE hash COUNT 100");
+    assert_eq!(hashes.len(), 20, "{hashes:?}");
+    let (matched, _) = scan_all(&mut conn, " MATCH key:1?");
+    assert_eq!(matched.len(), 10, "{matched:?}");
+    let Frame::Array(keys) = conn.cmd("KEYS hash:*") else {
+        panic!()
+    };
+    assert_eq!(keys.len(), 20);
+    assert!(matches!(conn.cmd("RANDOMKEY"), Frame::Bulk(_)));
+
+    // Two keys in different shards: CROSSSLOT, and nothing changes.
+    let other = (0..300)
+        .map(|i| format!("key:{i}"))
+        .find(|k| conn.cmd(&format!("LEADER {k}")) != conn.cmd("LEADER key:0"))
+        .expect("300 keys cover more than one shard");
+    let crossslot = Frame::error("CROSSSLOT Keys in request don't hash to the same slot");
+    assert_eq!(conn.cmd(&format!("RENAME key:0 {other}")), crossslot);
+    assert_eq!(conn.cmd(&format!("SINTERSTORE {other} key:0")), crossslot);
+    assert_eq!(conn.cmd("EXISTS key:0"), Frame::Integer(1));
 }

@@ -16,6 +16,8 @@ pub enum KeySpec {
     FirstTwo,
     /// Every argument after the name.
     All,
+    /// The second argument (after a subcommand: OBJECT ENCODING key).
+    Second,
 }
 
 /// A command executed by shard nodes.
@@ -40,7 +42,7 @@ const fn cmd(name: &'static str, arity: i32, write: bool, keys: KeySpec) -> Shar
     }
 }
 
-use KeySpec::{All, First, FirstTwo};
+use KeySpec::{All, First, FirstTwo, Second};
 
 /// Every command shard nodes execute from their arguments (Redis 7.0 arities).
 pub const SHARD_COMMANDS: &[ShardCommand] = &[
@@ -118,6 +120,11 @@ pub const SHARD_COMMANDS: &[ShardCommand] = &[
     cmd("zremrangebyrank", 4, true, First),
     cmd("zremrangebylex", 4, true, First),
     cmd("zscan", -3, false, First),
+    // Keys of any type.
+    cmd("rename", 3, true, FirstTwo),
+    cmd("renamenx", 3, true, FirstTwo),
+    cmd("copy", -3, true, FirstTwo),
+    cmd("object", 3, false, Second),
 ];
 
 /// Arity as Redis declares it: `n > 0` exactly n arguments with the name, `n < 0`
@@ -144,6 +151,7 @@ impl ShardCommand {
             KeySpec::First => &args[1..2.min(args.len())],
             KeySpec::FirstTwo => &args[1..3.min(args.len())],
             KeySpec::All => &args[1..],
+            KeySpec::Second => &args[2.min(args.len())..3.min(args.len())],
         };
         keys.iter().map(|k| &k[..]).collect()
     }
@@ -162,7 +170,7 @@ mod tests {
             let least = c.arity.unsigned_abs() as usize;
             let needed = match c.keys {
                 KeySpec::First | KeySpec::All => 2,
-                KeySpec::FirstTwo => 3,
+                KeySpec::FirstTwo | KeySpec::Second => 3,
             };
             assert!(least >= needed, "{} has too few arguments for its keys", c.name);
         }

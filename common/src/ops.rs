@@ -89,6 +89,21 @@ pub enum ReadOp {
     Type { key: Bytes },
     /// Number of live keys in the shard (DBSIZE fans out).
     DbSize,
+    /// One step of SCAN over `vnodes` (consecutive in the ring, all owned by the
+    /// shard), starting in the first at the position of the SCAN cursor `from`:
+    /// examines at most `count` keys. Replies `[next cursor or -1 when the run is
+    /// done, keys examined, [keys...]]`.
+    Scan {
+        vnodes: Vec<VnodeId>,
+        from: u64,
+        count: u64,
+        pattern: Option<Bytes>,
+        kind: Option<String>,
+    },
+    /// KEYS: every live key of the shard matching the glob `pattern`.
+    Keys { pattern: Bytes },
+    /// RANDOMKEY: a live key of the shard picked with `seed`, or nil when empty.
+    RandomKey { seed: u64 },
     /// A read-only [`crate::commands::ShardCommand`], as its arguments; `seed`
     /// drives the commands that pick at random.
     Command { args: Vec<Bytes>, seed: u64 },
@@ -182,7 +197,7 @@ impl ShardOp {
                 | ReadOp::Ttl { key, .. }
                 | ReadOp::Type { key } => vec![key],
                 ReadOp::MGet { keys } | ReadOp::Exists { keys } => keys.iter().map(|k| &k[..]).collect(),
-                ReadOp::DbSize => vec![],
+                ReadOp::DbSize | ReadOp::Scan { .. } | ReadOp::Keys { .. } | ReadOp::RandomKey { .. } => vec![],
                 ReadOp::Command { args, .. } => command_keys(args),
             },
             ShardOp::Write(op) => op.keys(),

@@ -210,12 +210,12 @@ fn key_positions(name: &str) -> (i64, i64, i64) {
             KeySpec::First => (1, 1, 1),
             KeySpec::FirstTwo => (1, 2, 1),
             KeySpec::All => (1, -1, 1),
+            KeySpec::Second => (2, 2, 1),
         };
     }
     match name {
         "mget" | "del" | "unlink" | "exists" | "touch" => (1, -1, 1),
         "mset" | "msetnx" => (1, -1, 2),
-        "rename" | "renamenx" | "copy" => (1, 2, 1),
         _ if is_keyless(name) => (0, 0, 0),
         _ => (1, 1, 1),
     }
@@ -280,9 +280,6 @@ fn is_write(name: &str) -> bool {
             | "persist"
             | "flushall"
             | "flushdb"
-            | "rename"
-            | "renamenx"
-            | "copy"
     )
 }
 

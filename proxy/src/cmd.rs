@@ -52,6 +52,17 @@ pub enum Command {
     Session(Vec<Bytes>),
     /// LEADER key: where the key lives (virtual node, shard, leader, replicas).
     Leader(Bytes),
+    /// SCAN cursor [MATCH pattern] [COUNT n] [TYPE type].
+    Scan {
+        cursor: u64,
+        count: u64,
+        pattern: Option<Bytes>,
+        kind: Option<String>,
+    },
+    /// KEYS pattern, over every shard.
+    Keys(Bytes),
+    /// RANDOMKEY.
+    RandomKey,
 }
 
 fn err(text: impl Into<String>) -> Command {
@@ -88,6 +99,10 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("cluster", -2),
     ("config", -2),
     ("leader", 2),
+    ("scan", -2),
+    ("keys", 2),
+    ("randomkey", 1),
+    ("touch", -2),
     ("dbsize", 1),
     ("flushall", -1),
     ("flushdb", -1),
@@ -159,10 +174,7 @@ pub fn command_name(name: &[u8]) -> &'static str {
 /// A seed for the random choices of one command (SPOP, SRANDMEMBER, ...): the
 /// shard applies it on every replica, so it is chosen here, once.
 fn random_seed() -> u64 {
-    use std::hash::BuildHasher;
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    std::collections::hash_map::RandomState::new().hash_one(n)
+    rand::random()
 }
 
 /// A command executed by the shard from its arguments (see `commands`).
@@ -188,6 +200,27 @@ fn shard_command(spec: &commands::ShardCommand, args: &[Vec<u8>]) -> Command {
 /// Parses a request into a [`Command`]; invalid requests become `Local` errors.
 pub fn parse(args: &[Vec<u8>]) -> Command {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    if name == "object" && args.len() == 2 && !args[1].eq_ignore_ascii_case(b"help") {
+        return err(format!(
+            "ERR wrong number of arguments for 'object|{}' command",
+            String::from_utf8_lossy(&args[1]).to_ascii_lowercase()
+        ));
+    }
+    if name == "object" && args.len() == 2 {
+        return Command::Local(Frame::Array(
+            [
+                "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "ENCODING <key>",
+                "FREQ <key>",
+                "IDLETIME <key>",
+                "REFCOUNT <key>",
+                "HELP",
+            ]
+            .iter()
+            .map(|l| Frame::Simple(l.to_string()))
+            .collect(),
+        ));
+    }
     let Some(&(_, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
         return match commands::lookup(name.as_bytes()) {
             Some(spec) if !arity_ok(spec.arity, args.len()) => {
@@ -223,6 +256,13 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
         "command" => Command::Local(crate::admin::command(a)),
         "hello" | "auth" | "client" | "cluster" | "config" => Command::Session(a.to_vec()),
         "leader" => Command::Leader(key()),
+        "scan" => parse_scan(a)?,
+        "keys" => Command::Keys(a[1].clone()),
+        "randomkey" => Command::RandomKey,
+        "touch" => Command::Count {
+            keys: a[1..].to_vec(),
+            write: false,
+        },
         "info" => Command::Info(a.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())),
         "dbsize" => Command::SumAll(ShardOp::Read(ReadOp::DbSize)),
         "flushall" | "flushdb" => {
@@ -425,6 +465,38 @@ fn parse_set(a: &[Vec<u8>]) -> Result<Command, Command> {
         &a[1],
         set_op(a[1].clone(), a[2].clone(), expiry, condition, keep_ttl, reply),
     ))
+}
+
+fn parse_scan(a: &[Vec<u8>]) -> Result<Command, Command> {
+    let cursor = std::str::from_utf8(&a[1])
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| err("ERR invalid cursor"))?;
+    let (mut count, mut pattern, mut kind) = (10, None, None);
+    let mut i = 2;
+    while i < a.len() {
+        let Some(value) = a.get(i + 1) else {
+            return Err(err(SYNTAX));
+        };
+        match a[i].to_ascii_lowercase().as_slice() {
+            b"count" => {
+                count = int_arg(value)?;
+                if count < 1 {
+                    return Err(err(SYNTAX));
+                }
+            }
+            b"match" => pattern = Some(value.clone()),
+            b"type" => kind = Some(String::from_utf8_lossy(value).into_owned()),
+            _ => return Err(err(SYNTAX)),
+        }
+        i += 2;
+    }
+    Ok(Command::Scan {
+        cursor,
+        count: count as u64,
+        pattern,
+        kind,
+    })
 }
 
 fn parse_getex(a: &[Vec<u8>]) -> Result<Command, Command> {
@@ -634,9 +706,108 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
         }
         Command::Leader(key) => router.describe_key(&key)?,
         Command::Session(_) => Frame::error("ERR connection commands run on their connection"),
+        Command::Scan {
+            cursor,
+            count,
+            pattern,
+            kind,
+        } => scan(router, cursor, count, pattern, kind).await?,
+        Command::Keys(pattern) => {
+            let replies = on_every_shard(router, ShardOp::Read(ReadOp::Keys { pattern })).await?;
+            let mut keys = Vec::new();
+            for reply in replies {
+                match reply {
+                    Frame::Array(found) => keys.extend(found),
+                    other => return Ok(other),
+                }
+            }
+            Frame::Array(keys)
+        }
+        Command::RandomKey => random_key(router).await?,
         Command::SumAll(op) => sum_over_shards(router, op).await?,
         Command::AllOk(op) => all_ok(on_every_shard(router, op).await?),
     })
+}
+
+/// Most shard requests one SCAN call makes before it answers (maybe with no
+/// keys and a non-zero cursor, as Redis may), so a sparse keyspace cannot make
+/// one call walk every virtual node.
+const SCAN_REQUESTS_PER_CALL: usize = 16;
+
+/// SCAN: walks the ring from the cursor's virtual node, asking each run of
+/// consecutive virtual nodes of one shard in turn (see the shard's cursor rule).
+async fn scan(
+    router: &Router,
+    cursor: u64,
+    count: u64,
+    pattern: Option<Bytes>,
+    kind: Option<String>,
+) -> Result<Frame, Error> {
+    let deadline = std::time::Instant::now() + crate::route::RETRY_DEADLINE;
+    let mut position = cursor;
+    let mut keys = Vec::new();
+    let mut left = count;
+    let mut requests = 0;
+    loop {
+        let table = router.table();
+        if !table.is_bootstrapped() {
+            return Err(Error::ClusterDown("the cluster is not bootstrapped yet".into()));
+        }
+        let first = (position >> 48) as u32;
+        if first >= table.vnode_count || requests == SCAN_REQUESTS_PER_CALL || left == 0 {
+            let next = if first >= table.vnode_count { 0 } else { position.max(1) };
+            return Ok(Frame::Array(vec![
+                Frame::Bulk(next.to_string().into_bytes()),
+                Frame::Array(keys),
+            ]));
+        }
+        let shard = table
+            .shard_of(first as u16)
+            .ok_or_else(|| Error::ClusterDown("routing table is incomplete".into()))?;
+        let run: Vec<u16> = (first..table.vnode_count)
+            .take_while(|&v| table.shard_of(v as u16) == Some(shard))
+            .map(|v| v as u16)
+            .collect();
+        let after_run = u64::from(first) + run.len() as u64;
+        let op = ShardOp::Read(ReadOp::Scan {
+            vnodes: run,
+            from: position,
+            count: left,
+            pattern: pattern.clone(),
+            kind: kind.clone(),
+        });
+        match router.exec(shard, op).await {
+            Ok(Frame::Array(step)) => match &step[..] {
+                [Frame::Integer(next), Frame::Integer(examined), Frame::Array(found)] => {
+                    keys.extend(found.iter().cloned());
+                    left = left.saturating_sub(*examined as u64);
+                    position = if *next >= 0 { *next as u64 } else { after_run << 48 };
+                    requests += 1;
+                }
+                _ => return Ok(Frame::error("ERR unexpected shard reply to SCAN")),
+            },
+            Ok(other) => return Ok(other),
+            Err(Error::Moved(shard)) if std::time::Instant::now() >= deadline => return Err(Error::TryAgain(shard)),
+            // A virtual node moved: the same position again, under the newer table.
+            Err(Error::Moved(_)) => tokio::time::sleep(crate::route::MOVED_PAUSE).await,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// RANDOMKEY: asks the shards in a random order until one has a key.
+async fn random_key(router: &Router) -> Result<Frame, Error> {
+    use rand::seq::SliceRandom;
+    let mut shards = router.shards()?;
+    shards.shuffle(&mut rand::thread_rng());
+    for shard in shards {
+        let op = ShardOp::Read(ReadOp::RandomKey { seed: random_seed() });
+        match router.exec(shard, op).await? {
+            Frame::Null => continue,
+            found => return Ok(found),
+        }
+    }
+    Ok(Frame::Null)
 }
 
 /// Fails with CROSSSLOT unless every key is in one shard (under the current table;

@@ -27,6 +27,7 @@ use crate::storage::{data_key, element_prefix, key_records, prefix_end, vnode_en
 
 mod collections;
 mod hash;
+mod keys;
 mod list;
 mod set;
 mod zset;
@@ -225,6 +226,15 @@ impl<'a> Keyspace<'a> {
     /// Executes a read.
     pub fn read(&mut self, op: &ReadOp) -> Result<Frame, NotOwned> {
         Ok(match op {
+            ReadOp::Scan {
+                vnodes,
+                from,
+                count,
+                pattern,
+                kind,
+            } => self.scan_keys(vnodes, *from, *count, pattern.as_deref(), kind.as_deref())?,
+            ReadOp::Keys { pattern } => self.keys_matching(pattern),
+            ReadOp::RandomKey { seed } => self.random_key(*seed),
             ReadOp::Command { args, seed } => {
                 for key in redraft_common::ops::command_keys(args) {
                     self.storage_key(key)?;

@@ -201,6 +201,7 @@ impl Keyspace<'_> {
             None => return error("ERR unknown shard command"),
         };
         let reply = match name.as_bytes()[0] {
+            _ if matches!(name, "rename" | "renamenx" | "copy" | "object") => self.key_command(name, args),
             b'h' => self.hash_command(name, args, seed),
             b'l' | b'r' => self.list_command(name, args),
             b's' => self.set_command(name, args, seed),

@@ -1,0 +1,271 @@
+//! Commands on keys of any type: the keyspace walks of SCAN, KEYS and
+//! RANDOMKEY, and RENAME, RENAMENX, COPY and OBJECT.
+//!
+//! SCAN CURSOR. A cursor is `vnode << 48 | top 48 bits of the key's hash`, the
+//! position of the next key record to examine in the ring's global order
+//! (virtual node, then key hash; see `storage`). Keys never change virtual node,
+//! and whichever shard owns a virtual node when the scan reaches it serves all
+//! of it, so every key present for the whole scan is returned even while
+//! virtual nodes move between shards.
+
+use redraft_common::ids::VnodeId;
+use redraft_common::ops::Bytes;
+use redraft_common::resp::Frame;
+
+use super::collections::{error, Rng, SYNTAX};
+use super::{Keyspace, NotOwned};
+use crate::storage::{key_records, user_key, Kind, Value};
+
+/// The SCAN cursor of a key record's storage key (never 0, which ends a scan).
+pub fn cursor_of(storage_key: &[u8]) -> u64 {
+    let vnode = u64::from(u16::from_be_bytes([storage_key[0], storage_key[1]]));
+    let hash = u64::from_be_bytes(storage_key[3..11].try_into().expect("hashed key"));
+    (vnode << 48 | hash >> 16).max(1)
+}
+
+/// Where a cursor resumes within its virtual node: the key record position.
+fn resume_key(vnode: VnodeId, cursor: u64) -> Vec<u8> {
+    let (mut start, _) = key_records(vnode);
+    start.extend_from_slice(&((cursor & ((1 << 48) - 1)) << 16).to_be_bytes());
+    start
+}
+
+/// OBJECT ENCODING's answer, as Redis 7.0 would give for a value of this size
+/// (`all_integers`: a set's members are all integers, so small ones are intsets).
+fn encoding(value: &Value, all_integers: bool) -> &'static str {
+    let len = if value.kind == Kind::String {
+        0
+    } else {
+        crate::storage::CollectionMeta::decode(&value.payload).len
+    };
+    match value.kind {
+        Kind::String
+            if value.payload.len() <= 20 && redraft_common::ops::parse_strict_i64(&value.payload).is_some() =>
+        {
+            "int"
+        }
+        Kind::String if value.payload.len() <= 44 => "embstr",
+        Kind::String => "raw",
+        Kind::List => "quicklist",
+        Kind::Hash | Kind::ZSet if len <= 128 => "listpack",
+        Kind::Hash => "hashtable",
+        Kind::ZSet => "skiplist",
+        Kind::Set if len <= 512 && all_integers => "intset",
+        Kind::Set => "hashtable",
+    }
+}
+
+impl Keyspace<'_> {
+    /// One SCAN step (see [`redraft_common::ops::ReadOp::Scan`]).
+    pub(super) fn scan_keys(
+        &self,
+        vnodes: &[VnodeId],
+        from: u64,
+        count: u64,
+        pattern: Option<&[u8]>,
+        kind: Option<&str>,
+    ) -> Result<Frame, NotOwned> {
+        if vnodes.iter().any(|v| !self.owned.contains(v)) {
+            return Err(NotOwned);
+        }
+        let mut examined = 0;
+        let mut keys = Vec::new();
+        for (i, &vnode) in vnodes.iter().enumerate() {
+            let (start, end) = key_records(vnode);
+            let start = if i == 0 { resume_key(vnode, from) } else { start };
+            for (skey, value) in self.scan(&start, &end, false) {
+                if examined >= count {
+                    return Ok(scan_step(cursor_of(&skey) as i64, examined, keys));
+                }
+                examined += 1;
+                let value = Value::decode(&value);
+                let key = user_key(&skey);
+                if value.is_expired(self.now_ms)
+                    || kind.is_some_and(|k| !k.eq_ignore_ascii_case(value.kind.name()))
+                    || pattern.is_some_and(|p| !redraft_common::glob::matches(p, key))
+                {
+                    continue;
+                }
+                keys.push(Frame::Bulk(key.to_vec()));
+            }
+        }
+        Ok(scan_step(-1, examined, keys))
+    }
+
+    /// Every live key matching `pattern`.
+    pub(super) fn keys_matching(&self, pattern: &[u8]) -> Frame {
+        let mut keys = Vec::new();
+        for &vnode in self.owned {
+            let (start, end) = key_records(vnode);
+            for (skey, value) in self.scan(&start, &end, false) {
+                let key = user_key(&skey);
+                if !Value::decode(&value).is_expired(self.now_ms) && redraft_common::glob::matches(pattern, key) {
+                    keys.push(Frame::Bulk(key.to_vec()));
+                }
+            }
+        }
+        Frame::Array(keys)
+    }
+
+    /// A live key from a random position, or nil.
+    pub(super) fn random_key(&self, seed: u64) -> Frame {
+        let owned: Vec<VnodeId> = self.owned.iter().copied().collect();
+        if owned.is_empty() {
+            return Frame::Null;
+        }
+        let mut rng = Rng::new(seed);
+        let first = rng.below(owned.len() as u64) as usize;
+        let position = rng.next();
+        // From the random position to the end of its virtual node, then every other
+        // virtual node in turn, then the start of the first one.
+        for step in 0..=owned.len() {
+            let vnode = owned[(first + step) % owned.len()];
+            let (start, end) = key_records(vnode);
+            let (start, end) = match step {
+                0 => (resume_key(vnode, position), end),
+                s if s == owned.len() => (start, resume_key(vnode, position)),
+                _ => (start, end),
+            };
+            for (skey, value) in self.scan(&start, &end, false) {
+                if !Value::decode(&value).is_expired(self.now_ms) {
+                    return Frame::Bulk(user_key(&skey).to_vec());
+                }
+            }
+        }
+        Frame::Null
+    }
+
+    /// RENAME, RENAMENX, COPY and OBJECT; `None` for another name.
+    pub(super) fn key_command(&mut self, name: &str, a: &[Bytes]) -> Option<Frame> {
+        Some(match name {
+            "rename" | "renamenx" => self.rename(&a[1], &a[2], name == "renamenx"),
+            "copy" => self.copy(&a[1], &a[2], &a[3..]),
+            "object" => self.object(&a[1], &a[2]),
+            _ => return None,
+        })
+    }
+
+    /// Writes the live value at `from` (and its elements) to `to`, replacing
+    /// whatever `to` held. The caller checked `from` exists.
+    fn duplicate(&mut self, from: &[u8], to: &[u8], value: &Value) {
+        self.delete_key(to.to_vec());
+        self.store(to.to_vec(), value);
+        if value.kind != Kind::String {
+            let elements: Vec<(Vec<u8>, Vec<u8>)> = self.elements(from, &[], None, false).collect();
+            for (sub, element) in elements {
+                self.put_element(to, &sub, element);
+            }
+        }
+    }
+
+    fn rename(&mut self, source: &[u8], destination: &[u8], only_new: bool) -> Frame {
+        let (from, to) = (self.owned_key(source), self.owned_key(destination));
+        let Some(value) = self.load(&from) else {
+            return error("ERR no such key");
+        };
+        if only_new && self.load(&to).is_some() {
+            return Frame::Integer(0);
+        }
+        if from != to {
+            self.duplicate(&from, &to, &value);
+            self.delete_key(from);
+        }
+        if only_new {
+            Frame::Integer(1)
+        } else {
+            Frame::ok()
+        }
+    }
+
+    fn copy(&mut self, source: &[u8], destination: &[u8], options: &[Bytes]) -> Frame {
+        let mut replace = false;
+        let mut i = 0;
+        while i < options.len() {
+            match options[i].to_ascii_lowercase().as_slice() {
+                b"replace" => replace = true,
+                b"db" if i + 1 < options.len() => {
+                    match redraft_common::ops::parse_strict_i64(&options[i + 1]) {
+                        Some(0) => {}
+                        Some(_) => return error("ERR DB index is out of range"),
+                        None => return error(super::NOT_INTEGER),
+                    }
+                    i += 1;
+                }
+                _ => return error(SYNTAX),
+            }
+            i += 1;
+        }
+        let (from, to) = (self.owned_key(source), self.owned_key(destination));
+        if from == to {
+            return error("ERR source and destination objects are the same");
+        }
+        let Some(value) = self.load(&from) else {
+            return Frame::Integer(0);
+        };
+        if !replace && self.load(&to).is_some() {
+            return Frame::Integer(0);
+        }
+        self.duplicate(&from, &to, &value);
+        Frame::Integer(1)
+    }
+
+    fn object(&self, subcommand: &[u8], key: &[u8]) -> Frame {
+        let value = self.load(&self.owned_key(key));
+        match (subcommand.to_ascii_lowercase().as_slice(), value) {
+            (b"encoding" | b"refcount" | b"idletime" | b"freq", None) => Frame::Null,
+            (b"encoding", Some(v)) => {
+                let skey = self.owned_key(key);
+                let all_integers = v.kind == Kind::Set
+                    && self
+                        .elements(&skey, &[], None, false)
+                        .take(513)
+                        .all(|(sub, _)| redraft_common::ops::parse_strict_i64(crate::storage::unhashed(&sub)).is_some());
+                Frame::Bulk(encoding(&v, all_integers).as_bytes().to_vec())
+            }
+            (b"refcount", Some(_)) => Frame::Integer(1),
+            (b"idletime", Some(_)) => Frame::Integer(0),
+            (b"freq", Some(_)) => error(
+                "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.",
+            ),
+            _ => error(&format!(
+                "ERR unknown subcommand '{}'. Try OBJECT HELP.",
+                String::from_utf8_lossy(subcommand)
+            )),
+        }
+    }
+}
+
+fn scan_step(next: i64, examined: u64, keys: Vec<Frame>) -> Frame {
+    Frame::Array(vec![
+        Frame::Integer(next),
+        Frame::Integer(examined as i64),
+        Frame::Array(keys),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::data_key;
+
+    #[test]
+    fn cursors_follow_the_global_key_order() {
+        let keys: Vec<Vec<u8>> = (0u16..4)
+            .flat_map(|v| (0..50).map(move |i| data_key(v, format!("k{i}").as_bytes())))
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        let cursors: Vec<u64> = sorted.iter().map(|k| cursor_of(k)).collect();
+        assert!(
+            cursors.windows(2).all(|w| w[0] <= w[1]),
+            "cursor order is storage order"
+        );
+        for key in &keys {
+            let vnode = u16::from_be_bytes([key[0], key[1]]);
+            assert!(
+                resume_key(vnode, cursor_of(key)) <= *key,
+                "resuming never skips the key"
+            );
+        }
+    }
+}
