@@ -4,6 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# redis-py from PyPI for the client-library tests, in a virtualenv outside the clone.
+export REDRAFT_VENV="${REDRAFT_VENV:-$HOME/.cache/redraft/venv}"
+if ! "$REDRAFT_VENV/bin/python" -c "import redis" >/dev/null 2>&1; then
+  python3 -m venv "$REDRAFT_VENV" 2>/dev/null || {
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$REDRAFT_VENV"
+  }
+  "$REDRAFT_VENV/bin/pip" install -q "redis>=5,<9"
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -46,6 +46,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("collections", include_str!("scripts/collections.txt")),
     ("connection", include_str!("scripts/connection.txt")),
     ("keys", include_str!("scripts/keys.txt")),
+    ("transactions", include_str!("scripts/transactions.txt")),
 ];
 
 /// A reply's bytes, with an unordered array's items sorted (`pairs`: in pairs).
@@ -333,4 +334,25 @@ fn scan_walks_every_shard_and_multi_key_commands_stay_in_one() {
     assert_eq!(conn.cmd(&format!("RENAME key:0 {other}")), crossslot);
     assert_eq!(conn.cmd(&format!("SINTERSTORE {other} key:0")), crossslot);
     assert_eq!(conn.cmd("EXISTS key:0"), Frame::Integer(1));
+}
+
+/// The Python client most applications use, from PyPI (the test command
+/// installs it in a virtualenv): pipelines, transactions with WATCH under
+/// contention, RESP3 and every collection type, through its own reply parsing.
+#[test]
+fn redis_py_pipelines_transactions_and_resp3() {
+    let cluster = TestCluster::start(3);
+    let venv = std::env::var("REDRAFT_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/redraft/venv", std::env::var("HOME").unwrap_or_default()));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/redis_py_client.py");
+    let out = Command::new(format!("{venv}/bin/python"))
+        .args([script, &cluster.proxy().port().to_string()])
+        .output()
+        .expect("redis-py virtualenv (scripts/test.sh creates it)");
+    assert!(
+        out.status.success(),
+        "redis-py checks failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

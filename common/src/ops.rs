@@ -100,6 +100,9 @@ pub enum ReadOp {
         pattern: Option<Bytes>,
         kind: Option<String>,
     },
+    /// WATCH: each key's revision (the log index of its last change; 0 when
+    /// absent), as an array of integers.
+    Revisions { keys: Vec<Bytes> },
     /// KEYS: every live key of the shard matching the glob `pattern`.
     Keys { pattern: Bytes },
     /// RANDOMKEY: a live key of the shard picked with `seed`, or nil when empty.
@@ -170,6 +173,14 @@ pub enum WriteOp {
     /// drives the commands that pick at random (SPOP), so every replica picks the
     /// same elements.
     Command { args: Vec<Bytes>, seed: u64 },
+    /// MULTI ... EXEC: `ops` run in order as one atomic step (reads see the
+    /// writes before them), unless a `watched` key's revision is no longer the
+    /// one recorded at WATCH; then nothing runs and the reply is a null array.
+    /// Replies with the array of the ops' replies.
+    Transaction {
+        watched: Vec<(Bytes, u64)>,
+        ops: Vec<ShardOp>,
+    },
     /// Concurrent writes of several clients to one shard, carried by one Raft
     /// entry (one append, one replication round, one apply): applied in order,
     /// each with its own reply and its own ownership check. Built by shard nodes
@@ -196,7 +207,9 @@ impl ShardOp {
                 | ReadOp::GetRange { key, .. }
                 | ReadOp::Ttl { key, .. }
                 | ReadOp::Type { key } => vec![key],
-                ReadOp::MGet { keys } | ReadOp::Exists { keys } => keys.iter().map(|k| &k[..]).collect(),
+                ReadOp::MGet { keys } | ReadOp::Exists { keys } | ReadOp::Revisions { keys } => {
+                    keys.iter().map(|k| &k[..]).collect()
+                }
                 ReadOp::DbSize | ReadOp::Scan { .. } | ReadOp::Keys { .. } | ReadOp::RandomKey { .. } => vec![],
                 ReadOp::Command { args, .. } => command_keys(args),
             },
@@ -227,6 +240,11 @@ impl WriteOp {
             WriteOp::Del { keys } | WriteOp::PurgeExpired { keys } => keys.iter().map(|k| &k[..]).collect(),
             WriteOp::Many(ops) => ops.iter().flat_map(WriteOp::keys).collect(),
             WriteOp::Command { args, .. } => command_keys(args),
+            WriteOp::Transaction { watched, ops } => watched
+                .iter()
+                .map(|(k, _)| &k[..])
+                .chain(ops.iter().flat_map(ShardOp::keys))
+                .collect(),
             WriteOp::FlushAll | WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } => vec![],
         }
     }

@@ -27,6 +27,11 @@ pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 pub enum Command {
     /// Answered by the proxy.
     Local(Frame),
+    /// Refused before it could be queued: an unknown command or a wrong number
+    /// of arguments (inside MULTI, this aborts the transaction, as in Redis).
+    Rejected(Frame),
+    /// MULTI, EXEC, DISCARD, WATCH keys..., UNWATCH: run by the connection.
+    Transaction(TransactionControl),
     /// QUIT: reply OK and close.
     Quit,
     /// INFO [section]: the section asked for, lowercased (`None`: the default set).
@@ -100,6 +105,11 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("config", -2),
     ("leader", 2),
     ("scan", -2),
+    ("multi", 1),
+    ("exec", 1),
+    ("discard", 1),
+    ("watch", -2),
+    ("unwatch", 1),
     ("keys", 2),
     ("randomkey", 1),
     ("touch", -2),
@@ -157,7 +167,28 @@ fn unknown_command(args: &[Vec<u8>]) -> Command {
     for arg in args[1..].iter().take(20) {
         text.push_str(&format!("'{}' ", String::from_utf8_lossy(arg)));
     }
-    err(text)
+    Command::Rejected(Frame::Error(text))
+}
+
+fn wrong_arity(name: &str) -> Command {
+    Command::Rejected(Frame::Error(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    )))
+}
+
+/// The transaction commands.
+#[derive(Debug, PartialEq)]
+pub enum TransactionControl {
+    /// MULTI
+    Multi,
+    /// EXEC
+    Exec,
+    /// DISCARD
+    Discard,
+    /// WATCH keys...
+    Watch(Vec<Bytes>),
+    /// UNWATCH
+    Unwatch,
 }
 
 /// The command table's name for a request's first argument, or `unknown`: a
@@ -201,8 +232,8 @@ fn shard_command(spec: &commands::ShardCommand, args: &[Vec<u8>]) -> Command {
 pub fn parse(args: &[Vec<u8>]) -> Command {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
     if name == "object" && args.len() == 2 && !args[1].eq_ignore_ascii_case(b"help") {
-        return err(format!(
-            "ERR wrong number of arguments for 'object|{}' command",
+        return wrong_arity(&format!(
+            "object|{}",
             String::from_utf8_lossy(&args[1]).to_ascii_lowercase()
         ));
     }
@@ -223,15 +254,13 @@ pub fn parse(args: &[Vec<u8>]) -> Command {
     }
     let Some(&(_, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
         return match commands::lookup(name.as_bytes()) {
-            Some(spec) if !arity_ok(spec.arity, args.len()) => {
-                err(format!("ERR wrong number of arguments for '{name}' command"))
-            }
+            Some(spec) if !arity_ok(spec.arity, args.len()) => wrong_arity(&name),
             Some(spec) => shard_command(spec, args),
             None => unknown_command(args),
         };
     };
     if !arity_ok(arity, args.len()) {
-        return err(format!("ERR wrong number of arguments for '{name}' command"));
+        return wrong_arity(&name);
     }
     match parse_known(&name, args) {
         Ok(c) | Err(c) => c,
@@ -257,6 +286,11 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
         "hello" | "auth" | "client" | "cluster" | "config" => Command::Session(a.to_vec()),
         "leader" => Command::Leader(key()),
         "scan" => parse_scan(a)?,
+        "multi" => Command::Transaction(TransactionControl::Multi),
+        "exec" => Command::Transaction(TransactionControl::Exec),
+        "discard" => Command::Transaction(TransactionControl::Discard),
+        "watch" => Command::Transaction(TransactionControl::Watch(a[1..].to_vec())),
+        "unwatch" => Command::Transaction(TransactionControl::Unwatch),
         "keys" => Command::Keys(a[1].clone()),
         "randomkey" => Command::RandomKey,
         "touch" => Command::Count {
@@ -589,7 +623,7 @@ fn sum(frames: Vec<Frame>) -> Frame {
 /// grouped again under the newer routing table and retried (nothing of theirs
 /// was applied), until the retry deadline. Returns each group's item positions
 /// (indexes into `items`) with its shard's reply, in no particular order.
-async fn fan_out<T: Clone>(
+pub(crate) async fn fan_out<T: Clone>(
     router: &Router,
     items: Vec<T>,
     key: impl Fn(&T) -> &[u8],
@@ -642,8 +676,9 @@ pub async fn execute(router: &Router, command: Command) -> Frame {
 
 async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
     Ok(match command {
-        Command::Local(frame) => frame,
+        Command::Local(frame) | Command::Rejected(frame) => frame,
         Command::Quit => Frame::ok(),
+        Command::Transaction(_) => Frame::error("ERR transaction commands run on their connection"),
         Command::Info(section) => {
             let keys = match sum_over_shards(router, ShardOp::Read(ReadOp::DbSize)).await {
                 Ok(Frame::Integer(n)) => Some(n),
@@ -812,7 +847,7 @@ async fn random_key(router: &Router) -> Result<Frame, Error> {
 
 /// Fails with CROSSSLOT unless every key is in one shard (under the current table;
 /// the shard re-checks ownership when it applies).
-fn one_shard<'k>(router: &Router, keys: impl Iterator<Item = &'k [u8]>) -> Result<(), Error> {
+pub(crate) fn one_shard<'k>(router: &Router, keys: impl Iterator<Item = &'k [u8]>) -> Result<(), Error> {
     let shards: std::collections::BTreeSet<ShardId> = keys.map(|k| router.shard_of(k)).collect::<Result<_, _>>()?;
     if shards.len() > 1 {
         return Err(Error::CrossSlot);

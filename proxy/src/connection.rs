@@ -112,7 +112,22 @@ async fn run_batch(
         session.touch(name);
         let answered = |frame: Frame| Some(observed(name, std::time::Instant::now(), frame));
         match command {
-            Command::Local(frame) => replies[i] = answered(frame),
+            Command::Transaction(control) => {
+                drain(shared, &mut lanes, &mut replies).await;
+                let started = std::time::Instant::now();
+                let frame = crate::transaction::control(&shared.router, session, control).await;
+                replies[i] = Some(observed(name, started, frame));
+            }
+            Command::Quit => {
+                drain(shared, &mut lanes, &mut replies).await;
+                replies[i] = answered(Frame::ok());
+                quit = true;
+                break;
+            }
+            command if session.transaction.in_multi() => {
+                replies[i] = answered(session.transaction.queue(name, command));
+            }
+            Command::Local(frame) | Command::Rejected(frame) => replies[i] = answered(frame),
             Command::Session(args) => {
                 drain(shared, &mut lanes, &mut replies).await;
                 let (frame, after) = match name {
@@ -128,12 +143,7 @@ async fn run_batch(
                     break;
                 }
             }
-            Command::Quit => {
-                drain(shared, &mut lanes, &mut replies).await;
-                replies[i] = answered(Frame::ok());
-                quit = true;
-                break;
-            }
+
             Command::Keyed { ref key, .. } => match shared.router.shard_of(key) {
                 Ok(shard) => lanes.entry(shard).or_default().push((i, name, command)),
                 Err(e) => replies[i] = answered(reply::to_frame(&e)),

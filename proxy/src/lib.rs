@@ -9,6 +9,7 @@
 //! | [`info`] | INFO |
 //! | [`session`] | one connection's state: HELLO, AUTH, CLIENT, the client list |
 //! | [`admin`] | COMMAND, CONFIG, CLUSTER (as one node owning every slot) |
+//! | [`transaction`] | MULTI/EXEC/WATCH: one atomic Raft entry per transaction |
 //!
 //! The proxy keeps no data: any number of copies can run behind a load balancer.
 //! It depends on neither RocksDB nor openraft.
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod reply;
 pub mod route;
 pub mod session;
+pub mod transaction;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

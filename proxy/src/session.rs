@@ -76,6 +76,8 @@ pub struct Session {
     clients: Arc<Clients>,
     /// Replies are RESP3 (after HELLO 3).
     pub resp3: bool,
+    /// MULTI and WATCH state.
+    pub transaction: crate::transaction::TransactionState,
 }
 
 impl Session {
@@ -102,6 +104,7 @@ impl Session {
             client,
             clients: clients.clone(),
             resp3: false,
+            transaction: Default::default(),
         }
     }
 

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use redraft_common::ids::VnodeId;
 use redraft_common::keys::Ring;
 use redraft_common::ops::{
-    parse_strict_i64, ExpireCondition, Expiry, GetExChange, ReadOp, SetCondition, SetReply, WriteOp,
+    parse_strict_i64, ExpireCondition, Expiry, GetExChange, ReadOp, SetCondition, SetReply, ShardOp, WriteOp,
 };
 use redraft_common::resp::Frame;
 use rocksdb::{ColumnFamily, IteratorMode, ReadOptions, WriteBatch, DB};
@@ -56,6 +56,8 @@ pub struct Keyspace<'a> {
     cleared: Vec<(Vec<u8>, Vec<u8>)>,
     batch: WriteBatch,
     now_ms: u64,
+    /// Log index of the entry being applied: the revision of what it stores.
+    revision: u64,
 }
 
 impl<'a> Keyspace<'a> {
@@ -70,12 +72,18 @@ impl<'a> Keyspace<'a> {
             cleared: Vec::new(),
             batch: WriteBatch::default(),
             now_ms,
+            revision: 0,
         }
     }
 
     /// Sets the clock for the next operation (the next entry's leader timestamp).
     pub fn set_now(&mut self, now_ms: u64) {
         self.now_ms = now_ms;
+    }
+
+    /// Sets the log index of the next entry, stamped on every key it changes.
+    pub fn set_revision(&mut self, revision: u64) {
+        self.revision = revision;
     }
 
     /// The writes made so far, to be committed by the caller.
@@ -181,7 +189,7 @@ impl<'a> Keyspace<'a> {
     }
 
     fn store(&mut self, skey: Vec<u8>, value: &Value) {
-        let bytes = value.encode();
+        let bytes = value.encode_at(self.revision);
         self.batch.put_cf(self.cf, &skey, &bytes);
         self.overlay.insert(skey, Some(bytes));
     }
@@ -202,6 +210,11 @@ impl<'a> Keyspace<'a> {
     fn remove(&mut self, skey: Vec<u8>) {
         self.batch.delete_cf(self.cf, &skey);
         self.overlay.insert(skey, None);
+    }
+
+    /// The revision of a live key, 0 when absent or expired.
+    fn revision_of(&self, skey: &[u8]) -> u64 {
+        self.load(skey).map_or(0, |v| v.revision)
     }
 
     fn string(&self, skey: &[u8]) -> Result<Option<Value>, Frame> {
@@ -234,6 +247,13 @@ impl<'a> Keyspace<'a> {
                 kind,
             } => self.scan_keys(vnodes, *from, *count, pattern.as_deref(), kind.as_deref())?,
             ReadOp::Keys { pattern } => self.keys_matching(pattern),
+            ReadOp::Revisions { keys } => {
+                let mut revisions = Vec::with_capacity(keys.len());
+                for key in keys {
+                    revisions.push(Frame::Integer(self.revision_of(&self.storage_key(key)?) as i64));
+                }
+                Frame::Array(revisions)
+            }
             ReadOp::RandomKey { seed } => self.random_key(*seed),
             ReadOp::Command { args, seed } => {
                 for key in redraft_common::ops::command_keys(args) {
@@ -427,6 +447,21 @@ impl<'a> Keyspace<'a> {
                 Frame::ok()
             }
             WriteOp::Command { args, seed } => self.command(args, *seed, true),
+            WriteOp::Transaction { watched, ops } => {
+                for (key, revision) in watched {
+                    if self.revision_of(&self.storage_key(key)?) != *revision {
+                        return Ok(Frame::NullArray);
+                    }
+                }
+                let mut replies = Vec::with_capacity(ops.len());
+                for op in ops {
+                    replies.push(match op {
+                        ShardOp::Read(read) => self.read(read)?,
+                        ShardOp::Write(write) => self.write(write)?,
+                    });
+                }
+                Frame::Array(replies)
+            }
             WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } | WriteOp::Many(_) => {
                 Frame::error("ERR split, merge and batch entries are applied by the state machine")
             }

@@ -9,7 +9,7 @@ fn p(line: &str) -> Command {
 
 fn error_of(line: &str) -> String {
     match p(line) {
-        Command::Local(Frame::Error(e)) => e,
+        Command::Local(Frame::Error(e)) | Command::Rejected(Frame::Error(e)) => e,
         other => panic!("{line}: expected an error, got {other:?}"),
     }
 }
@@ -124,7 +124,7 @@ fn shard_commands_route_by_their_keys() {
     }
     assert_eq!(
         p("hget h"),
-        Command::Local(Frame::error("ERR wrong number of arguments for 'hget' command"))
+        Command::Rejected(Frame::error("ERR wrong number of arguments for 'hget' command"))
     );
     // Two SPOPs get different seeds: each is one random choice.
     let seed = |c| match c {

@@ -247,6 +247,7 @@ impl Keyspace<'_> {
             let value = Value {
                 kind,
                 expires_at: collection.expires_at,
+                revision: 0,
                 payload: collection.meta.encode(),
             };
             self.store(skey.to_vec(), &value);

@@ -182,6 +182,8 @@ impl Keyspace<'_> {
         let list = self.list(skey)?.ok_or_else(|| error("ERR no such key"))?;
         let offset = Self::offset(index, list.meta.len).ok_or_else(|| error("ERR index out of range"))?;
         self.put_item(skey, list.meta.head + offset, value.to_vec());
+        // The key's revision changes with any element (WATCH).
+        self.save_collection(skey, Kind::List, list);
         Ok(Frame::ok())
     }
 

@@ -578,3 +578,68 @@ fn shard_commands_refuse_bad_shapes_instead_of_panicking() {
     );
     assert_eq!(f.read(1, query("NOSUCH k")), Frame::error("ERR unknown shard command"));
 }
+
+impl Fixture {
+    /// Applies `op` as the entry at log index `revision`.
+    fn write_at(&self, revision: u64, op: WriteOp) -> Frame {
+        let db = self.engine.db();
+        let mut ks = Keyspace::new(db, self.engine.cf(CF_DATA), &self.ring, &self.owned, 1);
+        ks.set_revision(revision);
+        let reply = ks.write(&op).unwrap();
+        db.write(ks.into_batch()).unwrap();
+        reply
+    }
+}
+
+#[test]
+fn transactions_see_their_own_writes_and_abort_on_a_changed_watch() {
+    let f = fixture();
+    let tx = |watched: Vec<(&str, u64)>, ops: Vec<ShardOp>| WriteOp::Transaction {
+        watched: watched.into_iter().map(|(k, r)| (b(k), r)).collect(),
+        ops,
+    };
+    let reply = f.write_at(
+        5,
+        tx(
+            vec![],
+            vec![
+                ShardOp::Write(set("k", "1")),
+                ShardOp::Write(WriteOp::IncrBy { key: b("k"), delta: 1 }),
+                ShardOp::Read(ReadOp::Get { key: b("k") }),
+                ShardOp::Write(cmd("RPUSH l a")),
+                ShardOp::Read(query("LLEN l")),
+            ],
+        ),
+    );
+    assert_eq!(
+        reply,
+        Frame::Array(vec![
+            Frame::ok(),
+            Frame::Integer(2),
+            Frame::bulk("2"),
+            Frame::Integer(1),
+            Frame::Integer(1)
+        ])
+    );
+    // Both keys now carry revision 5; an element change bumps the key too.
+    assert_eq!(
+        f.read(
+            1,
+            ReadOp::Revisions {
+                keys: vec![b("k"), b("l"), b("none")]
+            }
+        ),
+        Frame::Array(vec![Frame::Integer(5), Frame::Integer(5), Frame::Integer(0)])
+    );
+    f.write_at(6, cmd("LSET l 0 b"));
+    assert_eq!(
+        f.read(1, ReadOp::Revisions { keys: vec![b("l")] }),
+        Frame::Array(vec![Frame::Integer(6)])
+    );
+    // A stale watch: nothing runs.
+    let guarded = |revision| tx(vec![("l", revision)], vec![ShardOp::Write(set("k", "changed"))]);
+    assert_eq!(f.write_at(7, guarded(5)), Frame::NullArray);
+    assert_eq!(f.read(1, ReadOp::Get { key: b("k") }), Frame::bulk("2"));
+    assert_eq!(f.write_at(8, guarded(6)), Frame::Array(vec![Frame::ok()]));
+    assert_eq!(f.read(1, ReadOp::Get { key: b("k") }), Frame::bulk("changed"));
+}

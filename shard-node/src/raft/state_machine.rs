@@ -566,6 +566,7 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
                     }
                     EntryPayload::Normal(request) => {
                         keyspace.set_now(request.now_ms);
+                        keyspace.set_revision(entry.log_id.index);
                         let mut write = |op: &WriteOp| match keyspace.write(op) {
                             Ok(frame) => ShardResponse::Reply(frame),
                             Err(NotOwned) => ShardResponse::WrongShard,

@@ -19,8 +19,10 @@
 //! Hash fields, set members and sorted-set members are likewise stored after
 //! their own hash ([`hashed`]), for the same cursor in HSCAN, SSCAN and ZSCAN.
 //!
-//! VALUES. `kind u8 | expires_at u64 BE (ms since epoch, 0 = none) | payload`; for
-//! a string the payload is its bytes, for a collection its [`CollectionMeta`].
+//! VALUES. `kind u8 | expires_at u64 BE (ms since epoch, 0 = none) | revision u64
+//! BE | payload`; for a string the payload is its bytes, for a collection its
+//! [`CollectionMeta`]. The revision is the log index of the entry that last
+//! changed the key (any element of a collection included): WATCH compares it.
 //! Element values are the element's own bytes (see the collection modules).
 
 use redraft_common::ids::VnodeId;
@@ -202,9 +204,14 @@ pub struct Value {
     pub kind: Kind,
     /// Expiry in ms since the epoch, 0 for none.
     pub expires_at: u64,
+    /// Log index of the last change (set when stored).
+    pub revision: u64,
     /// The payload (the string's bytes).
     pub payload: Vec<u8>,
 }
+
+/// Bytes before a value's payload.
+const HEADER: usize = 17;
 
 impl Value {
     /// A string value.
@@ -212,6 +219,7 @@ impl Value {
         Value {
             kind: Kind::String,
             expires_at,
+            revision: 0,
             payload,
         }
     }
@@ -223,9 +231,15 @@ impl Value {
 
     /// Storage encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + self.payload.len());
+        self.encode_at(self.revision)
+    }
+
+    /// Storage encoding with another revision (the entry storing it).
+    pub fn encode_at(&self, revision: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + self.payload.len());
         out.push(self.kind as u8);
         out.extend_from_slice(&self.expires_at.to_be_bytes());
+        out.extend_from_slice(&revision.to_be_bytes());
         out.extend_from_slice(&self.payload);
         out
     }
@@ -238,13 +252,14 @@ impl Value {
     pub fn decode(bytes: &[u8]) -> Value {
         let kind = bytes.first().and_then(|&b| Kind::from_byte(b));
         let kind = match kind {
-            Some(kind) if bytes.len() >= 9 => kind,
+            Some(kind) if bytes.len() >= HEADER => kind,
             _ => panic!("corrupt value in data column family"),
         };
         Value {
             kind,
             expires_at: u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")),
-            payload: bytes[9..].to_vec(),
+            revision: u64::from_be_bytes(bytes[9..17].try_into().expect("8 bytes")),
+            payload: bytes[HEADER..].to_vec(),
         }
     }
 }
@@ -290,7 +305,8 @@ mod tests {
 
     #[test]
     fn values_round_trip() {
-        let v = Value::string(b"hello".to_vec(), 1234);
+        let mut v = Value::string(b"hello".to_vec(), 1234);
+        v.revision = 77;
         assert_eq!(Value::decode(&v.encode()), v);
         assert!(v.is_expired(1234));
         assert!(!v.is_expired(1233));
