@@ -338,15 +338,17 @@ fn scan_walks_every_shard_and_multi_key_commands_stay_in_one() {
 
 /// The Python client most applications use, from PyPI (the test command
 /// installs it in a virtualenv): pipelines, transactions with WATCH under
-/// contention, RESP3 and every collection type, through its own reply parsing.
+/// contention, Pub/Sub across two proxies, RESP3 and every collection type,
+/// through its own reply parsing.
 #[test]
-fn redis_py_pipelines_transactions_and_resp3() {
-    let cluster = TestCluster::start(3);
+fn redis_py_pipelines_transactions_pubsub_and_resp3() {
+    let mut cluster = TestCluster::start(3);
+    let second = cluster.add_proxy();
     let venv = std::env::var("REDRAFT_VENV")
         .unwrap_or_else(|_| format!("{}/.cache/redraft/venv", std::env::var("HOME").unwrap_or_default()));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/redis_py_client.py");
     let out = Command::new(format!("{venv}/bin/python"))
-        .args([script, &cluster.proxy().port().to_string()])
+        .args([script, &cluster.proxy().port().to_string(), &second.port().to_string()])
         .output()
         .expect("redis-py virtualenv (scripts/test.sh creates it)");
     assert!(

@@ -11,3 +11,4 @@ mod faults;
 mod observability;
 mod placement;
 mod protocol;
+mod pubsub;

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod node_links;
 pub mod ops;
 pub mod pd_client;
+pub mod pubsub;
 pub mod resp;
 pub mod routing;
 pub mod tls;

@@ -47,6 +47,11 @@ pub enum Frame {
     /// Member-score pairs: RESP3 an array of two-element arrays, RESP2 a flat
     /// array (ZRANGE ... WITHSCORES).
     Pairs(Vec<(Frame, Frame)>),
+    /// Out-of-band data (Pub/Sub messages): RESP3 `>`, RESP2 an array.
+    Push(Vec<Frame>),
+    /// Several replies to one command, written one after another (SUBSCRIBE of
+    /// several channels confirms each).
+    Replies(Vec<Frame>),
 }
 
 impl Frame {
@@ -95,10 +100,20 @@ impl Frame {
                     b.encode_as(resp3, out);
                 }
             }
-            Frame::Set(items) => {
-                line(out, if resp3 { b'~' } else { b'*' }, items.len().to_string().as_bytes());
+            Frame::Set(items) | Frame::Push(items) => {
+                let prefix = match self {
+                    Frame::Set(_) if resp3 => b'~',
+                    Frame::Push(_) if resp3 => b'>',
+                    _ => b'*',
+                };
+                line(out, prefix, items.len().to_string().as_bytes());
                 for item in items {
                     item.encode_as(resp3, out);
+                }
+            }
+            Frame::Replies(replies) => {
+                for reply in replies {
+                    reply.encode_as(resp3, out);
                 }
             }
             Frame::Simple(s) => line(out, b'+', s.as_bytes()),
@@ -432,6 +447,53 @@ mod tests {
             Frame::parse(&b"*1\r\n".repeat(100_000)).is_err(),
             "deep nesting is refused, not a stack overflow"
         );
+    }
+
+    #[test]
+    fn resp3_shapes_fall_back_to_resp2() {
+        let both = |f: Frame| {
+            let mut three = Vec::new();
+            f.encode_resp3(&mut three);
+            (
+                String::from_utf8(f.to_bytes()).unwrap(),
+                String::from_utf8(three).unwrap(),
+            )
+        };
+        let b = |s: &str| Frame::bulk(s);
+        assert_eq!(both(Frame::Null), ("$-1\r\n".into(), "_\r\n".into()));
+        assert_eq!(
+            both(Frame::Double("1.5".into())),
+            ("$3\r\n1.5\r\n".into(), ",1.5\r\n".into())
+        );
+        assert_eq!(
+            both(Frame::Map(vec![(b("f"), b("v"))])),
+            (
+                "*2\r\n$1\r\nf\r\n$1\r\nv\r\n".into(),
+                "%1\r\n$1\r\nf\r\n$1\r\nv\r\n".into()
+            )
+        );
+        assert_eq!(
+            both(Frame::Set(vec![b("m")])),
+            ("*1\r\n$1\r\nm\r\n".into(), "~1\r\n$1\r\nm\r\n".into())
+        );
+        assert_eq!(
+            both(Frame::Pairs(vec![(b("m"), Frame::Double("2".into()))])),
+            (
+                "*2\r\n$1\r\nm\r\n$1\r\n2\r\n".into(),
+                "*1\r\n*2\r\n$1\r\nm\r\n,2\r\n".into()
+            )
+        );
+        assert_eq!(
+            both(Frame::Push(vec![b("x")])),
+            ("*1\r\n$1\r\nx\r\n".into(), ">1\r\n$1\r\nx\r\n".into())
+        );
+        assert_eq!(
+            both(Frame::Replies(vec![Frame::Integer(1), Frame::Integer(2)])),
+            (":1\r\n:2\r\n".into(), ":1\r\n:2\r\n".into())
+        );
+        // The reply parser reads RESP3 back.
+        let (parsed, _) = Frame::parse(b"%1\r\n$1\r\nf\r\n,2.5\r\n").unwrap().unwrap();
+        assert_eq!(parsed, Frame::Map(vec![(b("f"), Frame::Double("2.5".into()))]));
     }
 
     #[test]

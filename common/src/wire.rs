@@ -55,6 +55,8 @@ pub enum NodeRequest {
     /// Node-level liveness between shard nodes: `Reply(+PONG)`. Replicas of idle
     /// shards stop their Raft timers and rely on this to notice a dead leader.
     Ping,
+    /// Pub/Sub between proxies and this node (see `pubsub`): `PubSub(..)`.
+    PubSub(crate::pubsub::PubSubRequest),
 }
 
 /// A shard node's answer.
@@ -75,6 +77,8 @@ pub enum NodeResponse {
     Unknown(String),
     /// Answers to a `NodeRequest::Batch`, in order.
     Batch(Vec<NodeResponse>),
+    /// Answer to a `NodeRequest::PubSub`.
+    PubSub(crate::pubsub::PubSubResponse),
 }
 
 /// A request to the placement driver.

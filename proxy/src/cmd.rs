@@ -68,6 +68,9 @@ pub enum Command {
     Keys(Bytes),
     /// RANDOMKEY.
     RandomKey,
+    /// Pub/Sub: (P|S)SUBSCRIBE, (P|S)UNSUBSCRIBE, PUBLISH, SPUBLISH, PUBSUB; run
+    /// by the connection.
+    PubSub(Vec<Bytes>),
 }
 
 fn err(text: impl Into<String>) -> Command {
@@ -105,6 +108,15 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("config", -2),
     ("leader", 2),
     ("scan", -2),
+    ("subscribe", -2),
+    ("unsubscribe", -1),
+    ("psubscribe", -2),
+    ("punsubscribe", -1),
+    ("ssubscribe", -2),
+    ("sunsubscribe", -1),
+    ("publish", 3),
+    ("spublish", 3),
+    ("pubsub", -2),
     ("multi", 1),
     ("exec", 1),
     ("discard", 1),
@@ -286,6 +298,8 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
         "hello" | "auth" | "client" | "cluster" | "config" => Command::Session(a.to_vec()),
         "leader" => Command::Leader(key()),
         "scan" => parse_scan(a)?,
+        "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" | "publish"
+        | "spublish" | "pubsub" => Command::PubSub(a.to_vec()),
         "multi" => Command::Transaction(TransactionControl::Multi),
         "exec" => Command::Transaction(TransactionControl::Exec),
         "discard" => Command::Transaction(TransactionControl::Discard),
@@ -678,7 +692,7 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
     Ok(match command {
         Command::Local(frame) | Command::Rejected(frame) => frame,
         Command::Quit => Frame::ok(),
-        Command::Transaction(_) => Frame::error("ERR transaction commands run on their connection"),
+        Command::Transaction(_) | Command::PubSub(_) => Frame::error("ERR this command runs on its connection"),
         Command::Info(section) => {
             let keys = match sum_over_shards(router, ShardOp::Read(ReadOp::DbSize)).await {
                 Ok(Frame::Integer(n)) => Some(n),

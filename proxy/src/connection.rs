@@ -34,7 +34,12 @@ const MAX_BATCH: usize = 1024;
 /// Serves one client until it disconnects or sends QUIT.
 pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
-    let mut session = Session::open(&shared.clients, socket.peer_addr()?, socket.local_addr()?);
+    let mut session = Session::open(
+        &shared.clients,
+        &shared.pubsub,
+        socket.peer_addr()?,
+        socket.local_addr()?,
+    );
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -42,6 +47,16 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Resul
         let n = tokio::select! {
             read = socket.read(&mut chunk) => read?,
             _ = session.client.killed.notified() => return Ok(()),
+            Some(message) = next_message(&mut session.pubsub.inbox) => {
+                push(&mut out, &message, session.resp3);
+                // Whatever else has arrived goes in the same write.
+                while let Some(more) = session.pubsub.inbox.as_mut().and_then(|i| i.try_recv().ok()) {
+                    push(&mut out, &more, session.resp3);
+                }
+                socket.write_all(&out).await?;
+                out.clear();
+                continue;
+            }
         };
         if n == 0 {
             return Ok(());
@@ -70,11 +85,7 @@ pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Resul
             let more = batch.len() == MAX_BATCH;
             let (replies, quit) = run_batch(&shared, &mut session, batch).await;
             for (reply, resp3) in &replies {
-                if *resp3 {
-                    reply.encode_resp3(&mut out);
-                } else {
-                    reply.encode(&mut out);
-                }
+                push(&mut out, reply, *resp3);
             }
             if let Some(e) = &protocol_error {
                 e.to_frame().encode(&mut out);
@@ -124,6 +135,23 @@ async fn run_batch(
                 quit = true;
                 break;
             }
+            _ if !session.resp3 && session.pubsub.active() && !crate::pubsub::allowed_while_subscribed(name) => {
+                replies[i] = answered(Frame::error(format!(
+                    "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+                )));
+            }
+            Command::Local(Frame::Simple(pong)) if pong == "PONG" && !session.resp3 && session.pubsub.active() => {
+                replies[i] = answered(Frame::Array(vec![Frame::bulk("pong"), Frame::bulk("")]));
+            }
+            Command::Local(Frame::Bulk(text)) if name == "ping" && !session.resp3 && session.pubsub.active() => {
+                replies[i] = answered(Frame::Array(vec![Frame::bulk("pong"), Frame::Bulk(text)]));
+            }
+            Command::PubSub(args) if !session.transaction.in_multi() => {
+                drain(shared, &mut lanes, &mut replies).await;
+                let started = std::time::Instant::now();
+                let frame = crate::pubsub::execute(&shared.pubsub, session, name, &args).await;
+                replies[i] = Some(observed(name, started, frame));
+            }
             command if session.transaction.in_multi() => {
                 replies[i] = answered(session.transaction.queue(name, command));
             }
@@ -164,6 +192,23 @@ async fn run_batch(
             .collect(),
         quit,
     )
+}
+
+/// Appends a frame in the connection's protocol.
+fn push(out: &mut Vec<u8>, frame: &Frame, resp3: bool) {
+    if resp3 {
+        frame.encode_resp3(out);
+    } else {
+        frame.encode(out);
+    }
+}
+
+/// The next Pub/Sub message, or never when the connection has no inbox.
+async fn next_message(inbox: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Frame>>) -> Option<Frame> {
+    match inbox {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs every queued lane (each in order, all concurrently) and stores the replies.

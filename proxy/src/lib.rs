@@ -10,6 +10,7 @@
 //! | [`session`] | one connection's state: HELLO, AUTH, CLIENT, the client list |
 //! | [`admin`] | COMMAND, CONFIG, CLUSTER (as one node owning every slot) |
 //! | [`transaction`] | MULTI/EXEC/WATCH: one atomic Raft entry per transaction |
+//! | [`pubsub`] | Pub/Sub across proxies, through the shard nodes |
 //!
 //! The proxy keeps no data: any number of copies can run behind a load balancer.
 //! It depends on neither RocksDB nor openraft.
@@ -19,6 +20,7 @@ pub mod cmd;
 pub mod connection;
 pub mod info;
 pub mod metrics;
+pub mod pubsub;
 pub mod reply;
 pub mod route;
 pub mod session;
@@ -63,6 +65,8 @@ pub struct Shared {
     pub router: Arc<Router>,
     /// Connected clients (CLIENT LIST, CLIENT KILL).
     pub clients: Arc<session::Clients>,
+    /// Pub/Sub subscriptions and deliveries.
+    pub pubsub: Arc<pubsub::PubSub>,
 }
 
 /// Runs the proxy until `shutdown` resolves.
@@ -90,6 +94,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let shared = Arc::new(Shared {
+        pubsub: pubsub::PubSub::new(router.clone()),
         router,
         clients: Arc::default(),
     });

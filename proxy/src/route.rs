@@ -69,6 +69,11 @@ impl Router {
         }
     }
 
+    /// The QUIC endpoint shard nodes are reached through.
+    pub fn endpoint(&self) -> &Endpoint {
+        self.links.endpoint()
+    }
+
     /// The current routing table.
     pub fn table(&self) -> Arc<RoutingTable> {
         self.table.read().expect("routing lock").clone()
@@ -255,7 +260,7 @@ impl Router {
                         return Err(Error::Moved(shard));
                     }
                     Ok(NodeResponse::Unknown(_)) => return Err(Error::Unknown),
-                    Ok(NodeResponse::Raft(_)) | Ok(NodeResponse::Batch(_)) => {}
+                    Ok(NodeResponse::Raft(_) | NodeResponse::Batch(_) | NodeResponse::PubSub(_)) => {}
                     Err(CallError::Unknown { .. }) if !is_read => {
                         self.leaders.remove(&shard);
                         self.suspect(node);

@@ -78,11 +78,19 @@ pub struct Session {
     pub resp3: bool,
     /// MULTI and WATCH state.
     pub transaction: crate::transaction::TransactionState,
+    /// Pub/Sub subscriptions and inbox.
+    pub pubsub: crate::pubsub::ClientSubscriptions,
+    hub: Arc<crate::pubsub::PubSub>,
 }
 
 impl Session {
     /// Registers a new connection from `addr` accepted on `laddr`.
-    pub fn open(clients: &Arc<Clients>, addr: SocketAddr, laddr: SocketAddr) -> Session {
+    pub fn open(
+        clients: &Arc<Clients>,
+        hub: &Arc<crate::pubsub::PubSub>,
+        addr: SocketAddr,
+        laddr: SocketAddr,
+    ) -> Session {
         let id = clients.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let client = Arc::new(Client {
             id,
@@ -105,6 +113,8 @@ impl Session {
             clients: clients.clone(),
             resp3: false,
             transaction: Default::default(),
+            pubsub: Default::default(),
+            hub: hub.clone(),
         }
     }
 
@@ -124,6 +134,9 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.clients.all.remove(&self.client.id);
+        if self.pubsub.inbox.is_some() {
+            self.hub.forget(self.client.id);
+        }
     }
 }
 

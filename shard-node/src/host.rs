@@ -137,6 +137,8 @@ pub struct Host {
     peers: std::sync::RwLock<Vec<(NodeId, std::net::SocketAddr)>>,
     /// When each peer node last answered a ping.
     peer_seen: DashMap<NodeId, std::time::Instant>,
+    /// Pub/Sub between the proxies' clients (not replicated).
+    pub pubsub: crate::pubsub::Hub,
 }
 
 impl Host {
@@ -167,6 +169,7 @@ impl Host {
             quiesce_after,
             peers: std::sync::RwLock::new(Vec::new()),
             peer_seen: DashMap::new(),
+            pubsub: crate::pubsub::Hub::default(),
         })
     }
 

@@ -6,6 +6,7 @@
 //! | [`raft`] | openraft type config, state machine, snapshots, network |
 //! | [`apply`] | deterministic command execution (Redis semantics) |
 //! | [`storage`] | key and value layout in RocksDB |
+//! | [`pubsub`] | proxies' Pub/Sub subscriptions and delivery queues (not replicated) |
 //!
 //! START-UP. Open the RocksDB, load (or obtain from the placement driver) the
 //! node's id, reopen the groups recorded in the database, register with the PD,
@@ -16,6 +17,7 @@
 pub mod apply;
 pub mod host;
 pub mod metrics;
+pub mod pubsub;
 pub mod raft;
 pub mod storage;
 
@@ -241,6 +243,7 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
         NodeRequest::Applied { shard } => host.applied(shard),
         NodeRequest::Ping => NodeResponse::Reply(redraft_common::resp::Frame::Simple("PONG".into())),
         NodeRequest::Batch(requests) => NodeResponse::Batch(Box::pin(serve_batch(host, requests)).await),
+        NodeRequest::PubSub(request) => NodeResponse::PubSub(host.pubsub.serve(request).await),
     }
 }
 

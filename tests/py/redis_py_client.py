@@ -1,7 +1,8 @@
 """redis-py (from PyPI) against a Redraft proxy: pipelines, transactions with
 WATCH under contention, RESP3, the collection types, and cross-shard refusal.
 
-Usage: python redis_py_client.py <proxy port>. Exits non-zero on any failure.
+Usage: python redis_py_client.py <proxy port> <another proxy's port>. Exits
+non-zero on any failure.
 """
 import sys
 import threading
@@ -9,6 +10,7 @@ import threading
 import redis
 
 port = int(sys.argv[1])
+other_port = int(sys.argv[2])
 r = redis.Redis(port=port, decode_responses=True)
 
 # Pipelines: many commands in one round trip, replies in order.
@@ -75,4 +77,20 @@ assert r3.hgetall("user:1") == {"name": "ada", "age": "37"}
 assert r3.zscore("board", "bob") == 20.5
 assert r3.smembers("tags") == set(r.smembers("tags"))
 assert r3.client_id() != r.client_id()
+# Pub/Sub: subscribed at one proxy, published at the other, in RESP2 and RESP3.
+for protocol in (2, 3):
+    client = redis.Redis(port=port, protocol=protocol, decode_responses=True)
+    pubsub = client.pubsub()
+    pubsub.subscribe(f"events{protocol}")
+    pubsub.psubscribe("alerts.*")
+    confirmations = [pubsub.get_message(timeout=5) for _ in range(2)]
+    assert [m["type"] for m in confirmations] == ["subscribe", "psubscribe"], confirmations
+    publisher = redis.Redis(port=other_port, decode_responses=True)
+    assert publisher.publish(f"events{protocol}", "hello") == 1
+    assert publisher.publish("alerts.disk", "full") == 1
+    received = [pubsub.get_message(timeout=5) for _ in range(2)]
+    assert received[0]["type"] == "message" and received[0]["data"] == "hello", received
+    assert received[1]["type"] == "pmessage" and received[1]["channel"] == "alerts.disk", received
+    assert publisher.pubsub_numsub(f"events{protocol}") == [(f"events{protocol}", 1)]
+    pubsub.close()
 print("redis-py checks passed")
