@@ -173,6 +173,14 @@ struct ProxyArgs {
     /// RESP listen address.
     #[arg(long, default_value = "127.0.0.1:6379")]
     listen: SocketAddr,
+    /// Also serve RESP over TLS here (Redis's `tls-port`), with this member's
+    /// certificate from `--certs`.
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
+    /// Whether TLS clients must present a certificate signed by the cluster CA
+    /// (Redis's `tls-auth-clients`): `yes` or `no`.
+    #[arg(long, default_value = "yes", value_parser = ["yes", "no"])]
+    tls_auth_clients: String,
     /// Placement driver members, comma-separated.
     #[arg(long)]
     placement: String,
@@ -554,6 +562,8 @@ async fn run(command: Command) -> Result<()> {
                 certs_dir: a.membership.certs,
                 cert_name: a.membership.cert_name,
                 http: a.operator.http,
+                tls_listen: a.tls_listen,
+                tls_auth_clients: a.tls_auth_clients == "yes",
             };
             redraft_proxy::run(config, shutdown_signal()).await
         }

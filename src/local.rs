@@ -62,6 +62,10 @@ pub struct UpArgs {
     /// (repeatable; kept in `up.json` for restarts).
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
+    /// An extra argument for the proxy, e.g. `--proxy-arg=--tls-listen=127.0.0.1:6380`
+    /// (repeatable; kept in `up.json` for restarts).
+    #[arg(long = "proxy-arg", allow_hyphen_values = true)]
+    pub proxy_args: Vec<String>,
 }
 
 /// What kind of member a process is.
@@ -116,6 +120,9 @@ pub struct Cluster {
     /// Extra arguments for every placement driver member (tests set split thresholds).
     #[serde(default)]
     pub placement_args: Vec<String>,
+    /// Extra arguments for the proxies (TLS, for instance).
+    #[serde(default)]
+    pub proxy_args: Vec<String>,
 }
 
 impl Cluster {
@@ -162,6 +169,7 @@ impl Cluster {
             fsync: "always".into(),
             node_args: Vec::new(),
             placement_args: Vec::new(),
+            proxy_args: Vec::new(),
         }
     }
 
@@ -249,12 +257,14 @@ impl Cluster {
                     .args(&self.node_args);
             }
             Role::Proxy => {
-                cmd.arg("proxy").args([
-                    "--listen",
-                    &member.addr.to_string(),
-                    "--placement",
-                    &self.placement_list(),
-                ]);
+                cmd.arg("proxy")
+                    .args([
+                        "--listen",
+                        &member.addr.to_string(),
+                        "--placement",
+                        &self.placement_list(),
+                    ])
+                    .args(&self.proxy_args);
             }
         }
         if member.role != Role::Proxy {
@@ -373,6 +383,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
             c.shards = args.shards.unwrap_or(0);
             c.fsync = args.fsync.clone();
             c.node_args = args.node_args.clone();
+            c.proxy_args = args.proxy_args.clone();
             c
         }
     };

@@ -60,8 +60,23 @@ impl TestCluster {
         Self::start_configured(nodes, placement, node_args, &[])
     }
 
+    /// Three nodes and a proxy started with `proxy_args`.
+    pub fn start_with_proxy_args(proxy_args: &[&str]) -> TestCluster {
+        Self::start_all(3, 1, &[], &[], proxy_args)
+    }
+
     /// Like [`TestCluster::start_with`], with extra arguments for the PD members.
     pub fn start_configured(nodes: u16, placement: u16, node_args: &[&str], placement_args: &[&str]) -> TestCluster {
+        Self::start_all(nodes, placement, node_args, placement_args, &[])
+    }
+
+    fn start_all(
+        nodes: u16,
+        placement: u16,
+        node_args: &[&str],
+        placement_args: &[&str],
+        proxy_args: &[&str],
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = Cluster::new(dir.path(), free_port(), 0, nodes, placement);
         for member in cluster.placement.iter_mut().chain(cluster.nodes.iter_mut()) {
@@ -78,6 +93,7 @@ impl TestCluster {
         cluster.shards = 6;
         cluster.node_args = node_args.iter().map(|s| s.to_string()).collect();
         cluster.placement_args = placement_args.iter().map(|s| s.to_string()).collect();
+        cluster.proxy_args = proxy_args.iter().map(|s| s.to_string()).collect();
         cluster.ensure_certs().unwrap();
         let mut tc = TestCluster {
             cluster,
@@ -143,6 +159,11 @@ impl TestCluster {
     /// Names of every member.
     pub fn member_names(&self) -> Vec<String> {
         self.cluster.members().map(|m| m.name.clone()).collect()
+    }
+
+    /// The cluster's certificate folder (CA and member certificates).
+    pub fn certs(&self) -> std::path::PathBuf {
+        self.cluster.certs()
     }
 
     /// The cluster's folder.

@@ -41,7 +41,8 @@ pub fn ensure_certs(dir: &Path, members: &[String]) -> Result<()> {
             continue;
         }
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string(), "localhost".to_string()])?;
+        let names = [SERVER_NAME, "localhost", "127.0.0.1"].map(String::from).to_vec();
+        let mut params = CertificateParams::new(names)?;
         params.distinguished_name.push(DnType::CommonName, member.as_str());
         let cert = params.signed_by(&key, &issuer)?;
         write_private(&key_path, &key.serialize_pem())?;
@@ -129,6 +130,23 @@ impl TlsIdentity {
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         config.alpn_protocols = vec![b"redraft".to_vec()];
         Ok(config)
+    }
+
+    /// The proxy's client port (RESP over TLS, as `redis-cli --tls` speaks it):
+    /// TLS 1.2 or 1.3, our certificate; client certificates signed by the cluster
+    /// CA are required when `require_client_cert` (Redis's `tls-auth-clients
+    /// yes`), else verified only when offered.
+    pub fn client_port_config(&self, require_client_cert: bool) -> Result<rustls::ServerConfig> {
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, Self::provider());
+        let verifier = if require_client_cert {
+            builder.build()?
+        } else {
+            builder.allow_unauthenticated().build()?
+        };
+        Ok(rustls::ServerConfig::builder_with_provider(Self::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?)
     }
 
     /// Client side: trust only the cluster CA, present our certificate.

@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 use redraft_common::ids::ShardId;
 use redraft_common::resp::{self, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::cmd::{self, Command};
 use crate::session::{self, After, Session};
@@ -31,15 +32,12 @@ use crate::{reply, Shared};
 /// replies held back for ordering.
 const MAX_BATCH: usize = 1024;
 
-/// Serves one client until it disconnects or sends QUIT.
-pub async fn serve(shared: Arc<Shared>, mut socket: TcpStream) -> std::io::Result<()> {
-    socket.set_nodelay(true)?;
-    let mut session = Session::open(
-        &shared.clients,
-        &shared.pubsub,
-        socket.peer_addr()?,
-        socket.local_addr()?,
-    );
+/// Serves one client (plain TCP or TLS) until it disconnects or sends QUIT.
+pub async fn serve<S>(shared: Arc<Shared>, mut socket: S, peer: SocketAddr, local: SocketAddr) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut session = Session::open(&shared.clients, &shared.pubsub, peer, local);
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];

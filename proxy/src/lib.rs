@@ -57,6 +57,12 @@ pub struct Config {
     pub cert_name: String,
     /// Operator HTTP endpoint (`/metrics`, `/health`, `/ready`), if any.
     pub http: Option<SocketAddr>,
+    /// RESP over TLS listen address (Redis's `tls-port`), if any; it presents
+    /// this member's certificate.
+    pub tls_listen: Option<SocketAddr>,
+    /// TLS clients must present a certificate signed by the cluster CA
+    /// (Redis's `tls-auth-clients yes`).
+    pub tls_auth_clients: bool,
 }
 
 /// State shared by all connections.
@@ -101,6 +107,22 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     info::mark_start();
     let limit = Arc::new(Semaphore::new(MAX_CLIENTS));
     tracing::info!(addr = %listener.local_addr()?, "proxy listening");
+    let tls = match config.tls_listen {
+        Some(addr) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.client_port_config(config.tls_auth_clients)?));
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            tracing::info!(%addr, "proxy listening for TLS clients");
+            Some(tokio::spawn(accept_tls(
+                listener,
+                acceptor,
+                shared.clone(),
+                limit.clone(),
+            )))
+        }
+        None => None,
+    };
     let accept = async {
         loop {
             let (mut socket, _) = match listener.accept().await {
@@ -122,7 +144,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             let shared = shared.clone();
             tokio::spawn(async move {
                 metrics::CONNECTIONS.inc();
-                let _ = connection::serve(shared.clone(), socket).await;
+                if let (Ok(peer), Ok(local)) = (socket.peer_addr(), socket.local_addr()) {
+                    let _ = socket.set_nodelay(true);
+                    let _ = connection::serve(shared.clone(), socket, peer, local).await;
+                }
                 metrics::CONNECTIONS.dec();
                 drop(permit);
             });
@@ -133,6 +158,47 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         _ = shutdown => {}
     }
     watch.abort();
+    if let Some(tls) = tls {
+        tls.abort();
+    }
     endpoint.close();
     Ok(())
+}
+
+/// How long a TLS client has to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepts RESP-over-TLS clients; each is served like a plain one once its
+/// handshake completes (a failed handshake closes only that connection).
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+) {
+    loop {
+        let Ok((socket, peer)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        metrics::CONNECTIONS_ACCEPTED.inc();
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (acceptor, shared) = (acceptor.clone(), shared.clone());
+        tokio::spawn(async move {
+            let Ok(local) = socket.local_addr() else { return };
+            let _ = socket.set_nodelay(true);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+                Ok(Ok(stream)) => {
+                    metrics::CONNECTIONS.inc();
+                    let _ = connection::serve(shared, stream, peer, local).await;
+                    metrics::CONNECTIONS.dec();
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+            drop(permit);
+        });
+    }
 }
