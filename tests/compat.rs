@@ -47,6 +47,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("connection", include_str!("scripts/connection.txt")),
     ("keys", include_str!("scripts/keys.txt")),
     ("transactions", include_str!("scripts/transactions.txt")),
+    ("acl", include_str!("scripts/acl.txt")),
 ];
 
 /// A reply's bytes, with an unordered array's items sorted (`pairs`: in pairs).
@@ -399,4 +400,67 @@ fn redis_cli_over_tls() {
     );
     let mut plain = Resp::connect(cluster.proxy());
     assert_eq!(plain.cmd("GET secure"), Frame::bulk("yes"));
+}
+
+/// Users and `requirepass` live in the placement driver and every proxy applies
+/// them: set at one proxy, enforced at another, and by redis-cli `-a`.
+#[test]
+fn acl_users_and_requirepass_apply_on_every_proxy() {
+    let mut cluster = TestCluster::start(3);
+    let second = cluster.add_proxy();
+    let mut admin = Resp::connect(cluster.proxy());
+    assert_eq!(admin.cmd("SET k v"), Frame::ok());
+    assert_eq!(admin.cmd("ACL SETUSER reader on >r3ad ~* +@read"), Frame::ok());
+    assert_eq!(admin.cmd("CONFIG SET requirepass s3cret"), Frame::ok());
+    // This connection authenticated (as default, without a password) before.
+    assert_eq!(admin.cmd("GET k"), Frame::bulk("v"));
+
+    let noauth = Frame::error("NOAUTH Authentication required.");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut other = loop {
+        let mut conn = Resp::connect(second);
+        if conn.cmd("GET k") == noauth {
+            break conn;
+        }
+        assert!(Instant::now() < deadline, "the other proxy never required a password");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        other.cmd("AUTH wrong"),
+        Frame::error("WRONGPASS invalid username-password pair or user is disabled.")
+    );
+    assert_eq!(other.cmd("AUTH s3cret"), Frame::ok());
+    assert_eq!(other.cmd("GET k"), Frame::bulk("v"));
+    assert_eq!(other.cmd("ACL WHOAMI"), Frame::bulk("default"));
+
+    let mut reader = Resp::connect(second);
+    assert!(matches!(reader.cmd("HELLO 3 AUTH reader r3ad"), Frame::Map(_)));
+    assert_eq!(reader.cmd("GET k"), Frame::bulk("v"));
+    assert_eq!(
+        reader.cmd("SET k x"),
+        Frame::error("NOPERM this user has no permissions to run the 'set' command")
+    );
+    let cli = Command::new("redis-cli")
+        .args([
+            "-p",
+            &second.port().to_string(),
+            "-a",
+            "s3cret",
+            "--no-auth-warning",
+            "GET",
+            "k",
+        ])
+        .output()
+        .expect("redis-cli installed");
+    assert_eq!(String::from_utf8_lossy(&cli.stdout).trim(), "v");
+
+    // Deleting a user stops its connections at their next command.
+    assert_eq!(admin.cmd("ACL DELUSER reader"), Frame::Integer(1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reader.cmd("GET k") != noauth {
+        assert!(Instant::now() < deadline, "a deleted user kept running commands");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    admin.send(&[b"CONFIG", b"SET", b"requirepass", b""]);
+    assert_eq!(admin.read(), Some(Frame::ok()));
 }

@@ -6,6 +6,7 @@
 //! QUIC/mTLS transport. This crate depends on neither RocksDB nor openraft, so the
 //! stateless proxy never pulls in a storage engine.
 
+pub mod acl;
 pub mod commands;
 pub mod glob;
 pub mod http;

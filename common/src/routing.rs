@@ -78,6 +78,10 @@ pub struct RoutingTable {
     pub shards: BTreeMap<ShardId, ShardInfo>,
     /// Nodes by id.
     pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// ACL users, applied by every proxy (published with the table so proxies
+    /// learn changes through the same watch).
+    #[serde(default)]
+    pub users: crate::acl::Users,
 }
 
 impl RoutingTable {

@@ -118,6 +118,10 @@ pub enum PdRequest {
     /// Operators: run the scheduler until the cluster is balanced (or
     /// `max_steps` steps); answered with the steps taken.
     Rebalance { max_steps: u32 },
+    /// ACL SETUSER (rules already validated by the proxy): `Ack`, or `Error`.
+    SetUser { name: String, rules: Vec<String> },
+    /// ACL DELUSER: `Count` of users removed, or `Error`.
+    DeleteUsers { names: Vec<String> },
 }
 
 /// What a shard's leader reports about it with each heartbeat.
@@ -150,6 +154,8 @@ pub enum PdResponse {
     Status { table: RoutingTable, live: Vec<NodeId> },
     /// What an operator request did, one line per step.
     Done(Vec<String>),
+    /// A count (ACL DELUSER).
+    Count(u64),
 }
 
 /// Error decoding a message.

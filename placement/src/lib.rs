@@ -543,6 +543,18 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
             }
         }
         PdRequest::Split { shard } => recorded(&pd, PdCommand::BeginSplit { shard }).await,
+        PdRequest::SetUser { name, rules } => match pd.propose(PdCommand::SetUser { name, rules }).await {
+            Ok(PdReply::Done) => PdResponse::Ack,
+            Ok(PdReply::Refused(why)) => PdResponse::Error(why),
+            Ok(other) => PdResponse::Error(format!("unexpected reply {other:?}")),
+            Err(answer) => answer,
+        },
+        PdRequest::DeleteUsers { names } => match pd.propose(PdCommand::DeleteUsers { names }).await {
+            Ok(PdReply::Count(n)) => PdResponse::Count(n),
+            Ok(PdReply::Refused(why)) => PdResponse::Error(why),
+            Ok(other) => PdResponse::Error(format!("unexpected reply {other:?}")),
+            Err(answer) => answer,
+        },
         PdRequest::Merge { from, into } => recorded(&pd, PdCommand::BeginMerge { from, into }).await,
         PdRequest::MoveReplica { shard, from, to } => {
             let _one_step = pd.operating.lock().await;

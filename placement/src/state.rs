@@ -39,6 +39,10 @@ pub enum PdCommand {
     /// The pending split or merge was applied by the shards: publish the new
     /// routing (vnodes reassigned, shard added or removed).
     FinishReshape,
+    /// ACL SETUSER: apply `rules` to user `name` (created when new).
+    SetUser { name: String, rules: Vec<String> },
+    /// ACL DELUSER.
+    DeleteUsers { names: Vec<String> },
 }
 
 /// A split or merge decided but not yet published. Kept in the replicated state so
@@ -69,6 +73,8 @@ pub enum PdReply {
     Done,
     /// Refused; the text says why.
     Refused(String),
+    /// A count (users removed).
+    Count(u64),
 }
 
 /// Replicated placement state.
@@ -131,6 +137,22 @@ impl PdState {
             PdCommand::BeginSplit { shard } => self.begin_split(*shard),
             PdCommand::BeginMerge { from, into } => self.begin_merge(*from, *into),
             PdCommand::FinishReshape => self.finish_reshape(),
+            // Command names were validated by the proxy that took the request, so
+            // every PD replica applies the same rules the same way.
+            PdCommand::SetUser { name, rules } => match self.table.users.set_user(name, rules, |_| true) {
+                Ok(()) => {
+                    self.table.version += 1;
+                    PdReply::Done
+                }
+                Err(e) => PdReply::Refused(e),
+            },
+            PdCommand::DeleteUsers { names } => match self.table.users.delete(names) {
+                Ok(removed) => {
+                    self.table.version += 1;
+                    PdReply::Count(removed)
+                }
+                Err(e) => PdReply::Refused(e),
+            },
             PdCommand::SetReplicas { shard, replicas } => match self.table.shards.get_mut(shard) {
                 Some(info) if !replicas.is_empty() => {
                     self.moves.remove(shard);

@@ -221,6 +221,39 @@ fn key_positions(name: &str) -> (i64, i64, i64) {
     }
 }
 
+/// The keys among a request's arguments (`args[0]` is the command `name`).
+pub fn keys_of<'a>(name: &str, args: &'a [Vec<u8>]) -> Vec<&'a [u8]> {
+    let (first, last, step) = key_positions(name);
+    if first == 0 {
+        return Vec::new();
+    }
+    let last = if last < 0 { args.len() as i64 + last } else { last };
+    (first..=last)
+        .step_by(step.max(1) as usize)
+        .filter_map(|i| args.get(i as usize).map(|k| &k[..]))
+        .collect()
+}
+
+/// Redis's ACL categories of a command (approximately Redis 7's assignment).
+pub fn categories(name: &str) -> Vec<&'static str> {
+    let mut all = vec![if is_write(name) { "write" } else { "read" }];
+    let kind = category(name).trim_start_matches('@');
+    match name {
+        "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" | "publish"
+        | "spublish" | "pubsub" => all = vec!["pubsub", "slow"],
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => all = vec!["transaction", "fast"],
+        "flushall" | "flushdb" | "keys" => all.extend(["keyspace", "dangerous", "slow"]),
+        "config" | "acl" | "cluster" | "client" | "info" | "leader" => all = vec!["admin", "dangerous", "slow"],
+        "dbsize" | "scan" | "randomkey" | "del" | "unlink" | "exists" | "touch" | "type" | "expire" | "pexpire"
+        | "expireat" | "pexpireat" | "ttl" | "pttl" | "persist" | "rename" | "renamenx" | "copy" | "object" => {
+            all.extend(["keyspace", "fast"])
+        }
+        _ if kind == "connection" => all = vec!["connection", "fast"],
+        _ => all.extend([kind, "fast"]),
+    }
+    all
+}
+
 fn is_keyless(name: &str) -> bool {
     matches!(
         name,
@@ -246,6 +279,16 @@ fn is_keyless(name: &str) -> bool {
             | "discard"
             | "unwatch"
             | "reset"
+            | "acl"
+            | "subscribe"
+            | "unsubscribe"
+            | "psubscribe"
+            | "punsubscribe"
+            | "ssubscribe"
+            | "sunsubscribe"
+            | "publish"
+            | "spublish"
+            | "pubsub"
     )
 }
 
@@ -313,7 +356,6 @@ fn info_entry(name: &'static str, arity: i32) -> Frame {
     } else {
         vec![simple("readonly")]
     };
-    let rw = if is_write(name) { "@write" } else { "@read" };
     Frame::Array(vec![
         bulk(name),
         Frame::Integer(i64::from(arity)),
@@ -321,7 +363,7 @@ fn info_entry(name: &'static str, arity: i32) -> Frame {
         Frame::Integer(first),
         Frame::Integer(last),
         Frame::Integer(step),
-        Frame::Set(vec![simple(rw), simple(category(name))]),
+        Frame::Set(categories(name).into_iter().map(|c| simple(&format!("@{c}"))).collect()),
         Frame::Set(vec![]),
         Frame::Array(vec![]),
         Frame::Array(vec![]),
@@ -390,15 +432,13 @@ pub fn command(args: &[Vec<u8>]) -> Frame {
             if !commands::arity_ok(arity, target.len()) {
                 return error("ERR Invalid number of arguments specified for command");
             }
-            let (first, last, step) = key_positions(name);
-            if first == 0 {
+            if key_positions(name).0 == 0 {
                 return error("ERR The command has no key arguments");
             }
-            let last = if last < 0 { target.len() as i64 + last } else { last };
             Frame::Array(
-                (first..=last)
-                    .step_by(step as usize)
-                    .filter_map(|i| target.get(i as usize).map(|k| Frame::Bulk(k.clone())))
+                keys_of(name, target)
+                    .into_iter()
+                    .map(|k| Frame::Bulk(k.to_vec()))
                     .collect(),
             )
         }

@@ -107,6 +107,7 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("cluster", -2),
     ("config", -2),
     ("leader", 2),
+    ("acl", -2),
     ("scan", -2),
     ("subscribe", -2),
     ("unsubscribe", -1),
@@ -295,7 +296,7 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
             _ => err("ERR DB index is out of range"),
         },
         "command" => Command::Local(crate::admin::command(a)),
-        "hello" | "auth" | "client" | "cluster" | "config" => Command::Session(a.to_vec()),
+        "hello" | "auth" | "client" | "cluster" | "config" | "acl" => Command::Session(a.to_vec()),
         "leader" => Command::Leader(key()),
         "scan" => parse_scan(a)?,
         "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" | "publish"

@@ -37,7 +37,8 @@ pub async fn serve<S>(shared: Arc<Shared>, mut socket: S, peer: SocketAddr, loca
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut session = Session::open(&shared.clients, &shared.pubsub, peer, local);
+    let authenticated = crate::acl::starts_authenticated(&shared.router.table().users);
+    let mut session = Session::open(&shared.clients, &shared.pubsub, peer, local, authenticated);
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -70,7 +71,9 @@ where
                     Ok(Some((args, used))) => {
                         consumed += used;
                         if !args.is_empty() {
-                            batch.push((cmd::command_name(&args[0]), cmd::parse(&args)));
+                            // The arguments stay with the command for the ACL check.
+                            let command = cmd::parse(&args);
+                            batch.push((cmd::command_name(&args[0]), args, command));
                         }
                     }
                     Err(e) => {
@@ -108,17 +111,25 @@ where
 async fn run_batch(
     shared: &Shared,
     session: &mut Session,
-    batch: Vec<(&'static str, Command)>,
+    batch: Vec<(&'static str, Vec<Vec<u8>>, Command)>,
 ) -> (Vec<(Frame, bool)>, bool) {
     let mut replies: Vec<Option<Frame>> = Vec::with_capacity(batch.len());
     let mut resp3 = Vec::with_capacity(batch.len());
     let mut lanes: BTreeMap<ShardId, Vec<(usize, &'static str, Command)>> = BTreeMap::new();
     let mut quit = false;
-    for (name, command) in batch {
+    for (name, args, command) in batch {
         let i = replies.len();
         replies.push(None);
         resp3.push(session.resp3);
         session.touch(name);
+        let table = shared.router.table();
+        // A command the connection may not run is refused (and, inside MULTI,
+        // aborts the transaction, as in Redis).
+        let command = match crate::acl::check(&table.users, session, name, &args) {
+            Some(denied) => Command::Rejected(denied),
+            None => command,
+        };
+        drop(args);
         let answered = |frame: Frame| Some(observed(name, std::time::Instant::now(), frame));
         match command {
             Command::Transaction(control) => {
@@ -158,8 +169,16 @@ async fn run_batch(
                 drain(shared, &mut lanes, &mut replies).await;
                 let (frame, after) = match name {
                     "cluster" => (crate::admin::cluster(&args, session.local_addr()), After::Continue),
+                    "config" if is_set_requirepass(&args) => (
+                        crate::acl::set_requirepass(&shared.router, &args[3]).await,
+                        After::Continue,
+                    ),
                     "config" => (crate::admin::config(&args, session.local_addr()), After::Continue),
-                    _ => session::execute(session, &args),
+                    "acl" => (
+                        crate::acl::execute(&shared.router, session, &args).await,
+                        After::Continue,
+                    ),
+                    _ => session::execute(session, &args, &table.users),
                 };
                 replies[i] = answered(frame);
                 // HELLO answers in the protocol it selects.
@@ -190,6 +209,12 @@ async fn run_batch(
             .collect(),
         quit,
     )
+}
+
+/// CONFIG SET requirepass <password>: the default user's password, kept by the
+/// placement driver like every ACL change.
+fn is_set_requirepass(args: &[Vec<u8>]) -> bool {
+    args.len() == 4 && args[1].eq_ignore_ascii_case(b"set") && args[2].eq_ignore_ascii_case(b"requirepass")
 }
 
 /// Appends a frame in the connection's protocol.

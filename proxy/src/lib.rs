@@ -8,6 +8,7 @@
 //! | [`reply`] | proxy errors and their wire strings |
 //! | [`info`] | INFO |
 //! | [`session`] | one connection's state: HELLO, AUTH, CLIENT, the client list |
+//! | [`acl`] | authentication, permission checks, the ACL command |
 //! | [`admin`] | COMMAND, CONFIG, CLUSTER (as one node owning every slot) |
 //! | [`transaction`] | MULTI/EXEC/WATCH: one atomic Raft entry per transaction |
 //! | [`pubsub`] | Pub/Sub across proxies, through the shard nodes |
@@ -15,6 +16,7 @@
 //! The proxy keeps no data: any number of copies can run behind a load balancer.
 //! It depends on neither RocksDB nor openraft.
 
+pub mod acl;
 pub mod admin;
 pub mod cmd;
 pub mod connection;

@@ -69,6 +69,11 @@ impl Router {
         }
     }
 
+    /// The placement driver client.
+    pub fn placement(&self) -> &PdClient {
+        &self.pd
+    }
+
     /// The QUIC endpoint shard nodes are reached through.
     pub fn endpoint(&self) -> &Endpoint {
         self.links.endpoint()

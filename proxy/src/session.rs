@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use dashmap::DashMap;
+use redraft_common::acl::Users;
 use redraft_common::resp::Frame;
 use tokio::sync::Notify;
 
@@ -36,6 +37,7 @@ pub struct Client {
 #[derive(Clone)]
 struct ClientState {
     name: String,
+    user: String,
     lib_name: String,
     lib_ver: String,
     resp: u8,
@@ -54,7 +56,7 @@ impl Client {
         format!(
             "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 \
              qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
-             cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+             cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
             self.laddr,
@@ -62,6 +64,7 @@ impl Client {
             self.connected.elapsed().as_secs(),
             s.last_active.elapsed().as_secs(),
             s.last_command,
+            s.user,
             s.resp,
             s.lib_name,
             s.lib_ver,
@@ -80,6 +83,11 @@ pub struct Session {
     pub transaction: crate::transaction::TransactionState,
     /// Pub/Sub subscriptions and inbox.
     pub pubsub: crate::pubsub::ClientSubscriptions,
+    /// The ACL user this connection runs as.
+    pub user: String,
+    /// Whether it has authenticated (or needs not: the default user has no
+    /// password).
+    pub authenticated: bool,
     hub: Arc<crate::pubsub::PubSub>,
 }
 
@@ -90,6 +98,7 @@ impl Session {
         hub: &Arc<crate::pubsub::PubSub>,
         addr: SocketAddr,
         laddr: SocketAddr,
+        authenticated: bool,
     ) -> Session {
         let id = clients.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let client = Arc::new(Client {
@@ -99,6 +108,7 @@ impl Session {
             connected: Instant::now(),
             state: Mutex::new(ClientState {
                 name: String::new(),
+                user: "default".into(),
                 lib_name: String::new(),
                 lib_ver: String::new(),
                 resp: 2,
@@ -115,6 +125,8 @@ impl Session {
             transaction: Default::default(),
             pubsub: Default::default(),
             hub: hub.clone(),
+            user: "default".into(),
+            authenticated,
         }
     }
 
@@ -157,41 +169,39 @@ fn wrong_arity(command: &str) -> Frame {
     error(format!("ERR wrong number of arguments for '{command}' command"))
 }
 
-/// Runs HELLO, AUTH or CLIENT (`args[0]`, any case).
-pub fn execute(session: &mut Session, args: &[Vec<u8>]) -> (Frame, After) {
+/// Runs HELLO, AUTH or CLIENT (`args[0]`, any case) with the cluster's `users`.
+pub fn execute(session: &mut Session, args: &[Vec<u8>], users: &Users) -> (Frame, After) {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
     match name.as_str() {
-        "hello" => (hello(session, &args[1..]), After::Continue),
-        "auth" => (auth(&args[1..]), After::Continue),
+        "hello" => (hello(session, &args[1..], users), After::Continue),
+        "auth" => (auth(session, &args[1..], users), After::Continue),
         _ => client(session, args),
     }
 }
 
-/// Checks credentials. Only the `default` user exists and it has no password
-/// (Redis's default configuration).
-fn check_credentials(user: &[u8], _password: &[u8]) -> Result<(), Frame> {
-    if user == b"default" {
-        Ok(())
-    } else {
-        Err(error("WRONGPASS invalid username-password pair or user is disabled."))
-    }
+/// Authenticates the connection as `user` when `password` is right.
+fn log_in(session: &mut Session, users: &Users, user: &[u8], password: &[u8]) -> Result<(), Frame> {
+    let name = crate::acl::authenticate(users, user, password)?;
+    session.client.state().user = name.clone();
+    session.user = name;
+    session.authenticated = true;
+    Ok(())
 }
 
-fn auth(args: &[Vec<u8>]) -> Frame {
-    match args {
-        [_password] => error(
+fn auth(session: &mut Session, args: &[Vec<u8>], users: &Users) -> Frame {
+    let result = match args {
+        [_] if users.get("default").is_some_and(|u| u.nopass) => Err(error(
             "ERR AUTH <password> called without any password configured for the default user. \
              Are you sure your configuration is correct?",
-        ),
-        [user, password] => match check_credentials(user, password) {
-            Ok(()) => Frame::ok(),
-            Err(e) => e,
-        },
-        _ => error("ERR syntax error"),
-    }
+        )),
+        [password] => log_in(session, users, b"default", password),
+        [user, password] => log_in(session, users, user, password),
+        _ => Err(error("ERR syntax error")),
+    };
+    result.map_or_else(|e| e, |()| Frame::ok())
 }
 
-fn hello(session: &mut Session, args: &[Vec<u8>]) -> Frame {
+fn hello(session: &mut Session, args: &[Vec<u8>], users: &Users) -> Frame {
     let mut version = None;
     let mut rest = args;
     if let Some(first) = args.first() {
@@ -226,9 +236,16 @@ fn hello(session: &mut Session, args: &[Vec<u8>]) -> Frame {
         i += 1;
     }
     if let Some((user, password)) = credentials {
-        if let Err(e) = check_credentials(user, password) {
+        if let Err(e) = log_in(session, users, user, password) {
             return e;
         }
+    }
+    if !session.authenticated {
+        return error(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> \
+             AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol \
+             version at the same time",
+        );
     }
     if let Some(name) = name {
         if let Err(e) = set_name(session, name) {

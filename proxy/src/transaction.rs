@@ -227,7 +227,7 @@ async fn exec(
             Slot::Session(args, name) => match name {
                 "cluster" => crate::admin::cluster(&args, session.local_addr()),
                 "config" => crate::admin::config(&args, session.local_addr()),
-                _ => session::execute(session, &args).0,
+                _ => session::execute(session, &args, &router.table().users).0,
             },
             Slot::Shard(i) => replies.get(i).cloned().unwrap_or(Frame::Null),
         });
