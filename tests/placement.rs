@@ -242,6 +242,7 @@ fn shard_splits_and_merges_under_load_without_losing_writes() {
     let mut cluster = TestCluster::start(3);
     let second_proxy = cluster.add_proxy();
     let load = Load::start(&cluster);
+    let scans = Scans::start(&cluster);
     std::thread::sleep(Duration::from_secs(1));
 
     let before = crate::harness::routing_table(&cluster);
@@ -284,6 +285,16 @@ fn shard_splits_and_merges_under_load_without_losing_writes() {
     );
     std::thread::sleep(Duration::from_secs(1));
 
+    let completed = scans.finish();
+    let overlapping = completed
+        .iter()
+        .filter(|(start, end)| (*start < split_done && *end > split_at) || (*start < merge_done && *end > merge_at))
+        .count();
+    eprintln!(
+        "{} full SCANs returned every key present throughout, {overlapping} of them across the split or merge",
+        completed.len()
+    );
+    assert!(overlapping > 0, "no SCAN ran while virtual nodes moved");
     let split = load.write_latency(split_at, split_done);
     let merge = load.write_latency(merge_at, merge_done);
     eprintln!("SET (count, p99, max) during the split: {split:?}; during the merge: {merge:?}");
@@ -327,7 +338,9 @@ fn shard_splits_and_merges_under_load_without_losing_writes() {
             "{key} after restart"
         );
     }
-    assert_eq!(conn.cmd("DBSIZE"), Frame::Integer(acked.lock().unwrap().len() as i64));
+    // The load's keys and the SCAN test's.
+    let expected = acked.lock().unwrap().len() + Scans::KEYS;
+    assert_eq!(conn.cmd("DBSIZE"), Frame::Integer(expected as i64));
 }
 
 /// The node whose `/metrics` says it leads the placement group.
@@ -443,4 +456,64 @@ fn node_down_past_the_timeout_rejoins_without_stale_replicas() {
     // An operator's rebalance uses it again, with fresh copies.
     rebalance(&cluster);
     wait_balanced(&cluster, 4);
+}
+
+/// Full SCANs run back to back (small COUNT, so each takes many calls) while the
+/// cluster changes shape; each must return every one of the keys written before.
+struct Scans {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, Instant)>>,
+}
+
+impl Scans {
+    const KEYS: usize = 300;
+
+    fn start(cluster: &TestCluster) -> Scans {
+        let mut conn = Resp::connect(cluster.proxy());
+        for i in 0..Self::KEYS {
+            assert_eq!(conn.cmd(&format!("SET scan:{i} v")), Frame::ok());
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut completed = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let mut cursor = "0".to_string();
+                let mut seen = std::collections::HashSet::new();
+                loop {
+                    let reply = conn.cmd(&format!("SCAN {cursor} MATCH scan:* COUNT 20"));
+                    let Frame::Array(parts) = reply else {
+                        panic!("SCAN: {reply:?}")
+                    };
+                    let [Frame::Bulk(next), Frame::Array(keys)] = &parts[..] else {
+                        panic!("{parts:?}")
+                    };
+                    for key in keys {
+                        let Frame::Bulk(key) = key else { panic!() };
+                        seen.insert(String::from_utf8(key.clone()).unwrap());
+                    }
+                    cursor = String::from_utf8(next.clone()).unwrap();
+                    if cursor == "0" {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let missing: Vec<String> = (0..Self::KEYS)
+                    .map(|i| format!("scan:{i}"))
+                    .filter(|k| !seen.contains(k))
+                    .collect();
+                assert!(missing.is_empty(), "a SCAN missed keys present throughout: {missing:?}");
+                completed.push((started, Instant::now()));
+            }
+            completed
+        });
+        Scans { stop, thread }
+    }
+
+    /// Stops after the current scan; the start and end of every full scan.
+    fn finish(self) -> Vec<(Instant, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("a SCAN missed keys")
+    }
 }

@@ -488,6 +488,17 @@ pub async fn complete_move(
         }
         Err(e) => {
             tracing::warn!(shard_id = shard, from, to, error = %e, "replica move abandoned");
+            // Take the learner out of the group first, so its leader stops
+            // replicating to a copy the target node is about to delete (best
+            // effort: with no leader now, the leader keeps replicating to it, and
+            // tolerates the copy being re-created by the next attempt).
+            let restore = NodeRequest::ChangeVoters {
+                shard: *shard,
+                voters: info.replicas.clone(),
+            };
+            if let Err(cleanup) = to_leader(endpoint, table, *shard, restore).await {
+                tracing::warn!(shard_id = shard, to, error = %cleanup, "could not remove the abandoned learner");
+            }
             cluster
                 .propose(PdCommand::SetReplicas {
                     shard: *shard,

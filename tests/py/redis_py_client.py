@@ -77,6 +77,15 @@ assert r3.hgetall("user:1") == {"name": "ada", "age": "37"}
 assert r3.zscore("board", "bob") == 20.5
 assert r3.smembers("tags") == set(r.smembers("tags"))
 assert r3.client_id() != r.client_id()
+# Cluster-mode clients: the proxy answers CLUSTER SLOTS as one node that owns
+# every slot, so RedisCluster sends everything to it.
+cluster = redis.RedisCluster(host="127.0.0.1", port=port, decode_responses=True)
+cluster.set("cluster:a", "1")
+assert cluster.get("cluster:a") == "1"
+assert cluster.mget_nonatomic(["cluster:a", "cluster:missing"]) == ["1", None]
+assert cluster.keyslot("foo") == 12182
+cluster.close()
+
 # Pub/Sub: subscribed at one proxy, published at the other, in RESP2 and RESP3.
 for protocol in (2, 3):
     client = redis.Redis(port=port, protocol=protocol, decode_responses=True)
