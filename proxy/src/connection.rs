@@ -117,12 +117,14 @@ async fn run_batch(
     let mut resp3 = Vec::with_capacity(batch.len());
     let mut lanes: BTreeMap<ShardId, Vec<(usize, &'static str, Command)>> = BTreeMap::new();
     let mut quit = false;
+    // One look at the users per batch (ACL changes reach the table between
+    // batches; this connection's own ACL commands refresh it below).
+    let mut table = shared.router.table();
     for (name, args, command) in batch {
         let i = replies.len();
         replies.push(None);
         resp3.push(session.resp3);
         session.touch(name);
-        let table = shared.router.table();
         // A command the connection may not run is refused (and, inside MULTI,
         // aborts the transaction, as in Redis).
         let command = match crate::acl::check(&table.users, session, name, &args) {
@@ -183,6 +185,7 @@ async fn run_batch(
                 replies[i] = answered(frame);
                 // HELLO answers in the protocol it selects.
                 resp3[i] = session.resp3;
+                table = shared.router.table();
                 if after == After::Close {
                     quit = true;
                     break;
