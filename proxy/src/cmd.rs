@@ -675,10 +675,19 @@ pub(crate) async fn fan_out<T: Clone>(
     Ok(done)
 }
 
-/// Runs `op` on every shard (DBSIZE, FLUSHALL); its replies in shard order.
+/// Runs `op` on every shard (DBSIZE, FLUSHALL, KEYS); its replies in shard
+/// order. When a shard was merged away meanwhile, runs it again on every shard
+/// of the newer table (the operations it is used for may run twice).
 async fn on_every_shard(router: &Router, op: ShardOp) -> Result<Vec<Frame>, Error> {
-    let tasks = router.shards()?.into_iter().map(|s| router.exec(s, op.clone()));
-    futures::future::join_all(tasks).await.into_iter().collect()
+    let deadline = std::time::Instant::now() + crate::route::RETRY_DEADLINE;
+    loop {
+        let tasks = router.shards()?.into_iter().map(|s| router.exec(s, op.clone()));
+        match futures::future::join_all(tasks).await.into_iter().collect() {
+            Err(Error::Moved(shard)) if std::time::Instant::now() >= deadline => return Err(Error::TryAgain(shard)),
+            Err(Error::Moved(_)) => tokio::time::sleep(crate::route::MOVED_PAUSE).await,
+            other => return other,
+        }
+    }
 }
 
 /// Executes a parsed command against the cluster.
@@ -852,9 +861,10 @@ async fn random_key(router: &Router) -> Result<Frame, Error> {
     shards.shuffle(&mut rand::thread_rng());
     for shard in shards {
         let op = ShardOp::Read(ReadOp::RandomKey { seed: random_seed() });
-        match router.exec(shard, op).await? {
-            Frame::Null => continue,
-            found => return Ok(found),
+        match router.exec(shard, op).await {
+            Ok(Frame::Null) | Err(Error::Moved(_)) => continue,
+            Ok(found) => return Ok(found),
+            Err(e) => return Err(e),
         }
     }
     Ok(Frame::Null)

@@ -232,6 +232,10 @@ impl Router {
         let mut attempt = 0usize;
         loop {
             let table = self.table();
+            if table.is_bootstrapped() && !table.shards.contains_key(&shard) {
+                // Merged away since the caller chose it: nothing ran; route again.
+                return Err(Error::Moved(shard));
+            }
             let target = self.pick_target(&table, shard, attempt);
             let addr = target.and_then(|n| table.addr_of(n)).and_then(|a| a.parse().ok());
             let mut backoff = true;
@@ -258,6 +262,9 @@ impl Router {
                     Ok(NodeResponse::NoShard) => {
                         retried("no_shard");
                         self.leaders.remove(&shard);
+                        // The replica may be gone because the shard was merged
+                        // away: a newer table then routes the keys elsewhere.
+                        self.refresh().await;
                     }
                     Ok(NodeResponse::WrongShard { .. }) => {
                         retried("wrong_shard");
