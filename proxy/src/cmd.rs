@@ -737,13 +737,11 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
             )
         }
         Command::MSetNx(pairs) => {
-            one_shard(router, pairs.iter().map(|p| &p.0[..]))?;
-            let Some(first) = pairs.first().map(|p| p.0.clone()) else {
+            let keys: Vec<Bytes> = pairs.iter().map(|p| p.0.clone()).collect();
+            if keys.is_empty() {
                 return Ok(Frame::error("ERR wrong number of arguments for 'msetnx' command"));
-            };
-            router
-                .exec_key(&first, ShardOp::Write(WriteOp::MSetNx { pairs }))
-                .await?
+            }
+            in_one_shard(router, &keys, ShardOp::Write(WriteOp::MSetNx { pairs })).await?
         }
         Command::Count { keys, write } => {
             let build = |keys| {
@@ -759,10 +757,7 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
                 .map(|(_, f)| f)
                 .collect())
         }
-        Command::SameShard { keys, op } => {
-            one_shard(router, keys.iter().map(|k| &k[..]))?;
-            router.exec_key(&keys[0], op).await?
-        }
+        Command::SameShard { keys, op } => in_one_shard(router, &keys, op).await?,
         Command::Leader(key) => router.describe_key(&key)?,
         Command::Session(_) => Frame::error("ERR connection commands run on their connection"),
         Command::Scan {
@@ -870,14 +865,27 @@ async fn random_key(router: &Router) -> Result<Frame, Error> {
     Ok(Frame::Null)
 }
 
-/// Fails with CROSSSLOT unless every key is in one shard (under the current table;
-/// the shard re-checks ownership when it applies).
-pub(crate) fn one_shard<'k>(router: &Router, keys: impl Iterator<Item = &'k [u8]>) -> Result<(), Error> {
-    let shards: std::collections::BTreeSet<ShardId> = keys.map(|k| router.shard_of(k)).collect::<Result<_, _>>()?;
-    if shards.len() > 1 {
-        return Err(Error::CrossSlot);
+/// Runs `op`, whose `keys` must all be in one shard, on that shard: CROSSSLOT
+/// when they are not, checked again whenever a split or merge moved a key
+/// (the shard re-checks ownership when it applies, and nothing ran).
+pub(crate) async fn in_one_shard(router: &Router, keys: &[Bytes], op: ShardOp) -> Result<Frame, Error> {
+    let deadline = std::time::Instant::now() + crate::route::RETRY_DEADLINE;
+    let mut pause = crate::route::MOVED_PAUSE;
+    loop {
+        let shards: std::collections::BTreeSet<ShardId> =
+            keys.iter().map(|k| router.shard_of(k)).collect::<Result<_, _>>()?;
+        let (Some(&shard), 1) = (shards.first(), shards.len()) else {
+            return Err(Error::CrossSlot);
+        };
+        match router.exec(shard, op.clone()).await {
+            Err(Error::Moved(shard)) if std::time::Instant::now() >= deadline => return Err(Error::TryAgain(shard)),
+            Err(Error::Moved(_)) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(crate::route::MOVED_PAUSE_MAX);
+            }
+            other => return other,
+        }
     }
-    Ok(())
 }
 
 /// Runs `op` on every shard and sums the integer replies (DBSIZE).

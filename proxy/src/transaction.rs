@@ -209,11 +209,8 @@ async fn exec(
     }
     let mut replies = Vec::new();
     if !keys.is_empty() {
-        if let Err(e) = cmd::one_shard(router, keys.iter().map(|k| &k[..])) {
-            return reply::to_frame(&e);
-        }
         let op = ShardOp::Write(WriteOp::Transaction { watched, ops });
-        match router.exec_key(&keys[0], op).await {
+        match cmd::in_one_shard(router, &keys, op).await {
             Ok(Frame::Array(r)) => replies = r,
             Ok(Frame::NullArray) => return Frame::NullArray,
             Ok(other) => return other,
