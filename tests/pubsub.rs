@@ -13,7 +13,7 @@ fn bulk(s: &str) -> Frame {
 }
 
 /// Reads the next frame (the harness's read timeout fails the test).
-fn next(conn: &mut Resp, _within: Duration) -> Frame {
+fn next(conn: &mut Resp) -> Frame {
     conn.read().expect("connection open")
 }
 
@@ -26,24 +26,23 @@ fn messages_cross_proxies_with_redis_semantics() {
 
     // SUBSCRIBE confirms each channel with the running count.
     subscriber.send(&[b"SUBSCRIBE", b"news", b"sport"]);
-    let wait = Duration::from_secs(10);
     assert_eq!(
-        next(&mut subscriber, wait),
+        next(&mut subscriber),
         Frame::Array(vec![bulk("subscribe"), bulk("news"), Frame::Integer(1)])
     );
     assert_eq!(
-        next(&mut subscriber, wait),
+        next(&mut subscriber),
         Frame::Array(vec![bulk("subscribe"), bulk("sport"), Frame::Integer(2)])
     );
     subscriber.send(&[b"PSUBSCRIBE", b"n*"]);
     assert_eq!(
-        next(&mut subscriber, wait),
+        next(&mut subscriber),
         Frame::Array(vec![bulk("psubscribe"), bulk("n*"), Frame::Integer(3)])
     );
 
     // Published at the other proxy: one channel and one pattern subscriber.
     assert_eq!(publisher.cmd("PUBLISH news hello"), Frame::Integer(2));
-    let mut got = vec![next(&mut subscriber, wait), next(&mut subscriber, wait)];
+    let mut got = vec![next(&mut subscriber), next(&mut subscriber)];
     got.sort_by_key(|f| format!("{f:?}"));
     assert_eq!(
         got,
@@ -59,7 +58,7 @@ fn messages_cross_proxies_with_redis_semantics() {
     }
     for i in 0..50 {
         assert_eq!(
-            next(&mut subscriber, wait),
+            next(&mut subscriber),
             Frame::Array(vec![bulk("message"), bulk("sport"), bulk(&format!("m{i}"))])
         );
     }
@@ -93,19 +92,19 @@ fn messages_cross_proxies_with_redis_semantics() {
     // Sharded channels are their own namespace.
     subscriber.send(&[b"SSUBSCRIBE", b"orders"]);
     assert_eq!(
-        next(&mut subscriber, wait),
+        next(&mut subscriber),
         Frame::Array(vec![bulk("ssubscribe"), bulk("orders"), Frame::Integer(1)])
     );
     assert_eq!(publisher.cmd("PUBLISH orders x"), Frame::Integer(0));
     assert_eq!(publisher.cmd("SPUBLISH orders y"), Frame::Integer(1));
     assert_eq!(
-        next(&mut subscriber, wait),
+        next(&mut subscriber),
         Frame::Array(vec![bulk("smessage"), bulk("orders"), bulk("y")])
     );
 
     // UNSUBSCRIBE with no argument leaves every channel; patterns remain.
     subscriber.send(&[b"UNSUBSCRIBE"]);
-    let mut left = vec![next(&mut subscriber, wait), next(&mut subscriber, wait)];
+    let mut left = vec![next(&mut subscriber), next(&mut subscriber)];
     left.sort_by_key(|f| format!("{f:?}"));
     assert_eq!(
         left,
@@ -121,13 +120,13 @@ fn messages_cross_proxies_with_redis_semantics() {
     assert!(matches!(resp3.cmd("HELLO 3"), Frame::Map(_)));
     resp3.send(&[b"SUBSCRIBE", b"live"]);
     assert_eq!(
-        next(&mut resp3, wait),
+        next(&mut resp3),
         Frame::Array(vec![bulk("subscribe"), bulk("live"), Frame::Integer(1)])
     );
     assert_eq!(resp3.cmd("SET k v"), Frame::ok());
     assert_eq!(publisher.cmd("PUBLISH live now"), Frame::Integer(1));
     assert_eq!(
-        next(&mut resp3, wait),
+        next(&mut resp3),
         Frame::Array(vec![bulk("message"), bulk("live"), bulk("now")])
     );
 
