@@ -176,11 +176,16 @@ impl<'a> Keyspace<'a> {
     /// Deletes a key and, for a collection, all its elements.
     fn delete_key(&mut self, skey: Vec<u8>) {
         if self.load_raw(&skey).is_some_and(|v| v.kind != Kind::String) {
-            let prefix = element_prefix(&skey);
-            let end = prefix_end(&prefix);
-            self.clear_range(prefix, end);
+            self.clear_elements(&skey);
         }
         self.remove(skey);
+    }
+
+    /// Deletes every element of the collection stored at `skey`.
+    fn clear_elements(&mut self, skey: &[u8]) {
+        let prefix = element_prefix(skey);
+        let end = prefix_end(&prefix);
+        self.clear_range(prefix, end);
     }
 
     /// The live value of a storage key (expired values read as absent).
@@ -487,14 +492,13 @@ impl<'a> Keyspace<'a> {
         keep_ttl: bool,
         reply: SetReply,
     ) -> Frame {
-        let existing = if reply == SetReply::OldValue {
-            match self.string(&skey) {
-                Ok(v) => v,
-                Err(e) => return e,
-            }
-        } else {
-            self.load(&skey)
-        };
+        // One read: whether a collection's elements must go, and the live value.
+        let raw = self.load_raw(&skey);
+        let holds_collection = raw.as_ref().is_some_and(|v| v.kind != Kind::String);
+        let existing = raw.filter(|v| !v.is_expired(self.now_ms));
+        if reply == SetReply::OldValue && existing.as_ref().is_some_and(|v| v.kind != Kind::String) {
+            return Frame::error(WRONGTYPE);
+        }
         let old = || {
             existing
                 .as_ref()
@@ -522,7 +526,10 @@ impl<'a> Keyspace<'a> {
             SetReply::OldValue => old(),
             SetReply::Integer => Frame::Integer(1),
         };
-        self.replace(skey, &Value::string(value.to_vec(), expires_at));
+        if holds_collection {
+            self.clear_elements(&skey);
+        }
+        self.store(skey, &Value::string(value.to_vec(), expires_at));
         answer
     }
 
