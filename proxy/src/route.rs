@@ -39,8 +39,11 @@ pub const MOVED_PAUSE: Duration = Duration::from_millis(2);
 /// Longest pause between attempts to route a moved key.
 pub const MOVED_PAUSE_MAX: Duration = Duration::from_millis(100);
 /// How long a node that failed a call is avoided when another replica can be
-/// asked instead: about one election timeout, the time a new leader needs.
-const SUSPECT_FOR: Duration = Duration::from_millis(1500);
+/// asked instead. Every call to a dead node costs a connection timeout (3 s),
+/// and followers keep naming it as leader until they notice, so it is avoided
+/// until a new leader has been elected and published (election, then a
+/// heartbeat to the placement driver), not just for one election timeout.
+const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
 fn retried(cause: &str) {
     crate::metrics::RETRIES.with_label_values(&[cause]).inc();
