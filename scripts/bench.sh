@@ -22,7 +22,7 @@ out=docs/bench
 mkdir -p "$out"
 work=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-rport=$(port); mport=$(port); aport=$(port); base=$(( 20000 + RANDOM % 20000 ))
+rport=$(port); mport=$(port); aport=$(port); base=$(( 20000 + RANDOM % 12000 ))
 cleanup() {
   "$target/redraft" down --dir "$work/redraft" >/dev/null 2>&1 || true
   redis-cli -p "$mport" shutdown nosave >/dev/null 2>&1 || true

@@ -76,7 +76,9 @@ def check_files():
 
 
 def start_cluster(redraft, work):
-    base = 20000 + int.from_bytes(os.urandom(2), "big") % 20000
+    # Below Linux's ephemeral range (32768+), where the suite's many client
+    # sockets (some in TIME_WAIT) may still hold a port.
+    base = 20000 + int.from_bytes(os.urandom(2), "big") % 12000
     proxy = free_port()
     subprocess.run([redraft, "up", "--dir", os.path.join(work, "cluster"), "--port", str(proxy), "--base-port", str(base), "--detach"],
                    check=True, stdout=subprocess.DEVNULL)
