@@ -24,6 +24,16 @@ pub(super) struct Collection {
     pub expires_at: u64,
 }
 
+impl Collection {
+    /// A collection about to be created: no elements, no expiry.
+    pub fn new() -> Collection {
+        Collection {
+            meta: CollectionMeta::empty(),
+            expires_at: 0,
+        }
+    }
+}
+
 /// A reply computed before anything was written: an error or an early answer.
 pub(super) type Reply<T> = Result<T, Frame>;
 

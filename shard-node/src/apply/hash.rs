@@ -6,7 +6,7 @@ use redraft_common::resp::Frame;
 
 use super::collections::{double, error, int, scan_options, Collection, Reply, Rng, SYNTAX};
 use super::{format_float, parse_float, Keyspace};
-use crate::storage::{hashed, unhashed, CollectionMeta, Kind};
+use crate::storage::{hashed, unhashed, Kind};
 
 impl Keyspace<'_> {
     /// Hash commands; `None` for a name that is not one.
@@ -86,10 +86,9 @@ impl Keyspace<'_> {
     }
 
     fn hash_for_write(&mut self, skey: &[u8]) -> Reply<Collection> {
-        Ok(self.collection_for_write(skey, Kind::Hash)?.unwrap_or(Collection {
-            meta: CollectionMeta::empty(),
-            expires_at: 0,
-        }))
+        Ok(self
+            .collection_for_write(skey, Kind::Hash)?
+            .unwrap_or_else(Collection::new))
     }
 
     fn hset(&mut self, skey: &[u8], name: &str, pairs: &[Bytes], only_new: bool) -> Reply<Frame> {

@@ -8,7 +8,7 @@ use redraft_common::resp::Frame;
 
 use super::collections::{error, int, offsets, positive_count, Collection, Reply, SYNTAX};
 use super::Keyspace;
-use crate::storage::{CollectionMeta, Kind};
+use crate::storage::Kind;
 
 /// Which end of a list.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -93,10 +93,7 @@ impl Keyspace<'_> {
         if only_existing && list.is_none() {
             return Ok(Frame::Integer(0));
         }
-        let mut list = list.unwrap_or(Collection {
-            meta: CollectionMeta::empty(),
-            expires_at: 0,
-        });
+        let mut list = list.unwrap_or_else(Collection::new);
         for value in values {
             self.push_one(skey, &mut list, end, value.clone());
         }
@@ -332,10 +329,9 @@ impl Keyspace<'_> {
         self.list(&dkey)?;
         let value = self.pop_one(skey, &mut source, from);
         self.save_collection(skey, Kind::List, source);
-        let mut target = self.collection_for_write(&dkey, Kind::List)?.unwrap_or(Collection {
-            meta: CollectionMeta::empty(),
-            expires_at: 0,
-        });
+        let mut target = self
+            .collection_for_write(&dkey, Kind::List)?
+            .unwrap_or_else(Collection::new);
         self.push_one(&dkey, &mut target, to, value.clone());
         self.save_collection(&dkey, Kind::List, target);
         Ok(Frame::Bulk(value))

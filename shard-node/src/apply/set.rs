@@ -8,7 +8,7 @@ use redraft_common::resp::Frame;
 
 use super::collections::{error, int, positive_count, scan_options, scan_reply, Collection, Reply, Rng};
 use super::Keyspace;
-use crate::storage::{hashed, unhashed, CollectionMeta, Kind};
+use crate::storage::{hashed, unhashed, Kind};
 
 /// Members in their stored (hashed) form: iteration order is storage order.
 type Members = BTreeSet<Vec<u8>>;
@@ -70,10 +70,9 @@ impl Keyspace<'_> {
     /// Adds stored members to the set at `skey` (created when absent); returns how
     /// many were new.
     fn add_members<'m>(&mut self, skey: &[u8], members: impl Iterator<Item = &'m Vec<u8>>) -> Reply<i64> {
-        let mut set = self.collection_for_write(skey, Kind::Set)?.unwrap_or(Collection {
-            meta: CollectionMeta::empty(),
-            expires_at: 0,
-        });
+        let mut set = self
+            .collection_for_write(skey, Kind::Set)?
+            .unwrap_or_else(Collection::new);
         let mut added = 0;
         for sub in members {
             if self.element(skey, sub).is_none() {

@@ -15,7 +15,7 @@ use super::collections::{
     double, error, format_double, int, offsets, positive_count, scan_options, scan_reply, Collection, Reply, SYNTAX,
 };
 use super::Keyspace;
-use crate::storage::{hashed, unhashed, CollectionMeta, Kind};
+use crate::storage::{hashed, unhashed, Kind};
 
 const BY_MEMBER: u8 = 0;
 const BY_SCORE: u8 = 1;
@@ -81,6 +81,22 @@ fn lex_bound(arg: &[u8]) -> Option<LexBound> {
         [b'[', rest @ ..] => Some(LexBound::Inclusive(rest.to_vec())),
         [b'(', rest @ ..] => Some(LexBound::Exclusive(rest.to_vec())),
         _ => None,
+    }
+}
+
+/// A score range, or Redis's error for a bad bound.
+fn score_range(min: &[u8], max: &[u8]) -> Reply<Range> {
+    match (score_bound(min), score_bound(max)) {
+        (Some(min), Some(max)) => Ok(Range::Score(min, max)),
+        _ => Err(error("ERR min or max is not a float")),
+    }
+}
+
+/// A lexicographic range, or Redis's error for a bad bound.
+fn lex_range(min: &[u8], max: &[u8]) -> Reply<Range> {
+    match (lex_bound(min), lex_bound(max)) {
+        (Some(min), Some(max)) => Ok(Range::Lex(min, max)),
+        _ => Err(error("ERR min or max not valid string range item")),
     }
 }
 
@@ -184,14 +200,8 @@ fn parse_range(args: &[Bytes], mut kind: RangeKind, mut reverse: Option<bool>) -
         (&args[0], &args[1])
     };
     let range = match kind {
-        RangeKind::Score => match (score_bound(low), score_bound(high)) {
-            (Some(min), Some(max)) => Range::Score(min, max),
-            _ => return Err(error("ERR min or max is not a float")),
-        },
-        RangeKind::Lex => match (lex_bound(low), lex_bound(high)) {
-            (Some(min), Some(max)) => Range::Lex(min, max),
-            _ => return Err(error("ERR min or max not valid string range item")),
-        },
+        RangeKind::Score => score_range(low, high)?,
+        RangeKind::Lex => lex_range(low, high)?,
         _ => Range::Rank(int(low)?, int(high)?),
     };
     Ok(RangeQuery {
@@ -230,14 +240,8 @@ impl Keyspace<'_> {
             "zcard" => self
                 .zset(&skey)
                 .map(|z| Frame::Integer(z.map_or(0, |z| z.meta.len as i64))),
-            "zcount" => match (score_bound(&a[2]), score_bound(&a[3])) {
-                (Some(min), Some(max)) => self.count_range(&skey, Range::Score(min, max)),
-                _ => Err(error("ERR min or max is not a float")),
-            },
-            "zlexcount" => match (lex_bound(&a[2]), lex_bound(&a[3])) {
-                (Some(min), Some(max)) => self.count_range(&skey, Range::Lex(min, max)),
-                _ => Err(error("ERR min or max not valid string range item")),
-            },
+            "zcount" => score_range(&a[2], &a[3]).and_then(|r| self.count_range(&skey, r)),
+            "zlexcount" => lex_range(&a[2], &a[3]).and_then(|r| self.count_range(&skey, r)),
             "zrange" => self.zrange(&skey, &a[2..], RangeKind::Auto, None),
             "zrangebyscore" => self.zrange(&skey, &a[2..], RangeKind::Score, Some(false)),
             "zrevrangebyscore" => self.zrange(&skey, &a[2..], RangeKind::Score, Some(true)),
@@ -246,14 +250,8 @@ impl Keyspace<'_> {
             "zrevrange" => self.zrange(&skey, &a[2..], RangeKind::Rank, Some(true)),
             "zrank" | "zrevrank" => self.zrank(&skey, &a[2], name == "zrevrank"),
             "zpopmin" | "zpopmax" => self.zpop(&skey, &a[2..], name == "zpopmax"),
-            "zremrangebyscore" => match (score_bound(&a[2]), score_bound(&a[3])) {
-                (Some(min), Some(max)) => self.remove_range(&skey, Range::Score(min, max)),
-                _ => Err(error("ERR min or max is not a float")),
-            },
-            "zremrangebylex" => match (lex_bound(&a[2]), lex_bound(&a[3])) {
-                (Some(min), Some(max)) => self.remove_range(&skey, Range::Lex(min, max)),
-                _ => Err(error("ERR min or max not valid string range item")),
-            },
+            "zremrangebyscore" => score_range(&a[2], &a[3]).and_then(|r| self.remove_range(&skey, r)),
+            "zremrangebylex" => lex_range(&a[2], &a[3]).and_then(|r| self.remove_range(&skey, r)),
             "zremrangebyrank" => int(&a[2])
                 .and_then(|start| Ok((start, int(&a[3])?)))
                 .and_then(|(start, stop)| self.remove_range(&skey, Range::Rank(start, stop))),
@@ -416,10 +414,7 @@ impl Keyspace<'_> {
         if existing.is_none() && xx {
             return Ok(no_reply());
         }
-        let mut zset = existing.unwrap_or(Collection {
-            meta: CollectionMeta::empty(),
-            expires_at: 0,
-        });
+        let mut zset = existing.unwrap_or_else(Collection::new);
         let (mut added, mut updated, mut last) = (0, 0, None);
         for (pair, &score) in pairs.chunks(2).zip(&scores) {
             let member = &pair[1];
