@@ -169,19 +169,7 @@ async fn run_batch(
             Command::Local(frame) | Command::Rejected(frame) => replies[i] = answered(frame),
             Command::Session(args) => {
                 drain(shared, &mut lanes, &mut replies).await;
-                let (frame, after) = match name {
-                    "cluster" => (crate::admin::cluster(&args, session.local_addr()), After::Continue),
-                    "config" if is_set_requirepass(&args) => (
-                        crate::acl::set_requirepass(&shared.router, &args[3]).await,
-                        After::Continue,
-                    ),
-                    "config" => (crate::admin::config(&args, session.local_addr()), After::Continue),
-                    "acl" => (
-                        crate::acl::execute(&shared.router, session, &args).await,
-                        After::Continue,
-                    ),
-                    _ => session::execute(session, &args, &table.users),
-                };
+                let (frame, after) = session::run(&shared.router, session, name, &args).await;
                 replies[i] = answered(frame);
                 // HELLO answers in the protocol it selects.
                 resp3[i] = session.resp3;
@@ -212,12 +200,6 @@ async fn run_batch(
             .collect(),
         quit,
     )
-}
-
-/// CONFIG SET requirepass <password>: the default user's password, kept by the
-/// placement driver like every ACL change.
-fn is_set_requirepass(args: &[Vec<u8>]) -> bool {
-    args.len() == 4 && args[1].eq_ignore_ascii_case(b"set") && args[2].eq_ignore_ascii_case(b"requirepass")
 }
 
 /// Appends a frame in the connection's protocol.

@@ -169,6 +169,25 @@ fn wrong_arity(command: &str) -> Frame {
     error(format!("ERR wrong number of arguments for '{command}' command"))
 }
 
+/// Runs a connection command (`name` from the command table): HELLO, AUTH,
+/// CLIENT, CLUSTER, CONFIG or ACL. Used for commands run at once and inside EXEC.
+pub async fn run(router: &crate::route::Router, session: &mut Session, name: &str, args: &[Vec<u8>]) -> (Frame, After) {
+    let reply = match name {
+        "cluster" => crate::admin::cluster(args, session.local_addr()),
+        "config" if is_set_requirepass(args) => crate::acl::set_requirepass(router, &args[3]).await,
+        "config" => crate::admin::config(args, session.local_addr()),
+        "acl" => crate::acl::execute(router, session, args).await,
+        _ => return execute(session, args, &router.table().users),
+    };
+    (reply, After::Continue)
+}
+
+/// CONFIG SET requirepass <password>: the default user's password, kept by the
+/// placement driver like every ACL change.
+fn is_set_requirepass(args: &[Vec<u8>]) -> bool {
+    args.len() == 4 && args[1].eq_ignore_ascii_case(b"set") && args[2].eq_ignore_ascii_case(b"requirepass")
+}
+
 /// Runs HELLO, AUTH or CLIENT (`args[0]`, any case) with the cluster's `users`.
 pub fn execute(session: &mut Session, args: &[Vec<u8>], users: &Users) -> (Frame, After) {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();

@@ -221,11 +221,7 @@ async fn exec(
     for slot in slots {
         out.push(match slot {
             Slot::Ready(frame) => frame,
-            Slot::Session(args, name) => match name {
-                "cluster" => crate::admin::cluster(&args, session.local_addr()),
-                "config" => crate::admin::config(&args, session.local_addr()),
-                _ => session::execute(session, &args, &router.table().users).0,
-            },
+            Slot::Session(args, name) => session::run(router, session, name, &args).await.0,
             Slot::Shard(i) => replies.get(i).cloned().unwrap_or(Frame::Null),
         });
     }
