@@ -64,6 +64,36 @@ fn ten_thousand_keys_land_on_every_shard_and_read_back() {
     for i in (0..KEYS).step_by(97) {
         assert_eq!(conn.cmd(&format!("GET key:{i}")), Frame::bulk(format!("value:{i}")));
     }
+
+    // One pipeline whose consecutive writes to a shard travel as one request
+    // (one Raft entry): each keeps its own reply, errors included, in order.
+    let mut pipeline = Vec::new();
+    let mut expected = Vec::new();
+    let command = |words: &[String]| Frame::Array(words.iter().map(|w| Frame::bulk(w.as_str())).collect()).to_bytes();
+    for i in 0..300 {
+        let words = |line: String| line.split(' ').map(str::to_string).collect::<Vec<_>>();
+        pipeline.extend(command(&words(format!("RPUSH order {i}"))));
+        expected.push(Frame::Integer(i + 1));
+        pipeline.extend(command(&words("INCR counter".into())));
+        expected.push(Frame::Integer(i + 1));
+        pipeline.extend(command(&words(format!("SET other:{i} {i}"))));
+        expected.push(Frame::ok());
+        if i % 50 == 7 {
+            // A write refused by the state machine, and a read between writes.
+            pipeline.extend(command(&words("INCR order".into())));
+            expected.push(Frame::error(
+                "WRONGTYPE Operation against a key holding the wrong kind of value",
+            ));
+            pipeline.extend(command(&words("GET counter".into())));
+            expected.push(Frame::bulk((i + 1).to_string()));
+        }
+    }
+    conn.send_raw(&pipeline);
+    for (n, want) in expected.iter().enumerate() {
+        assert_eq!(&conn.read().unwrap(), want, "reply {n} of the pipeline");
+    }
+    let items: Vec<Frame> = (0..300).map(|i| Frame::bulk(i.to_string())).collect();
+    assert_eq!(conn.cmd("LRANGE order 0 -1"), Frame::Array(items));
 }
 
 /// A short smoke run of the load generator (the long runs are `scripts/bench.sh`).

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use redraft_common::ids::{NodeId, ShardId};
 use redraft_common::keys::Ring;
-use redraft_common::ops::ShardOp;
+use redraft_common::ops::{ShardOp, WriteOp};
 use redraft_common::pd_client::PdClient;
 use redraft_common::resp::Frame;
 use redraft_common::routing::RoutingTable;
@@ -230,6 +230,37 @@ impl Router {
     /// Runs `op` on `shard`'s leader, following redirects until the deadline.
     /// `Err(Moved)` when the shard no longer owns a key of `op`.
     pub async fn exec(&self, shard: ShardId, op: ShardOp) -> Result<Frame, Error> {
+        match self.call_leader(shard, op).await? {
+            NodeResponse::Reply(frame) => Ok(frame),
+            _ => Err(Error::Moved(shard)),
+        }
+    }
+
+    /// Runs one connection's consecutive writes to `shard` as one request: the
+    /// node applies them in one Raft entry, in order. Each write's own outcome,
+    /// in order; `Err(Moved)` for a write whose key a split or merge moved (it
+    /// was not applied), for the caller to route again.
+    pub async fn exec_writes(&self, shard: ShardId, ops: Vec<WriteOp>) -> Vec<Result<Frame, Error>> {
+        let n = ops.len();
+        match self.call_leader(shard, ShardOp::Write(WriteOp::Many(ops))).await {
+            Ok(NodeResponse::Batch(answers)) if answers.len() == n => answers
+                .into_iter()
+                .map(|answer| match answer {
+                    NodeResponse::Reply(frame) => Ok(frame),
+                    NodeResponse::WrongShard { .. } => Err(Error::Moved(shard)),
+                    _ => Err(Error::Unknown),
+                })
+                .collect(),
+            Ok(NodeResponse::WrongShard { .. }) => (0..n).map(|_| Err(Error::Moved(shard))).collect(),
+            Ok(_) => (0..n).map(|_| Err(Error::Unknown)).collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    /// Sends `op` to `shard`'s leader, following redirects until the deadline;
+    /// the node's final answer: `Reply`, `Batch` (for `WriteOp::Many`) or
+    /// `WrongShard` (after fetching a newer table).
+    async fn call_leader(&self, shard: ShardId, op: ShardOp) -> Result<NodeResponse, Error> {
         let deadline = Instant::now() + RETRY_DEADLINE;
         let is_read = matches!(op, ShardOp::Read(_));
         let mut attempt = 0usize;
@@ -249,9 +280,14 @@ impl Router {
                     op: op.clone(),
                 };
                 match self.links.call(addr, request, CALL_TIMEOUT).await {
-                    Ok(NodeResponse::Reply(frame)) => {
+                    Ok(answer @ (NodeResponse::Reply(_) | NodeResponse::Batch(_))) => {
                         self.leaders.insert(shard, node);
-                        return Ok(frame);
+                        if let NodeResponse::Batch(answers) = &answer {
+                            if answers.iter().any(|a| matches!(a, NodeResponse::WrongShard { .. })) {
+                                self.refresh().await;
+                            }
+                        }
+                        return Ok(answer);
                     }
                     Ok(NodeResponse::NotLeader { leader: Some(leader) }) if leader != node => {
                         retried("not_leader");
@@ -269,13 +305,13 @@ impl Router {
                         // away: a newer table then routes the keys elsewhere.
                         self.refresh().await;
                     }
-                    Ok(NodeResponse::WrongShard { .. }) => {
+                    Ok(answer @ NodeResponse::WrongShard { .. }) => {
                         retried("wrong_shard");
                         self.refresh().await;
-                        return Err(Error::Moved(shard));
+                        return Ok(answer);
                     }
                     Ok(NodeResponse::Unknown(_)) => return Err(Error::Unknown),
-                    Ok(NodeResponse::Raft(_) | NodeResponse::Batch(_) | NodeResponse::PubSub(_)) => {}
+                    Ok(NodeResponse::Raft(_) | NodeResponse::PubSub(_)) => {}
                     Err(CallError::Unknown { .. }) if !is_read => {
                         self.leaders.remove(&shard);
                         self.suspect(node);

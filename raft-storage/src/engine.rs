@@ -21,6 +21,12 @@ pub const CF_META: &str = "meta";
 
 const COLUMN_FAMILIES: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA, CF_META];
 
+/// Memtable size of the data column family. Every apply inserts into it at a
+/// random position, and a skip list's cost per insert and lookup is its cache
+/// misses, which grow with its size: 8 MiB keeps it mostly in cache, at the
+/// price of more (cheap, sequential) flushes.
+const DATA_MEMTABLE_BYTES: usize = 8 << 20;
+
 /// When log writes are made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsyncPolicy {
@@ -65,6 +71,12 @@ impl Engine {
         let cfs = COLUMN_FAMILIES.iter().map(|name| {
             let mut cf_opts = Options::default();
             cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if *name == CF_DATA {
+                cf_opts.set_write_buffer_size(DATA_MEMTABLE_BYTES);
+                let mut table = rocksdb::BlockBasedOptions::default();
+                table.set_bloom_filter(10.0, false);
+                cf_opts.set_block_based_table_factory(&table);
+            }
             ColumnFamilyDescriptor::new(*name, cf_opts)
         });
         let db = Arc::new(

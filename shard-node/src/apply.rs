@@ -23,7 +23,9 @@ use redraft_common::ops::{
 use redraft_common::resp::Frame;
 use rocksdb::{ColumnFamily, IteratorMode, ReadOptions, WriteBatch, DB};
 
-use crate::storage::{data_key, element_prefix, key_records, prefix_end, vnode_end, vnode_start, Kind, Value};
+use crate::storage::{
+    data_key, element_prefix, key_records, prefix_end, vnode_end, vnode_start, ElementHints, Kind, Value,
+};
 
 mod collections;
 mod hash;
@@ -58,6 +60,8 @@ pub struct Keyspace<'a> {
     now_ms: u64,
     /// Log index of the entry being applied: the revision of what it stores.
     revision: u64,
+    /// Which virtual nodes may hold collection elements (`None`: assume all).
+    hints: Option<&'a ElementHints>,
 }
 
 impl<'a> Keyspace<'a> {
@@ -73,6 +77,25 @@ impl<'a> Keyspace<'a> {
             batch: WriteBatch::default(),
             now_ms,
             revision: 0,
+            hints: None,
+        }
+    }
+
+    /// Lets writes skip reading a key that cannot hold a collection, and keeps
+    /// `hints` up to date with the elements this view writes.
+    pub fn with_hints(mut self, hints: &'a ElementHints) -> Self {
+        self.hints = Some(hints);
+        self
+    }
+
+    /// Whether the key at `skey` may be a collection with stored elements.
+    fn may_hold_elements(&self, skey: &[u8]) -> bool {
+        self.hints.is_none_or(|h| h.may_hold(skey))
+    }
+
+    fn mark(&self, skey: &[u8]) {
+        if let Some(hints) = self.hints {
+            hints.mark(skey);
         }
     }
 
@@ -195,18 +218,19 @@ impl<'a> Keyspace<'a> {
 
     fn store(&mut self, skey: Vec<u8>, value: &Value) {
         let bytes = value.encode_at(self.revision);
-        self.batch.put_cf(self.cf, &skey, &bytes);
-        self.overlay.insert(skey, Some(bytes));
+        self.put_bytes(skey, bytes);
     }
 
+    /// Every write of a record goes through here.
     fn put_bytes(&mut self, skey: Vec<u8>, bytes: Vec<u8>) {
+        self.mark(&skey);
         self.batch.put_cf(self.cf, &skey, &bytes);
         self.overlay.insert(skey, Some(bytes));
     }
 
     /// Stores a string at a key that may hold a collection (whose elements go).
     fn replace(&mut self, skey: Vec<u8>, value: &Value) {
-        if self.load_raw(&skey).is_some_and(|v| v.kind != Kind::String) {
+        if self.may_hold_elements(&skey) && self.load_raw(&skey).is_some_and(|v| v.kind != Kind::String) {
             self.delete_key(skey.clone());
         }
         self.store(skey, value);
@@ -492,6 +516,12 @@ impl<'a> Keyspace<'a> {
         keep_ttl: bool,
         reply: SetReply,
     ) -> Frame {
+        if condition == SetCondition::Always && !keep_ttl && reply == SetReply::Ok && !self.may_hold_elements(&skey) {
+            // Nothing to read: no collection to clear, no old value to return.
+            let expires_at = expiry.map_or(0, |e| Self::stored_deadline(self.deadline(e)));
+            self.store(skey, &Value::string(value.to_vec(), expires_at));
+            return Frame::ok();
+        }
         // One read: whether a collection's elements must go, and the live value.
         let raw = self.load_raw(&skey);
         let holds_collection = raw.as_ref().is_some_and(|v| v.kind != Kind::String);

@@ -49,14 +49,12 @@ use redraft_raft_storage::Engine;
 
 use crate::apply::{Keyspace, NotOwned};
 use crate::metrics;
+use crate::proposals::{self, Proposals};
 use crate::raft::state_machine::{self, group_meta_key, GroupRecord, Ownership, Reshaped, ShardStateMachine};
-use crate::raft::{typ, ShardRequest, ShardResponse};
+use crate::raft::{typ, ShardResponse};
+use crate::storage::ElementHints;
 use redraft_raft_storage::network::{GroupNetwork, NodeWire};
 
-/// How long a write may wait for commit and apply before its outcome is reported
-/// as unknown. Longer than an election (so a leader change usually completes),
-/// shorter than client timeouts.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a learner may take to catch up, or a membership change to commit.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a read may wait for the leadership check.
@@ -89,6 +87,8 @@ pub struct Group {
     pub owned: Ownership,
     /// The node's ring (shared).
     pub ring: Arc<Ring>,
+    /// Writes waiting to share the group's next Raft entry.
+    pub proposals: Proposals,
 }
 
 /// Campaigns for a group created by a split until some replica leads it: the
@@ -139,6 +139,8 @@ pub struct Host {
     peer_seen: DashMap<NodeId, std::time::Instant>,
     /// Pub/Sub between the proxies' clients (not replicated).
     pub pubsub: crate::pubsub::Hub,
+    /// Which virtual nodes may hold collection elements (shared by all replicas).
+    element_hints: Arc<ElementHints>,
 }
 
 impl Host {
@@ -152,6 +154,7 @@ impl Host {
         quiesce_after: Option<Duration>,
     ) -> Result<Host> {
         let (reshapes, reshaped) = tokio::sync::mpsc::unbounded_channel();
+        let element_hints = Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)));
         Ok(Host {
             node_id,
             engine,
@@ -170,6 +173,7 @@ impl Host {
             peers: std::sync::RwLock::new(Vec::new()),
             peer_seen: DashMap::new(),
             pubsub: crate::pubsub::Hub::default(),
+            element_hints,
         })
     }
 
@@ -220,6 +224,7 @@ impl Host {
             owned.clone(),
             self.snapshot_dir.join(shard.to_string()),
             Some(self.reshapes.clone()),
+            Some(self.element_hints.clone()),
         )?;
         let network = GroupNetwork::<_, NodeWire>::new(shard, self.links.clone());
         let raft = typ::Raft::new(
@@ -231,7 +236,12 @@ impl Host {
         )
         .await
         .with_context(|| format!("starting Raft of shard {shard}"))?;
-        let group = Arc::new(Group { raft, owned, ring });
+        let group = Arc::new(Group {
+            raft,
+            owned,
+            ring,
+            proposals: Proposals::default(),
+        });
         self.groups.insert(shard, group.clone());
         Ok(group)
     }
@@ -545,6 +555,8 @@ impl Host {
                     }
                 }
             },
+            // A client's pipelined writes: one outcome each, applied in order.
+            ShardOp::Write(WriteOp::Many(ops)) => NodeResponse::Batch(self.exec_writes(shard, ops).await),
             ShardOp::Write(write) => self.propose(&group, write).await,
         }
     }
@@ -567,6 +579,7 @@ impl Host {
             group.ring.clone(),
             group.owned.clone(),
             self.snapshot_dir.join(shard.to_string()),
+            None,
             None,
         )?;
         let others: BTreeSet<VnodeId> = self
@@ -687,61 +700,44 @@ impl Host {
         }
     }
 
-    /// Proposes a write and waits for it to be applied.
+    /// Proposes a write and waits for it to be applied. Ordinary writes share
+    /// entries with concurrent ones (see [`crate::proposals`]); a split or merge
+    /// goes alone.
     pub async fn propose(&self, group: &Group, op: WriteOp) -> NodeResponse {
-        match self.propose_raw(group, op).await {
-            Ok(applied) => Self::answer(applied),
-            Err(failed) => failed,
-        }
+        let outcome = if op.is_reshape() {
+            proposals::propose(&group.raft, op).await
+        } else {
+            let mut outcomes = group.proposals.submit(&group.raft, vec![op]).await;
+            outcomes
+                .pop()
+                .unwrap_or_else(|| Err(NodeResponse::Unknown("no outcome".into())))
+        };
+        Self::answer(outcome)
     }
 
-    /// Runs concurrent writes of several clients to `shard` as one Raft entry
-    /// (one append, one replication round, one apply); their answers in order.
+    /// Runs writes to `shard` in one Raft entry, in order, together with other
+    /// concurrent writes; their answers in order.
     pub async fn exec_writes(&self, shard: ShardId, ops: Vec<WriteOp>) -> Vec<NodeResponse> {
         let n = ops.len();
         let Some(group) = self.group(shard) else {
             return vec![NodeResponse::NoShard; n];
         };
         self.wake(shard, &group);
-        match self.propose_raw(&group, WriteOp::Many(ops)).await {
-            Ok(ShardResponse::Many(outcomes)) if outcomes.len() == n => {
-                outcomes.into_iter().map(Self::answer).collect()
-            }
-            Ok(other) => vec![NodeResponse::Unknown(format!("unexpected batch outcome {other:?}")); n],
-            Err(failed) => vec![failed; n],
-        }
+        group
+            .proposals
+            .submit(&group.raft, ops)
+            .await
+            .into_iter()
+            .map(Self::answer)
+            .collect()
     }
 
-    fn answer(applied: ShardResponse) -> NodeResponse {
-        match applied {
-            ShardResponse::Reply(frame) => NodeResponse::Reply(frame),
-            ShardResponse::WrongShard => NodeResponse::WrongShard { version: 0 },
-            ShardResponse::Many(_) => NodeResponse::Unknown("unexpected batch outcome".into()),
-        }
-    }
-
-    /// Proposes a write; its applied outcome, or the answer for a write that was
-    /// not (or may not have been) applied.
-    async fn propose_raw(&self, group: &Group, op: WriteOp) -> Result<ShardResponse, NodeResponse> {
-        let request = ShardRequest { now_ms: now_ms(), op };
-        let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(WRITE_TIMEOUT, group.raft.client_write(request)).await;
-        let result = match &outcome {
-            Ok(Ok(_)) => "ok",
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => "not_leader",
-            _ => "unknown",
-        };
-        metrics::PROPOSALS.with_label_values(&[result]).inc();
-        if result == "ok" {
-            metrics::PROPOSAL_SECONDS.observe(started.elapsed().as_secs_f64());
-        }
+    fn answer(outcome: proposals::Outcome) -> NodeResponse {
         match outcome {
-            Err(_) => Err(NodeResponse::Unknown("timeout; write may have been applied".into())),
-            Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(NodeResponse::NotLeader { leader: f.leader_id })
-            }
-            Ok(Err(e)) => Err(NodeResponse::Unknown(format!("write may have been applied: {e}"))),
+            Ok(ShardResponse::Reply(frame)) => NodeResponse::Reply(frame),
+            Ok(ShardResponse::WrongShard) => NodeResponse::WrongShard { version: 0 },
+            Ok(ShardResponse::Many(_)) => NodeResponse::Unknown("unexpected batch outcome".into()),
+            Err(failed) => failed,
         }
     }
 

@@ -4,6 +4,7 @@
 //! | --- | --- |
 //! | [`host`] | shard id -> Raft group; creating groups; running commands |
 //! | [`raft`] | openraft type config, state machine, snapshots, network |
+//! | [`proposals`] | concurrent writes to one shard batched into shared Raft entries |
 //! | [`apply`] | deterministic command execution (Redis semantics) |
 //! | [`storage`] | key and value layout in RocksDB |
 //! | [`pubsub`] | proxies' Pub/Sub subscriptions and delivery queues (not replicated) |
@@ -17,6 +18,7 @@
 pub mod apply;
 pub mod host;
 pub mod metrics;
+pub mod proposals;
 pub mod pubsub;
 pub mod raft;
 pub mod storage;
@@ -248,13 +250,20 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
 }
 
 /// Serves a batch: its requests run concurrently, and the client writes it
-/// carries for one shard become one Raft entry (`WriteOp::Many`). They come from
-/// different connections (the proxy keeps one connection's commands to a shard
-/// in order, one at a time), so applying them in any order is linearizable.
+/// carries for one shard join the shard's proposal queue together (so they
+/// share a Raft entry). Single writes come from different connections (the
+/// proxy keeps one connection's commands to a shard in order, one request at a
+/// time), so applying them in any order is linearizable; a connection's
+/// pipelined writes (`WriteOp::Many`) stay together and in order.
 async fn serve_batch(host: &Host, requests: Vec<NodeRequest>) -> Vec<NodeResponse> {
     use redraft_common::ops::{ShardOp, WriteOp};
+    /// Where a request's answers go: one answer, or a `Batch` of `n` answers.
+    enum Answer {
+        One(usize),
+        Many(usize, usize),
+    }
     let n = requests.len();
-    let mut writes: std::collections::BTreeMap<ShardId, Vec<(usize, WriteOp)>> = Default::default();
+    let mut writes: std::collections::BTreeMap<ShardId, (Vec<Answer>, Vec<WriteOp>)> = Default::default();
     let mut others = Vec::new();
     for (i, request) in requests.into_iter().enumerate() {
         match request {
@@ -262,22 +271,35 @@ async fn serve_batch(host: &Host, requests: Vec<NodeRequest>) -> Vec<NodeRespons
                 shard,
                 op: ShardOp::Write(op),
                 ..
-            } if !op.is_reshape() && !matches!(op, WriteOp::Many(_)) => writes.entry(shard).or_default().push((i, op)),
+            } if !op.is_reshape() => {
+                let (answers, ops) = writes.entry(shard).or_default();
+                match op {
+                    WriteOp::Many(many) => {
+                        answers.push(Answer::Many(i, many.len()));
+                        ops.extend(many);
+                    }
+                    op => {
+                        answers.push(Answer::One(i));
+                        ops.push(op);
+                    }
+                }
+            }
             other => others.push((i, other)),
         }
     }
     let singles = others
         .into_iter()
         .map(|(i, request)| async move { vec![(i, serve(host, request).await)] });
-    let grouped = writes.into_iter().map(|(shard, items)| async move {
-        let (positions, ops): (Vec<usize>, Vec<WriteOp>) = items.into_iter().unzip();
-        let answers = if ops.len() == 1 {
-            let op = ops.into_iter().next().expect("one write");
-            vec![host.exec(shard, ShardOp::Write(op)).await]
-        } else {
-            host.exec_writes(shard, ops).await
-        };
-        positions.into_iter().zip(answers).collect::<Vec<_>>()
+    let grouped = writes.into_iter().map(|(shard, (positions, ops))| async move {
+        let mut answers = host.exec_writes(shard, ops).await.into_iter();
+        let mut out = Vec::with_capacity(positions.len());
+        for position in positions {
+            match position {
+                Answer::One(i) => out.push((i, answers.next().expect("an answer per write"))),
+                Answer::Many(i, len) => out.push((i, NodeResponse::Batch(answers.by_ref().take(len).collect()))),
+            }
+        }
+        out
     });
     let (singles, grouped) =
         futures::future::join(futures::future::join_all(singles), futures::future::join_all(grouped)).await;

@@ -21,6 +21,9 @@ metric!(PROPOSALS: IntCounterVec = register_int_counter_vec!(
 metric!(PROPOSAL_SECONDS: Histogram = register_histogram!(
     "redraft_node_proposal_duration_seconds", "Time from proposing a write to its apply (commit + apply)",
     LATENCY_BUCKETS.to_vec()));
+metric!(ENTRY_WRITES: Histogram = register_histogram!(
+    "redraft_node_entry_writes", "Client writes carried by one proposed Raft entry",
+    prometheus::exponential_buckets(1.0, 2.0, 11).expect("buckets")));
 metric!(READS: IntCounterVec = register_int_counter_vec!(
     "redraft_node_reads_total", "Linearizable reads, by outcome", &["result"]));
 metric!(READ_INDEX_SECONDS: Histogram = register_histogram!(
@@ -56,6 +59,7 @@ pub fn init() {
         SNAPSHOTS.with_label_values(&[kind]);
     }
     LazyLock::force(&PROPOSAL_SECONDS);
+    LazyLock::force(&ENTRY_WRITES);
     LazyLock::force(&READ_INDEX_SECONDS);
     LazyLock::force(&APPLY_SECONDS);
     LazyLock::force(&APPLIED_ENTRIES);

@@ -16,13 +16,16 @@ struct Fixture {
     engine: Engine,
     ring: Ring,
     owned: BTreeSet<u16>,
+    hints: ElementHints,
 }
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(&dir.path().join("db"), FsyncPolicy::Always).unwrap();
+    let hints = ElementHints::load(engine.db(), engine.cf(CF_DATA));
     Fixture {
         _dir: dir,
+        hints,
         engine,
         ring: Ring::new(64),
         owned: (0..64).collect(),
@@ -48,7 +51,7 @@ impl Fixture {
     /// Applies `ops` as one batch at `now`, commits, returns the replies.
     fn write(&self, now: u64, ops: &[WriteOp]) -> Vec<Frame> {
         let db = self.engine.db();
-        let mut ks = Keyspace::new(db, self.engine.cf(CF_DATA), &self.ring, &self.owned, now);
+        let mut ks = Keyspace::new(db, self.engine.cf(CF_DATA), &self.ring, &self.owned, now).with_hints(&self.hints);
         let replies = ops.iter().map(|op| ks.write(op).unwrap()).collect();
         db.write(ks.into_batch()).unwrap();
         replies
@@ -422,6 +425,25 @@ fn deleting_or_overwriting_a_collection_removes_its_elements() {
     );
     f.write(1, &[WriteOp::FlushAll]);
     assert_eq!(record_count(&f), 0);
+}
+
+#[test]
+fn a_plain_set_over_a_collection_clears_it_with_hints_marked_in_the_batch_or_loaded_at_start() {
+    let mut f = fixture();
+    // Created and overwritten in one batch: the mark is made before the SET reads.
+    f.write(1, &[cmd("HSET h a 1"), set("h", "s")]);
+    assert_eq!(record_count(&f), 1);
+    // Created in one batch, overwritten by a later one.
+    f.write(1, &[cmd("SADD s m")]);
+    f.write(1, &[set("s", "x")]);
+    assert_eq!(record_count(&f), 2);
+    // Stored before a restart: hints computed from disk know the vnode.
+    f.write(1, &[cmd("RPUSH l a b")]);
+    f.hints = ElementHints::load(f.engine.db(), f.engine.cf(CF_DATA));
+    f.write(1, &[set("l", "y")]);
+    assert_eq!(record_count(&f), 3, "only strings h, s and l remain");
+    f.write(1, &[cmd("RPUSH l2 c")]);
+    assert_eq!(f.read(1, query("LRANGE l2 0 -1")), Frame::Array(bulks(&["c"])));
 }
 
 #[test]

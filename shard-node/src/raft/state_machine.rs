@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 use super::typ::{LogId, SnapshotMeta, StoredMembership};
 use super::{ShardRequest, ShardResponse, ShardTypes};
 use crate::apply::{Keyspace, NotOwned};
-use crate::storage::{vnode_end, vnode_start};
+use crate::storage::{vnode_end, vnode_start, ElementHints};
 
 /// Bytes of records per write batch while installing a snapshot: bounded memory.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
@@ -175,12 +175,16 @@ pub struct ShardStateMachine {
     snapshot_dir: PathBuf,
     incoming: Option<PathBuf>,
     events: Option<tokio::sync::mpsc::UnboundedSender<Reshaped>>,
+    /// The node's element hints (`None`: every overwrite reads the old record).
+    hints: Option<Arc<ElementHints>>,
 }
 
 impl ShardStateMachine {
     /// Opens the state machine of `group`, finishing an interrupted snapshot install.
     /// `owned` is the ownership the group was created with; the stored record wins
-    /// when there is one. `events` receives structural changes for the host.
+    /// when there is one. `events` receives structural changes for the host;
+    /// `hints` are the node's [`ElementHints`], kept current by this replica.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         group: ShardId,
         node_id: NodeId,
@@ -189,6 +193,7 @@ impl ShardStateMachine {
         owned: Ownership,
         snapshot_dir: PathBuf,
         events: Option<tokio::sync::mpsc::UnboundedSender<Reshaped>>,
+        hints: Option<Arc<ElementHints>>,
     ) -> anyhow::Result<ShardStateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let sm = ShardStateMachine {
@@ -200,6 +205,7 @@ impl ShardStateMachine {
             snapshot_dir,
             incoming: None,
             events,
+            hints,
         };
         if let Some(record) = sm.read_meta::<GroupRecord>(RECORD) {
             sm.owned.set(record.vnodes.into_iter().collect());
@@ -406,6 +412,9 @@ impl ShardStateMachine {
                 return Ok(());
             }
             anyhow::ensure!(owned.is_some(), "snapshot without an ownership record");
+            if let Some(hints) = &self.hints {
+                hints.mark(key);
+            }
             batch.put_cf(data, key, value);
             pending += key.len() + value.len();
             if pending >= INSTALL_BATCH_BYTES {
@@ -553,6 +562,9 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         while entries.peek().is_some() {
             let owned = self.owned.get();
             let mut keyspace = Keyspace::new(&db, data, &self.ring, &owned, 0);
+            if let Some(hints) = &self.hints {
+                keyspace = keyspace.with_hints(hints);
+            }
             let mut last = None;
             let mut membership = None;
             let mut reshape: Option<(LogId, ShardRequest)> = None;
@@ -690,6 +702,7 @@ mod tests {
                 Ownership::new(0..16),
                 dir.path().join("snap"),
                 None,
+                Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
             )
             .expect("open state machine");
             Ok((dir, engine.log_store(7), sm))
@@ -749,6 +762,7 @@ mod tests {
             Ownership::new(0..16),
             dir.path().join("snap"),
             Some(events),
+            Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
         )
         .expect("open state machine");
         (engine, sm, reshaped)
@@ -822,6 +836,7 @@ mod tests {
             Ownership::new(0..16),
             dir.path().join("snap"),
             None,
+            Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
         )
         .expect("reopen");
         assert_eq!(reopened.owned().get().len(), 8);

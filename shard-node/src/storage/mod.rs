@@ -25,7 +25,10 @@
 //! changed the key (any element of a collection included): WATCH compares it.
 //! Element values are the element's own bytes (see the collection modules).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use redraft_common::ids::VnodeId;
+use rocksdb::{ColumnFamily, Direction, IteratorMode, DB};
 
 const TAG_KEY: u8 = 0;
 const TAG_ELEMENT: u8 = 1;
@@ -104,6 +107,64 @@ pub fn user_key(storage_key: &[u8]) -> &[u8] {
 /// Whether a storage key is a key record (not a collection element).
 pub fn is_key_record(storage_key: &[u8]) -> bool {
     storage_key.get(2) == Some(&TAG_KEY)
+}
+
+/// Which virtual nodes may hold collection elements on this node.
+///
+/// Overwriting a key with a string must delete the elements of a collection
+/// stored there, which takes a read of the key's record first. Most keys of
+/// most workloads are strings: a virtual node that has never held an element
+/// cannot hold one, so a plain SET there writes without reading. A virtual node
+/// is marked before its first element is written (in the apply batch, so later
+/// writes of the same batch see it) and stays marked until the node restarts,
+/// when the marks are computed again from what is stored. The hint is only ever
+/// conservative: "may hold" is never wrong, only slower.
+pub struct ElementHints {
+    may_hold: Vec<AtomicBool>,
+}
+
+impl ElementHints {
+    /// Marks every virtual node that holds an element in `cf` now: two seeks
+    /// per virtual node present, whatever the data size.
+    pub fn load(db: &DB, cf: &ColumnFamily) -> ElementHints {
+        let hints = ElementHints {
+            may_hold: (0..=u16::MAX as usize).map(|_| AtomicBool::new(false)).collect(),
+        };
+        let mut vnode: u32 = 0;
+        while vnode <= u32::from(u16::MAX) {
+            let mut from = (vnode as VnodeId).to_be_bytes().to_vec();
+            from.push(TAG_ELEMENT);
+            let next = db
+                .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+                .next()
+                .map(|item| item.unwrap_or_else(|e| panic!("RocksDB read failed: {e}")));
+            let Some((key, _)) = next else { break };
+            let Some(found) = key.get(..2).map(|b| u32::from(u16::from_be_bytes([b[0], b[1]]))) else {
+                break;
+            };
+            if found == vnode && !is_key_record(&key) {
+                hints.mark(&key);
+                vnode += 1;
+            } else {
+                vnode = found.max(vnode + 1);
+            }
+        }
+        hints
+    }
+
+    /// Records that `storage_key` is about to be written (a no-op for key records).
+    pub fn mark(&self, storage_key: &[u8]) {
+        if let (false, Some(b)) = (is_key_record(storage_key), storage_key.get(..2)) {
+            self.may_hold[usize::from(u16::from_be_bytes([b[0], b[1]]))].store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the virtual node of `storage_key` may hold collection elements.
+    pub fn may_hold(&self, storage_key: &[u8]) -> bool {
+        storage_key
+            .get(..2)
+            .is_none_or(|b| self.may_hold[usize::from(u16::from_be_bytes([b[0], b[1]]))].load(Ordering::Relaxed))
+    }
 }
 
 /// The kind of a stored value.
@@ -291,6 +352,33 @@ mod tests {
         assert!(!longer.starts_with(&elements));
         assert!(prefix_end(&elements) <= longer || longer < elements);
         assert_eq!(prefix_end(b"a\xff\xff"), b"b".to_vec());
+    }
+
+    #[test]
+    fn element_hints_find_stored_elements_and_follow_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = DB::open_cf(&opts, dir.path(), ["data"]).unwrap();
+        let cf = db.cf_handle("data").unwrap();
+        // vnode 3: strings only; vnode 5 and 65535: a collection each.
+        for (vnode, key) in [(3, b"s".as_slice()), (5, b"h"), (u16::MAX, b"z")] {
+            db.put_cf(cf, data_key(vnode, key), b"v").unwrap();
+        }
+        for vnode in [5, u16::MAX] {
+            let mut element = element_prefix(&data_key(vnode, b"h"));
+            element.extend_from_slice(b"field");
+            db.put_cf(cf, element, b"v").unwrap();
+        }
+        let hints = ElementHints::load(&db, cf);
+        let holding: Vec<u16> = (0..=u16::MAX).filter(|&v| hints.may_hold(&data_key(v, b"k"))).collect();
+        assert_eq!(holding, vec![5, u16::MAX]);
+        // A key record does not mark its vnode; an element does.
+        hints.mark(&data_key(3, b"other"));
+        assert!(!hints.may_hold(&data_key(3, b"s")));
+        hints.mark(&element_prefix(&data_key(3, b"s")));
+        assert!(hints.may_hold(&data_key(3, b"s")));
     }
 
     #[test]
