@@ -9,14 +9,25 @@
 //!
 //! ORDERING. `append` returns as soon as its entries are queued and tells openraft
 //! of durability through the `LogFlushed` callback, which the committer thread
-//! calls in queue order. Until then the entries sit in the group's `pending` map,
+//! calls in queue order. Until then the entries sit in the group's entry cache,
 //! which readers consult, so the leader can replicate an entry while its own
 //! fsync is under way and a group can have several appends in flight (larger
-//! batches). Truncations drop pending entries at once and queue their deletion
+//! batches). Truncations drop cached entries at once and queue their deletion
 //! behind the appends they undo; the single committer queue keeps that order.
 //!
-//! PURGE. A sync batch also syncs the RocksDB WAL written before it, including
-//! state-machine writes made without fsync. Purge goes through the committer, so
+//! ENTRY CACHE. The newest entries of each group stay in memory, decoded
+//! ([`EntryCache`], like TiKV's entry cache): replication and apply read what was
+//! just appended, so they are served without a RocksDB iterator or a decode. A
+//! group keeps at most [`CACHE_BYTES`] of entries already durable; entries not
+//! yet durable always stay. Reads the cache cannot answer whole (a lagging
+//! follower, a restart) go to RocksDB.
+//!
+//! FSYNC. Each batch is written, then the WAL is synced (`SyncWAL`, outside
+//! RocksDB's write queue, so state-machine writes proceed meanwhile). The sync
+//! covers everything in the WAL before it, including state-machine writes made
+//! without fsync.
+//!
+//! PURGE. Purge goes through the committer, so
 //! logs are never deleted before the applied state they produced is durable.
 
 use std::fmt::Debug;
@@ -82,8 +93,11 @@ impl Committer {
         std::thread::Builder::new()
             .name("raft-log-commit".into())
             .spawn(move || {
-                let mut opts = WriteOptions::default();
-                opts.set_sync(sync);
+                // The batch is written without sync and the WAL synced after
+                // (below): RocksDB syncs the WAL outside its write queue, so
+                // state-machine writes (never synced) are not held behind the
+                // fsync as they would be in a synced write group.
+                let opts = WriteOptions::default();
                 while let Some(first) = rx.blocking_recv() {
                     let Some(db) = weak.upgrade() else {
                         (first.done)(Err("the database is closed".into()));
@@ -111,7 +125,10 @@ impl Committer {
                         };
                     }
                     let started = std::time::Instant::now();
-                    let result = db.write_opt(batch, &opts).map_err(|e| e.to_string());
+                    let result = db
+                        .write_opt(batch, &opts)
+                        .and_then(|()| if sync { db.flush_wal(true) } else { Ok(()) })
+                        .map_err(|e| e.to_string());
                     crate::metrics::LOG_WRITE_SECONDS.observe(started.elapsed().as_secs_f64());
                     crate::metrics::LOG_BATCH_REQUESTS.observe(waiters.len() as f64);
                     for waiter in waiters {
@@ -170,26 +187,141 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Entries handed to the committer but not yet written, by index: readers see
-/// them at once (the leader replicates an entry while its own fsync is under way).
-type Pending = Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>>;
+/// Durable entries a group keeps in memory, at most (entries not yet durable
+/// are kept whatever their size). A few entries in flight per group fit; a
+/// thousand idle groups keep at most 64 MB.
+pub const CACHE_BYTES: usize = 64 * 1024;
+
+struct Cached<E> {
+    entry: E,
+    bytes: usize,
+    durable: bool,
+}
+
+/// A group's newest entries, decoded, by index: a contiguous run ending at the
+/// group's last entry (appends add at the end, truncations cut the end,
+/// purges and eviction cut the front).
+pub struct EntryCache<C: RaftTypeConfig> {
+    entries: std::collections::BTreeMap<u64, Cached<C::Entry>>,
+    durable_bytes: usize,
+}
+
+impl<C: RaftTypeConfig> Default for EntryCache<C> {
+    fn default() -> Self {
+        EntryCache {
+            entries: Default::default(),
+            durable_bytes: 0,
+        }
+    }
+}
+
+impl<C: RaftTypeConfig> EntryCache<C>
+where
+    C::Entry: Clone,
+{
+    fn insert(&mut self, index: u64, entry: C::Entry, bytes: usize) {
+        if self
+            .entries
+            .last_key_value()
+            .is_some_and(|(&last, _)| last + 1 != index)
+        {
+            // Not the next index (after a snapshot install): start again,
+            // keeping what readers still need from memory.
+            self.cut_from(index);
+            self.evict(0);
+        }
+        self.entries.insert(
+            index,
+            Cached {
+                entry,
+                bytes,
+                durable: false,
+            },
+        );
+    }
+
+    /// Marks `log_id` durable if it is still the cached entry at its index.
+    fn made_durable(&mut self, log_id: &LogId<C::NodeId>) {
+        if let Some(cached) = self.entries.get_mut(&log_id.index) {
+            if !cached.durable && cached.entry.get_log_id() == log_id {
+                cached.durable = true;
+                self.durable_bytes += cached.bytes;
+            }
+        }
+    }
+
+    /// Drops entries from `index` on (a truncation).
+    fn cut_from(&mut self, index: u64) {
+        for (_, cached) in self.entries.split_off(&index) {
+            if cached.durable {
+                self.durable_bytes -= cached.bytes;
+            }
+        }
+    }
+
+    /// Drops entries up to `index` (a purge).
+    fn cut_through(&mut self, index: u64) {
+        let kept = self.entries.split_off(&(index + 1));
+        for (_, cached) in std::mem::replace(&mut self.entries, kept) {
+            if cached.durable {
+                self.durable_bytes -= cached.bytes;
+            }
+        }
+    }
+
+    /// Drops the oldest durable entries while more than `budget` bytes of
+    /// durable entries are kept; stops at the first entry not yet durable.
+    fn evict(&mut self, budget: usize) {
+        while self.durable_bytes > budget {
+            match self.entries.first_entry() {
+                Some(first) if first.get().durable => {
+                    self.durable_bytes -= first.remove().bytes;
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// The entries of `range` (from `start`) if the cache holds all of them.
+    fn read(&self, start: u64, range: &impl RangeBounds<u64>) -> Option<Vec<C::Entry>> {
+        let (&first, _) = self.entries.first_key_value()?;
+        if first > start {
+            return None;
+        }
+        let mut expected = start;
+        let mut out = Vec::new();
+        for (&index, cached) in self.entries.range(start..) {
+            if !range.contains(&index) {
+                break;
+            }
+            if index != expected {
+                return None;
+            }
+            out.push(cached.entry.clone());
+            expected += 1;
+        }
+        Some(out)
+    }
+}
+
+type Cache<C> = Arc<std::sync::Mutex<EntryCache<C>>>;
 
 /// The Raft log of one group.
-pub struct LogStore<C> {
+pub struct LogStore<C: RaftTypeConfig> {
     group: u64,
     db: Arc<DB>,
     committer: Committer,
-    pending: Pending,
+    cache: Cache<C>,
     _types: PhantomData<C>,
 }
 
-impl<C> Clone for LogStore<C> {
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             group: self.group,
             db: self.db.clone(),
             committer: self.committer.clone(),
-            pending: self.pending.clone(),
+            cache: self.cache.clone(),
             _types: PhantomData,
         }
     }
@@ -201,7 +333,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
             group,
             db,
             committer,
-            pending: Pending::default(),
+            cache: Cache::<C>::default(),
             _types: PhantomData,
         }
     }
@@ -244,7 +376,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
 impl<C> RaftLogReader<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Serialize + DeserializeOwned + Clone,
 {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -255,9 +387,12 @@ where
             Bound::Excluded(&i) => i + 1,
             Bound::Unbounded => 0,
         };
+        if let Some(entries) = self.cache.lock().expect("entry cache lock").read(start, &range) {
+            return Ok(entries);
+        }
         let cf = self.db.cf_handle(CF_RAFT_LOG).expect("cf");
         let from = log_key(self.group, start);
-        let mut entries = Vec::new();
+        let mut merged = std::collections::BTreeMap::new();
         for item in self.db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
             let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
             if key.len() != 16 || key[..8] != self.group.to_be_bytes() {
@@ -267,26 +402,24 @@ where
             if !range.contains(&index) {
                 break;
             }
-            entries.push((index, value.to_vec()));
+            let entry: C::Entry = decode(&value).map_err(|e| StorageIOError::read_logs(&std::io::Error::other(e)))?;
+            merged.insert(index, entry);
         }
         // Entries still on their way to disk are newer than anything stored.
-        let mut merged: std::collections::BTreeMap<u64, Vec<u8>> = entries.into_iter().collect();
-        for (index, value) in self.pending.lock().expect("pending lock").range(start..) {
+        let cache = self.cache.lock().expect("entry cache lock");
+        for (index, cached) in cache.entries.range(start..) {
             if range.contains(index) {
-                merged.insert(*index, value.clone());
+                merged.insert(*index, cached.entry.clone());
             }
         }
-        merged
-            .into_values()
-            .map(|v| decode(&v).map_err(|e| StorageIOError::read_logs(&std::io::Error::other(e)).into()))
-            .collect()
+        Ok(merged.into_values().collect())
     }
 }
 
 impl<C> RaftLogStorage<C> for LogStore<C>
 where
     C: RaftTypeConfig,
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Serialize + DeserializeOwned + Clone,
 {
     type LogReader = Self;
 
@@ -337,30 +470,30 @@ where
         let mut writes = Vec::new();
         let mut written = Vec::new();
         {
-            let mut pending = self.pending.lock().expect("pending lock");
+            let mut cache = self.cache.lock().expect("entry cache lock");
             for entry in entries {
-                let index = entry.get_log_id().index;
+                let log_id = entry.get_log_id().clone();
                 let value = encode(&entry);
-                pending.insert(index, value.clone());
-                written.push((index, value.clone()));
+                cache.insert(log_id.index, entry, value.len());
                 writes.push(LogWrite::Put {
                     cf: CF_RAFT_LOG,
-                    key: log_key(self.group, index),
+                    key: log_key(self.group, log_id.index),
                     value,
                 });
+                written.push(log_id);
             }
         }
         // Return once queued: openraft replicates meanwhile and learns of
         // durability through the callback, which the committer calls in order.
-        let pending = self.pending.clone();
+        let cache = self.cache.clone();
         let done: Completion = Box::new(move |result: Result<(), String>| {
-            let mut pending = pending.lock().expect("pending lock");
-            for (index, value) in written {
-                if pending.get(&index) == Some(&value) {
-                    pending.remove(&index);
+            if result.is_ok() {
+                let mut cache = cache.lock().expect("entry cache lock");
+                for log_id in &written {
+                    cache.made_durable(log_id);
                 }
+                cache.evict(CACHE_BYTES);
             }
-            drop(pending);
             callback.log_io_completed(result.map_err(std::io::Error::other));
         });
         self.committer
@@ -371,7 +504,7 @@ where
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let g = self.group;
-        self.pending.lock().expect("pending lock").split_off(&log_id.index);
+        self.cache.lock().expect("entry cache lock").cut_from(log_id.index);
         self.commit(vec![LogWrite::DeleteRange {
             cf: CF_RAFT_LOG,
             from: log_key(g, log_id.index),
@@ -383,6 +516,7 @@ where
 
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let g = self.group;
+        self.cache.lock().expect("entry cache lock").cut_through(log_id.index);
         self.commit(vec![
             LogWrite::Put {
                 cf: CF_RAFT_STATE,
@@ -397,5 +531,66 @@ where
         ])
         .await
         .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+
+    use super::*;
+
+    openraft::declare_raft_types!(
+        Types:
+            D = u64,
+            R = (),
+            SnapshotData = std::io::Cursor<Vec<u8>>,
+    );
+
+    fn entry(term: u64, index: u64) -> Entry<Types> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(index),
+        }
+    }
+
+    fn indexes(entries: Option<Vec<Entry<Types>>>) -> Option<Vec<u64>> {
+        entries.map(|e| e.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn entry_cache_keeps_undurable_entries_and_answers_only_whole_ranges() {
+        let mut cache = EntryCache::<Types>::default();
+        for i in 1..=10 {
+            cache.insert(i, entry(1, i), 100);
+        }
+        // Nothing is durable yet: nothing may be evicted.
+        cache.evict(0);
+        assert_eq!(indexes(cache.read(1, &(1..))), Some((1..=10).collect()));
+        for i in 1..=6 {
+            cache.made_durable(&entry(1, i).log_id);
+        }
+        // A stale completion (other term) does not count.
+        cache.made_durable(&entry(2, 7).log_id);
+        cache.evict(250);
+        // 6 x 100 durable bytes, budget 250: entries 1..=4 go, 5 and 6 stay.
+        assert_eq!(indexes(cache.read(5, &(5..8))), Some(vec![5, 6, 7]));
+        assert_eq!(indexes(cache.read(4, &(4..8))), None, "4 is gone: read from disk");
+        // A truncation drops the end; the next append follows it.
+        cache.cut_from(8);
+        cache.insert(8, entry(2, 8), 100);
+        assert_eq!(indexes(cache.read(6, &(6..))), Some(vec![6, 7, 8]));
+        assert_eq!(cache.read(8, &(8..)).unwrap()[0].log_id.leader_id.term, 2);
+        // A purge drops the front.
+        cache.cut_through(6);
+        assert_eq!(indexes(cache.read(6, &(6..))), None);
+        assert_eq!(indexes(cache.read(7, &(7..=7))), Some(vec![7]));
+        // An append after a gap (a snapshot installed) starts a new run.
+        cache.made_durable(&entry(1, 7).log_id);
+        cache.made_durable(&entry(2, 8).log_id);
+        cache.insert(100, entry(3, 100), 100);
+        assert_eq!(indexes(cache.read(7, &(7..))), None);
+        assert_eq!(indexes(cache.read(100, &(100..))), Some(vec![100]));
+        assert_eq!(cache.durable_bytes, 0);
     }
 }
