@@ -288,9 +288,8 @@ where
         if first > start {
             return None;
         }
-        let mut expected = start;
         let mut out = Vec::new();
-        for (&index, cached) in self.entries.range(start..) {
+        for (expected, (&index, cached)) in (start..).zip(self.entries.range(start..)) {
             if !range.contains(&index) {
                 break;
             }
@@ -298,7 +297,6 @@ where
                 return None;
             }
             out.push(cached.entry.clone());
-            expected += 1;
         }
         Some(out)
     }
