@@ -253,6 +253,7 @@ fn shard_splits_and_merges_under_load_without_losing_writes() {
     let second_proxy = cluster.add_proxy();
     let load = Load::start(&cluster);
     let scans = Scans::start(&cluster);
+    let pipelines = Pipelines::start(&cluster);
     std::thread::sleep(Duration::from_secs(1));
 
     let before = crate::harness::routing_table(&cluster);
@@ -296,6 +297,7 @@ fn shard_splits_and_merges_under_load_without_losing_writes() {
     std::thread::sleep(Duration::from_secs(1));
 
     let completed = scans.finish();
+    let pipelined = pipelines.finish();
     let overlapping = completed
         .iter()
         .filter(|(start, end)| (*start < split_done && *end > split_at) || (*start < merge_done && *end > merge_at))
@@ -350,9 +352,99 @@ fn shard_splits_and_merges_under_load_without_losing_writes() {
             "{key} after restart"
         );
     }
-    // The load's keys and the SCAN test's.
-    let expected = acked.lock().unwrap().len() + Scans::KEYS;
+    pipelined.check(&mut conn);
+    // The load's keys, the SCAN test's and the pipelines' lists and counters.
+    let expected = acked.lock().unwrap().len() + Scans::KEYS + 2 * Pipelines::KEYS;
     assert_eq!(conn.cmd("DBSIZE"), Frame::Integer(expected as i64));
+}
+
+/// A client pipelining writes to many keys while virtual nodes move: each
+/// pipeline's writes to one shard travel as one request, and a write whose key
+/// moved is sent again on its own. Every reply must say what was applied, in
+/// order: RPUSH answers the list's new length, INCR the counter's new value.
+struct Pipelines {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<PipelineOutcome>,
+}
+
+/// What the pipelines acknowledged.
+struct PipelineOutcome {
+    rounds: i64,
+    /// Keys a write of unknown outcome touched: their contents are not checked.
+    uncertain: std::collections::BTreeSet<usize>,
+}
+
+impl Pipelines {
+    const KEYS: usize = 48;
+
+    fn start(cluster: &TestCluster) -> Pipelines {
+        let mut conn = Resp::connect(cluster.proxy());
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut outcome = PipelineOutcome {
+                rounds: 0,
+                uncertain: Default::default(),
+            };
+            while !flag.load(Ordering::Relaxed) {
+                let round = outcome.rounds;
+                let mut bytes = Vec::new();
+                for k in 0..Self::KEYS {
+                    for line in [format!("RPUSH pl:{k} {round}"), format!("INCR pc:{k}")] {
+                        let words = line.split(' ').map(Frame::bulk).collect();
+                        bytes.extend(Frame::Array(words).to_bytes());
+                    }
+                }
+                conn.send_raw(&bytes);
+                for k in 0..Self::KEYS {
+                    for what in ["RPUSH", "INCR"] {
+                        match conn.read().expect("pipeline reply") {
+                            Frame::Integer(n) if outcome.uncertain.contains(&k) => assert!(n > 0),
+                            Frame::Integer(n) => assert_eq!(n, round + 1, "{what} of key {k} in round {round}"),
+                            Frame::Error(e) if e.contains("may have been applied") => {
+                                outcome.uncertain.insert(k);
+                            }
+                            other => panic!("{what} of key {k} in round {round}: {other:?}"),
+                        }
+                    }
+                }
+                outcome.rounds += 1;
+            }
+            outcome
+        });
+        Pipelines { stop, thread }
+    }
+
+    fn finish(self) -> PipelineOutcome {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("a pipelined write was answered wrongly")
+    }
+}
+
+impl PipelineOutcome {
+    /// Every certain list holds its pushes in order, every counter its count.
+    fn check(&self, conn: &mut Resp) {
+        eprintln!(
+            "{} pipelines of {} writes; keys with a write of unknown outcome: {:?}",
+            self.rounds,
+            2 * Pipelines::KEYS,
+            self.uncertain
+        );
+        assert!(self.rounds > 0);
+        let pushed: Vec<Frame> = (0..self.rounds).map(|r| Frame::bulk(r.to_string())).collect();
+        for k in (0..Pipelines::KEYS).filter(|k| !self.uncertain.contains(k)) {
+            assert_eq!(
+                conn.cmd(&format!("LRANGE pl:{k} 0 -1")),
+                Frame::Array(pushed.clone()),
+                "pl:{k}"
+            );
+            assert_eq!(
+                conn.cmd(&format!("GET pc:{k}")),
+                Frame::bulk(self.rounds.to_string()),
+                "pc:{k}"
+            );
+        }
+    }
 }
 
 /// The node whose `/metrics` says it leads the placement group.

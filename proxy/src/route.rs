@@ -247,7 +247,10 @@ impl Router {
                 .into_iter()
                 .map(|answer| match answer {
                     NodeResponse::Reply(frame) => Ok(frame),
-                    NodeResponse::WrongShard { .. } => Err(Error::Moved(shard)),
+                    NodeResponse::WrongShard { .. } => {
+                        retried("wrong_shard");
+                        Err(Error::Moved(shard))
+                    }
                     _ => Err(Error::Unknown),
                 })
                 .collect(),
