@@ -6,7 +6,8 @@
 //! column family so a restart reopens exactly the same groups), and deleted when
 //! it no longer does; at bootstrap the first replica listed initialises the
 //! group's membership. Commands arrive from the proxy already routed: writes go
-//! through `client_write`, reads through openraft's linearizable read (ReadIndex)
+//! through the group's proposal queue ([`crate::proposals`]) to `client_write`,
+//! reads through openraft's linearizable read (ReadIndex)
 //! followed by a read of RocksDB. The scheduler's membership operations (add a
 //! learner, change voters, campaign) run here on the shard's leader.
 //!
