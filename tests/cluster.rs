@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redraft_common::resp::Frame;
 
-use crate::harness::{routing_table, Resp, TestCluster};
+use crate::harness::{command_bytes, routing_table, Resp, TestCluster};
 
 #[test]
 fn ten_thousand_keys_land_on_every_shard_and_read_back() {
@@ -69,22 +69,20 @@ fn ten_thousand_keys_land_on_every_shard_and_read_back() {
     // (one Raft entry): each keeps its own reply, errors included, in order.
     let mut pipeline = Vec::new();
     let mut expected = Vec::new();
-    let command = |words: &[String]| Frame::Array(words.iter().map(|w| Frame::bulk(w.as_str())).collect()).to_bytes();
     for i in 0..300 {
-        let words = |line: String| line.split(' ').map(str::to_string).collect::<Vec<_>>();
-        pipeline.extend(command(&words(format!("RPUSH order {i}"))));
+        pipeline.extend(command_bytes(&format!("RPUSH order {i}")));
         expected.push(Frame::Integer(i + 1));
-        pipeline.extend(command(&words("INCR counter".into())));
+        pipeline.extend(command_bytes("INCR counter"));
         expected.push(Frame::Integer(i + 1));
-        pipeline.extend(command(&words(format!("SET other:{i} {i}"))));
+        pipeline.extend(command_bytes(&format!("SET other:{i} {i}")));
         expected.push(Frame::ok());
         if i % 50 == 7 {
             // A write refused by the state machine, and a read between writes.
-            pipeline.extend(command(&words("INCR order".into())));
+            pipeline.extend(command_bytes("INCR order"));
             expected.push(Frame::error(
                 "WRONGTYPE Operation against a key holding the wrong kind of value",
             ));
-            pipeline.extend(command(&words("GET counter".into())));
+            pipeline.extend(command_bytes("GET counter"));
             expected.push(Frame::bulk((i + 1).to_string()));
         }
     }

@@ -228,10 +228,35 @@ impl Resp {
 
     /// Sends a command given as space-separated words and reads its reply.
     pub fn cmd(&mut self, line: &str) -> Frame {
-        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
-        self.send(&args);
+        self.send_raw(&command_bytes(line));
         self.read().expect("connection closed")
     }
+
+    /// Sends `SCAN ...` (the whole command line) and returns the next cursor
+    /// and the page's keys.
+    pub fn scan_page(&mut self, line: &str) -> (String, Vec<String>) {
+        let reply = self.cmd(line);
+        let Frame::Array(parts) = reply else {
+            panic!("{line}: {reply:?}")
+        };
+        let [Frame::Bulk(next), Frame::Array(keys)] = &parts[..] else {
+            panic!("{line}: {parts:?}")
+        };
+        let keys = keys
+            .iter()
+            .map(|key| match key {
+                Frame::Bulk(key) => String::from_utf8(key.clone()).unwrap(),
+                other => panic!("{line}: key {other:?}"),
+            })
+            .collect();
+        (String::from_utf8(next.clone()).unwrap(), keys)
+    }
+}
+
+/// The RESP encoding of a command given as space-separated words (to build
+/// pipelines).
+pub fn command_bytes(line: &str) -> Vec<u8> {
+    Frame::Array(line.split(' ').map(Frame::bulk).collect()).to_bytes()
 }
 
 /// Every live string a (stopped) shard node holds in its RocksDB, by user key.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use redraft_common::resp::Frame;
 
-use crate::harness::{ctl, Resp, TestCluster};
+use crate::harness::{command_bytes, ctl, Resp, TestCluster};
 
 /// `(node, replicas, leaders)` of every node, from `redraft ctl nodes --json`.
 fn node_counts(cluster: &TestCluster) -> Vec<(u64, u64, u64, String)> {
@@ -390,10 +390,8 @@ impl Pipelines {
                 let round = outcome.rounds;
                 let mut bytes = Vec::new();
                 for k in 0..Self::KEYS {
-                    for line in [format!("RPUSH pl:{k} {round}"), format!("INCR pc:{k}")] {
-                        let words = line.split(' ').map(Frame::bulk).collect();
-                        bytes.extend(Frame::Array(words).to_bytes());
-                    }
+                    bytes.extend(command_bytes(&format!("RPUSH pl:{k} {round}")));
+                    bytes.extend(command_bytes(&format!("INCR pc:{k}")));
                 }
                 conn.send_raw(&bytes);
                 for k in 0..Self::KEYS {
@@ -586,18 +584,9 @@ impl Scans {
                 let mut cursor = "0".to_string();
                 let mut seen = std::collections::HashSet::new();
                 loop {
-                    let reply = conn.cmd(&format!("SCAN {cursor} MATCH scan:* COUNT 20"));
-                    let Frame::Array(parts) = reply else {
-                        panic!("SCAN: {reply:?}")
-                    };
-                    let [Frame::Bulk(next), Frame::Array(keys)] = &parts[..] else {
-                        panic!("{parts:?}")
-                    };
-                    for key in keys {
-                        let Frame::Bulk(key) = key else { panic!() };
-                        seen.insert(String::from_utf8(key.clone()).unwrap());
-                    }
-                    cursor = String::from_utf8(next.clone()).unwrap();
+                    let (next, keys) = conn.scan_page(&format!("SCAN {cursor} MATCH scan:* COUNT 20"));
+                    seen.extend(keys);
+                    cursor = next;
                     if cursor == "0" {
                         break;
                     }
