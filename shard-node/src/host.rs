@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use dashmap::DashMap;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config};
 use redraft_common::ids::{NodeId, ShardId, VnodeId};
 use redraft_common::keys::Ring;
@@ -53,13 +53,12 @@ use crate::metrics;
 use crate::proposals::{self, Proposals};
 use crate::raft::state_machine::{self, group_meta_key, GroupRecord, Ownership, Reshaped, ShardStateMachine};
 use crate::raft::{typ, ShardResponse};
+use crate::reads::ReadBarrier;
 use crate::storage::ElementHints;
 use redraft_raft_storage::network::{GroupNetwork, NodeWire};
 
 /// How long a learner may take to catch up, or a membership change to commit.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a read may wait for the leadership check.
-const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often idle groups are looked for.
 pub const QUIESCE_CHECK: Duration = Duration::from_millis(500);
 /// How often every peer node is pinged.
@@ -90,6 +89,8 @@ pub struct Group {
     pub ring: Arc<Ring>,
     /// Writes waiting to share the group's next Raft entry.
     pub proposals: Proposals,
+    /// Reads waiting to share the group's next ReadIndex round.
+    pub reads: ReadBarrier,
 }
 
 /// Campaigns for a group created by a split until some replica leads it: the
@@ -242,6 +243,7 @@ impl Host {
             owned,
             ring,
             proposals: Proposals::default(),
+            reads: ReadBarrier::default(),
         });
         self.groups.insert(shard, group.clone());
         Ok(group)
@@ -540,13 +542,9 @@ impl Host {
         };
         self.wake(shard, &group);
         match op {
-            ShardOp::Read(read) => match tokio::time::timeout(READ_TIMEOUT, group.raft.ensure_linearizable()).await {
-                Err(_) => NodeResponse::NotLeader { leader: None },
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                    NodeResponse::NotLeader { leader: f.leader_id }
-                }
-                Ok(Err(_)) => NodeResponse::NotLeader { leader: None },
-                Ok(Ok(_)) => {
+            ShardOp::Read(read) => match group.reads.pass(&group.raft).await {
+                Err(refused) => refused,
+                Ok(()) => {
                     let db = self.engine.db();
                     let owned = group.owned.get();
                     let mut ks = Keyspace::new(db, self.engine.cf(CF_DATA), &group.ring, &owned, now_ms());

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod proposals;
 pub mod pubsub;
 pub mod raft;
+pub mod reads;
 pub mod storage;
 
 use std::net::SocketAddr;

@@ -29,6 +29,9 @@ metric!(READS: IntCounterVec = register_int_counter_vec!(
 metric!(READ_INDEX_SECONDS: Histogram = register_histogram!(
     "redraft_node_read_index_duration_seconds", "Time to confirm leadership for a linearizable read",
     LATENCY_BUCKETS.to_vec()));
+metric!(ROUND_READS: Histogram = register_histogram!(
+    "redraft_node_read_index_round_reads", "Linearizable reads served by one ReadIndex round",
+    prometheus::exponential_buckets(1.0, 2.0, 11).expect("buckets")));
 metric!(APPLY_SECONDS: Histogram = register_histogram!(
     "redraft_node_apply_duration_seconds", "Time to apply one run of committed entries to RocksDB",
     LATENCY_BUCKETS.to_vec()));
@@ -53,6 +56,8 @@ pub fn init() {
     redraft_raft_storage::metrics::init();
     for result in ["ok", "not_leader", "unknown"] {
         PROPOSALS.with_label_values(&[result]);
+    }
+    for result in ["ok", "not_leader"] {
         READS.with_label_values(&[result]);
     }
     for kind in ["built", "installed"] {
@@ -61,6 +66,7 @@ pub fn init() {
     LazyLock::force(&PROPOSAL_SECONDS);
     LazyLock::force(&ENTRY_WRITES);
     LazyLock::force(&READ_INDEX_SECONDS);
+    LazyLock::force(&ROUND_READS);
     LazyLock::force(&APPLY_SECONDS);
     LazyLock::force(&APPLIED_ENTRIES);
     LazyLock::force(&LEADERS);
