@@ -14,6 +14,7 @@
 //! round that started earlier may have captured a commit index older than a
 //! write acknowledged before the read arrived.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,17 @@ impl ReadBarrier {
     /// machine (it led the group after the call began and has applied
     /// everything committed before), or the answer to give instead.
     pub async fn pass(&self, raft: &typ::Raft) -> RoundOutcome {
+        let raft = raft.clone();
+        self.pass_with(move || read_index(raft.clone())).await
+    }
+
+    /// [`Self::pass`] with the round given: `round` confirms that reads starting
+    /// now are linearizable.
+    async fn pass_with<R, F>(&self, round: R) -> RoundOutcome
+    where
+        R: Fn() -> F + Send + 'static,
+        F: Future<Output = RoundOutcome> + Send + 'static,
+    {
         let (reader, outcome) = oneshot::channel();
         let start_rounds = {
             let mut waiting = self.waiting.lock().expect("read barrier lock");
@@ -55,7 +67,7 @@ impl ReadBarrier {
             !std::mem::replace(&mut waiting.round_running, true)
         };
         if start_rounds {
-            tokio::spawn(rounds(self.waiting.clone(), raft.clone()));
+            tokio::spawn(rounds(self.waiting.clone(), round));
         }
         let outcome = outcome.await.unwrap_or(Err(NodeResponse::NotLeader { leader: None }));
         let result = if outcome.is_ok() { "ok" } else { "not_leader" };
@@ -64,8 +76,27 @@ impl ReadBarrier {
     }
 }
 
-/// Runs rounds until no reader waits.
-async fn rounds(waiting: Arc<Mutex<Waiting>>, raft: typ::Raft) {
+/// One ReadIndex round through openraft.
+async fn read_index(raft: typ::Raft) -> RoundOutcome {
+    let started = Instant::now();
+    let outcome = match tokio::time::timeout(READ_TIMEOUT, raft.ensure_linearizable()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            Err(NodeResponse::NotLeader { leader: f.leader_id })
+        }
+        Ok(Err(_)) | Err(_) => Err(NodeResponse::NotLeader { leader: None }),
+    };
+    metrics::READ_INDEX_SECONDS.observe(started.elapsed().as_secs_f64());
+    outcome
+}
+
+/// Runs rounds until no reader waits; each round serves the readers that were
+/// waiting when it started.
+async fn rounds<R, F>(waiting: Arc<Mutex<Waiting>>, round: R)
+where
+    R: Fn() -> F,
+    F: Future<Output = RoundOutcome>,
+{
     loop {
         let readers = {
             let mut waiting = waiting.lock().expect("read barrier lock");
@@ -76,17 +107,86 @@ async fn rounds(waiting: Arc<Mutex<Waiting>>, raft: typ::Raft) {
             std::mem::take(&mut waiting.readers)
         };
         metrics::ROUND_READS.observe(readers.len() as f64);
-        let started = Instant::now();
-        let outcome = match tokio::time::timeout(READ_TIMEOUT, raft.ensure_linearizable()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(NodeResponse::NotLeader { leader: f.leader_id })
-            }
-            Ok(Err(_)) | Err(_) => Err(NodeResponse::NotLeader { leader: None }),
-        };
-        metrics::READ_INDEX_SECONDS.observe(started.elapsed().as_secs_f64());
+        let outcome = round().await;
         for reader in readers {
             let _ = reader.send(outcome.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Semaphore;
+
+    /// A round that counts itself and finishes only when the test releases it.
+    fn gated_round(
+        started: Arc<AtomicUsize>,
+        gate: Arc<Semaphore>,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = RoundOutcome> + Send>> + Send + 'static {
+        move || {
+            let (started, gate) = (started.clone(), gate.clone());
+            Box::pin(async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.expect("gate open").forget();
+                Ok(())
+            })
+        }
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reads_arriving_during_a_round_wait_for_the_next_one() {
+        let barrier = ReadBarrier::default();
+        let started = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(Semaphore::new(0));
+        let first = tokio::spawn({
+            let (barrier, round) = (barrier.clone(), gated_round(started.clone(), gate.clone()));
+            async move { barrier.pass_with(round).await }
+        });
+        settle().await;
+        assert_eq!(started.load(Ordering::SeqCst), 1, "a lone read starts a round at once");
+
+        // Three reads arrive while the first round runs: none may pass on it.
+        let later: Vec<_> = (0..3)
+            .map(|_| {
+                let (barrier, round) = (barrier.clone(), gated_round(started.clone(), gate.clone()));
+                tokio::spawn(async move { barrier.pass_with(round).await })
+            })
+            .collect();
+        settle().await;
+        assert_eq!(started.load(Ordering::SeqCst), 1, "no second round while one runs");
+
+        gate.add_permits(1);
+        assert!(first.await.unwrap().is_ok());
+        settle().await;
+        assert!(
+            later.iter().all(|read| !read.is_finished()),
+            "later reads wait for their own round"
+        );
+        assert_eq!(started.load(Ordering::SeqCst), 2, "one round for all reads that waited");
+
+        gate.add_permits(1);
+        for read in later {
+            assert!(read.await.unwrap().is_ok());
+        }
+        settle().await;
+        assert_eq!(started.load(Ordering::SeqCst), 2, "no round without readers");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refused_round_refuses_its_readers_and_the_next_round_starts_afresh() {
+        let barrier = ReadBarrier::default();
+        let refused = barrier
+            .pass_with(|| async { Err(NodeResponse::NotLeader { leader: Some(2) }) })
+            .await;
+        assert!(matches!(refused, Err(NodeResponse::NotLeader { leader: Some(2) })));
+        assert!(barrier.pass_with(|| async { Ok(()) }).await.is_ok());
     }
 }
