@@ -27,7 +27,7 @@ metric!(ENTRY_WRITES: Histogram = register_histogram!(
 metric!(READS: IntCounterVec = register_int_counter_vec!(
     "redraft_node_reads_total", "Linearizable reads, by outcome", &["result"]));
 metric!(READ_INDEX_SECONDS: Histogram = register_histogram!(
-    "redraft_node_read_index_duration_seconds", "Time to confirm leadership for a linearizable read",
+    "redraft_node_read_index_duration_seconds", "Time of one ReadIndex round (leadership confirmation and apply wait)",
     LATENCY_BUCKETS.to_vec()));
 metric!(ROUND_READS: Histogram = register_histogram!(
     "redraft_node_read_index_round_reads", "Linearizable reads served by one ReadIndex round",

@@ -27,7 +27,7 @@ use crate::raft::typ;
 
 /// How long a round may take before its readers are answered "not leader" (the
 /// proxy then asks again, possibly elsewhere).
-pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Whether a round let its readers read: `Err` carries the answer they get instead.
 type RoundOutcome = Result<(), NodeResponse>;
