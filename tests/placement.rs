@@ -358,10 +358,11 @@ fn shard_splits_and_merges_under_load_without_losing_writes() {
     assert_eq!(conn.cmd("DBSIZE"), Frame::Integer(expected as i64));
 }
 
-/// A client pipelining writes to many keys while virtual nodes move: each
-/// pipeline's writes to one shard travel as one request, and a write whose key
-/// moved is sent again on its own. Every reply must say what was applied, in
-/// order: RPUSH answers the list's new length, INCR the counter's new value.
+/// A client pipelining writes, then reads, of many keys while virtual nodes
+/// move: each pipeline's writes to one shard travel as one request, its reads
+/// of one shard as another, and an operation whose key moved is sent again on
+/// its own. Every reply must say what was applied, in order: RPUSH answers the
+/// list's new length, INCR the counter's new value, GET the counter.
 struct Pipelines {
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<PipelineOutcome>,
@@ -393,6 +394,9 @@ impl Pipelines {
                     bytes.extend(command_bytes(&format!("RPUSH pl:{k} {round}")));
                     bytes.extend(command_bytes(&format!("INCR pc:{k}")));
                 }
+                for k in 0..Self::KEYS {
+                    bytes.extend(command_bytes(&format!("GET pc:{k}")));
+                }
                 conn.send_raw(&bytes);
                 for k in 0..Self::KEYS {
                     for what in ["RPUSH", "INCR"] {
@@ -404,6 +408,17 @@ impl Pipelines {
                             }
                             other => panic!("{what} of key {k} in round {round}: {other:?}"),
                         }
+                    }
+                }
+                for k in 0..Self::KEYS {
+                    match conn.read().expect("pipeline reply") {
+                        Frame::Bulk(_) if outcome.uncertain.contains(&k) => {}
+                        Frame::Bulk(n) => assert_eq!(
+                            n,
+                            (round + 1).to_string().into_bytes(),
+                            "GET of key {k} in round {round}"
+                        ),
+                        other => panic!("GET of key {k} in round {round}: {other:?}"),
                     }
                 }
                 outcome.rounds += 1;
@@ -423,9 +438,10 @@ impl PipelineOutcome {
     /// Every certain list holds its pushes in order, every counter its count.
     fn check(&self, conn: &mut Resp) {
         eprintln!(
-            "{} pipelines of {} writes; keys with a write of unknown outcome: {:?}",
+            "{} pipelines of {} writes and {} reads; keys with a write of unknown outcome: {:?}",
             self.rounds,
             2 * Pipelines::KEYS,
+            Pipelines::KEYS,
             self.uncertain
         );
         assert!(self.rounds > 0);

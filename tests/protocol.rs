@@ -28,6 +28,36 @@ fn pipelines_keep_order_and_bad_input_gets_redis_errors() {
         assert_eq!(conn.read().unwrap(), Frame::bulk(format!("v{i}")));
     }
 
+    // Consecutive reads of one shard leave as one request (one read barrier):
+    // every read still gets its own answer, in order, and sees the writes
+    // pipelined before it.
+    let request = |args: &[&str]| Frame::Array(args.iter().map(|a| Frame::bulk(*a)).collect()).to_bytes();
+    let mut batch = Vec::new();
+    for i in 0..500 {
+        batch.extend(request(&["GET", &format!("p{i}")]));
+    }
+    batch.extend(request(&["RPUSH", "plist", "a"]));
+    batch.extend(request(&["GET", "plist"]));
+    batch.extend(request(&["GET", "p-missing"]));
+    batch.extend(request(&["STRLEN", "p12"]));
+    batch.extend(request(&["SET", "p12", "changed"]));
+    batch.extend(request(&["GET", "p12"]));
+    batch.extend(request(&["GET", "p13"]));
+    conn.send_raw(&batch);
+    for i in 0..500 {
+        assert_eq!(conn.read().unwrap(), Frame::bulk(format!("v{i}")), "GET p{i}");
+    }
+    assert_eq!(conn.read().unwrap(), Frame::Integer(1));
+    assert_eq!(
+        conn.read().unwrap(),
+        Frame::error("WRONGTYPE Operation against a key holding the wrong kind of value")
+    );
+    assert_eq!(conn.read().unwrap(), Frame::Null);
+    assert_eq!(conn.read().unwrap(), Frame::Integer(3));
+    assert_eq!(conn.read().unwrap(), Frame::ok());
+    assert_eq!(conn.read().unwrap(), Frame::bulk("changed"));
+    assert_eq!(conn.read().unwrap(), Frame::bulk("v13"));
+
     // A request split across many writes is reassembled.
     for byte in b"*2\r\n$3\r\nGET\r\n$2\r\np7\r\n" {
         conn.send_raw(&[*byte]);

@@ -110,6 +110,11 @@ pub enum ReadOp {
     /// A read-only [`crate::commands::ShardCommand`], as its arguments; `seed`
     /// drives the commands that pick at random.
     Command { args: Vec<Bytes>, seed: u64 },
+    /// A client's consecutive pipelined reads of one shard, sent by the proxy as
+    /// one request: one linearizable read barrier for all of them, then each
+    /// read, in order, from the same applied state, each with its own reply and
+    /// its own ownership check (answered as a `NodeResponse::Batch`). Never nested.
+    Many(Vec<ReadOp>),
 }
 
 /// A write, replicated through the shard's Raft log.
@@ -198,22 +203,47 @@ pub enum ShardOp {
 }
 
 impl ShardOp {
+    /// Operations of one kind as one request: `ReadOp::Many` of reads or
+    /// `WriteOp::Many` of writes; `None` when `ops` mixes the two or is empty.
+    pub fn many(ops: Vec<ShardOp>) -> Option<ShardOp> {
+        let (mut reads, mut writes) = (Vec::new(), Vec::new());
+        for op in ops {
+            match op {
+                ShardOp::Read(read) => reads.push(read),
+                ShardOp::Write(write) => writes.push(write),
+            }
+        }
+        match (reads.is_empty(), writes.is_empty()) {
+            (false, true) => Some(ShardOp::Read(ReadOp::Many(reads))),
+            (true, false) => Some(ShardOp::Write(WriteOp::Many(writes))),
+            _ => None,
+        }
+    }
+
     /// The user keys this operation touches (for routing and ownership checks).
     pub fn keys(&self) -> Vec<&[u8]> {
         match self {
-            ShardOp::Read(op) => match op {
-                ReadOp::Get { key }
-                | ReadOp::StrLen { key }
-                | ReadOp::GetRange { key, .. }
-                | ReadOp::Ttl { key, .. }
-                | ReadOp::Type { key } => vec![key],
-                ReadOp::MGet { keys } | ReadOp::Exists { keys } | ReadOp::Revisions { keys } => {
-                    keys.iter().map(|k| &k[..]).collect()
-                }
-                ReadOp::DbSize | ReadOp::Scan { .. } | ReadOp::Keys { .. } | ReadOp::RandomKey { .. } => vec![],
-                ReadOp::Command { args, .. } => command_keys(args),
-            },
+            ShardOp::Read(op) => op.keys(),
             ShardOp::Write(op) => op.keys(),
+        }
+    }
+}
+
+impl ReadOp {
+    /// The user keys this read touches.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            ReadOp::Get { key }
+            | ReadOp::StrLen { key }
+            | ReadOp::GetRange { key, .. }
+            | ReadOp::Ttl { key, .. }
+            | ReadOp::Type { key } => vec![key],
+            ReadOp::MGet { keys } | ReadOp::Exists { keys } | ReadOp::Revisions { keys } => {
+                keys.iter().map(|k| &k[..]).collect()
+            }
+            ReadOp::DbSize | ReadOp::Scan { .. } | ReadOp::Keys { .. } | ReadOp::RandomKey { .. } => vec![],
+            ReadOp::Command { args, .. } => command_keys(args),
+            ReadOp::Many(reads) => reads.iter().flat_map(ReadOp::keys).collect(),
         }
     }
 }
@@ -273,4 +303,29 @@ pub fn parse_strict_i64(bytes: &[u8]) -> Option<i64> {
         return None;
     }
     std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(key: &str) -> ShardOp {
+        ShardOp::Read(ReadOp::Get { key: key.into() })
+    }
+
+    fn del(key: &str) -> ShardOp {
+        ShardOp::Write(WriteOp::Del { keys: vec![key.into()] })
+    }
+
+    #[test]
+    fn many_groups_operations_of_one_kind_in_order() {
+        let reads = ShardOp::many(vec![get("a"), get("b")]).expect("reads group");
+        assert!(matches!(&reads, ShardOp::Read(ReadOp::Many(r)) if r.len() == 2));
+        assert_eq!(reads.keys(), vec![&b"a"[..], &b"b"[..]]);
+        let writes = ShardOp::many(vec![del("c"), del("d")]).expect("writes group");
+        assert!(matches!(&writes, ShardOp::Write(WriteOp::Many(w)) if w.len() == 2));
+        assert_eq!(writes.keys(), vec![&b"c"[..], &b"d"[..]]);
+        assert_eq!(ShardOp::many(vec![get("a"), del("c")]), None, "reads and writes never share a request");
+        assert_eq!(ShardOp::many(Vec::new()), None);
+    }
 }

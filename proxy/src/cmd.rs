@@ -690,18 +690,20 @@ async fn on_every_shard(router: &Router, op: ShardOp) -> Result<Vec<Frame>, Erro
     }
 }
 
-/// Executes a parsed command against the cluster.
-/// Runs one connection's consecutive writes to `shard` as one request, so they
-/// share one Raft entry and are applied in order; a write whose key a split or
-/// merge moved meanwhile (not applied) runs again on its new shard. Replies in
-/// order.
-pub async fn execute_writes(router: &Router, shard: ShardId, writes: Vec<(Bytes, WriteOp)>) -> Vec<Frame> {
-    let ops: Vec<WriteOp> = writes.iter().map(|(_, op)| op.clone()).collect();
-    let results = router.exec_writes(shard, ops).await;
-    let mut replies = Vec::with_capacity(writes.len());
-    for ((key, op), result) in writes.into_iter().zip(results) {
+/// Runs one connection's consecutive reads, or writes, of `shard` as one
+/// request: writes share one Raft entry and are applied in order, reads share
+/// one read barrier and are answered in order. An operation whose key a split
+/// or merge moved meanwhile (it did not run) runs again on its new shard.
+/// Replies in order.
+pub async fn execute_run(router: &Router, shard: ShardId, run: Vec<(Bytes, ShardOp)>) -> Vec<Frame> {
+    let Some(batch) = ShardOp::many(run.iter().map(|(_, op)| op.clone()).collect()) else {
+        return vec![Frame::error("ERR a batch mixes reads and writes"); run.len()];
+    };
+    let results = router.exec_many(shard, batch, run.len()).await;
+    let mut replies = Vec::with_capacity(run.len());
+    for ((key, op), result) in run.into_iter().zip(results) {
         let result = match result {
-            Err(Error::Moved(_)) => router.exec_key(&key, ShardOp::Write(op)).await,
+            Err(Error::Moved(_)) => router.exec_key(&key, op).await,
             other => other,
         };
         replies.push(result.unwrap_or_else(|e| reply::to_frame(&e)));
@@ -709,6 +711,7 @@ pub async fn execute_writes(router: &Router, shard: ShardId, writes: Vec<(Bytes,
     replies
 }
 
+/// Executes a parsed command against the cluster.
 pub async fn execute(router: &Router, command: Command) -> Frame {
     match run(router, command).await {
         Ok(frame) => frame,

@@ -4,7 +4,9 @@
 //! batch, single-key commands are queued per shard: each shard's queue runs in
 //! order, different shards' queues run concurrently. Consecutive writes in a
 //! shard's queue go to the shard as one request, which the shard applies in one
-//! Raft entry, in order (a pipeline of 16 SETs costs one round per shard, not 16). Commands that touch several
+//! Raft entry, in order (a pipeline of 16 SETs costs one round per shard, not
+//! 16); consecutive reads likewise go as one request that passes one read
+//! barrier and is answered in order. Commands that touch several
 //! shards (MGET, DEL of many keys, DBSIZE, ...) are barriers: everything before
 //! them finishes first. Replies are written in request order, in one write.
 //!
@@ -21,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use redraft_common::ids::ShardId;
-use redraft_common::ops::{ShardOp, WriteOp};
+use redraft_common::ops::{ReadOp, ShardOp, WriteOp};
 use redraft_common::resp::{self, Frame};
 use std::net::SocketAddr;
 
@@ -250,28 +252,23 @@ async fn drain(
         let mut lane = lane.into_iter().peekable();
         while let Some((i, name, command)) = lane.next() {
             let started = std::time::Instant::now();
+            let kind = batchable(&command);
             match command {
-                // Consecutive plain writes leave together: one request, one
-                // Raft entry, applied in order.
-                Command::Keyed {
-                    key,
-                    op: ShardOp::Write(op),
-                } if lane.peek().is_some_and(|(_, _, next)| is_plain_write(next)) => {
+                // Consecutive plain writes leave together (one request, one Raft
+                // entry, applied in order), and so do consecutive plain reads
+                // (one request, one read barrier).
+                Command::Keyed { key, op }
+                    if kind.is_some() && lane.peek().is_some_and(|(_, _, next)| batchable(next) == kind) =>
+                {
                     let mut names = vec![(i, name)];
-                    let mut writes = vec![(key, op)];
-                    while let Some((
-                        j,
-                        next_name,
-                        Command::Keyed {
-                            key,
-                            op: ShardOp::Write(op),
-                        },
-                    )) = lane.next_if(|(_, _, next)| is_plain_write(next))
+                    let mut run = vec![(key, op)];
+                    while let Some((j, next_name, Command::Keyed { key, op })) =
+                        lane.next_if(|(_, _, next)| batchable(next) == kind)
                     {
                         names.push((j, next_name));
-                        writes.push((key, op));
+                        run.push((key, op));
                     }
-                    let frames = cmd::execute_writes(&shared.router, shard, writes).await;
+                    let frames = cmd::execute_run(&shared.router, shard, run).await;
                     for ((j, name), frame) in names.into_iter().zip(frames) {
                         out.push((j, observed(name, started, frame)));
                     }
@@ -286,7 +283,16 @@ async fn drain(
     }
 }
 
-/// A keyed write that can share a request with its neighbours.
-fn is_plain_write(command: &Command) -> bool {
-    matches!(command, Command::Keyed { op: ShardOp::Write(op), .. } if !op.is_reshape() && !matches!(op, WriteOp::Many(_)))
+/// Whether a command can share a request with neighbours of the same kind:
+/// `Some(true)` for a plain keyed write, `Some(false)` for a plain keyed read.
+fn batchable(command: &Command) -> Option<bool> {
+    match command {
+        Command::Keyed {
+            op: ShardOp::Write(op), ..
+        } if !op.is_reshape() && !matches!(op, WriteOp::Many(_)) => Some(true),
+        Command::Keyed {
+            op: ShardOp::Read(op), ..
+        } if !matches!(op, ReadOp::Many(_)) => Some(false),
+        _ => None,
+    }
 }

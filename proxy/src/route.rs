@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use redraft_common::ids::{NodeId, ShardId};
 use redraft_common::keys::Ring;
-use redraft_common::ops::{ShardOp, WriteOp};
+use redraft_common::ops::ShardOp;
 use redraft_common::pd_client::PdClient;
 use redraft_common::resp::Frame;
 use redraft_common::routing::RoutingTable;
@@ -236,13 +236,14 @@ impl Router {
         }
     }
 
-    /// Runs one connection's consecutive writes to `shard` as one request: the
-    /// node applies them in one Raft entry, in order. Each write's own outcome,
-    /// in order; `Err(Moved)` for a write whose key a split or merge moved (it
-    /// was not applied), for the caller to route again.
-    pub async fn exec_writes(&self, shard: ShardId, ops: Vec<WriteOp>) -> Vec<Result<Frame, Error>> {
-        let n = ops.len();
-        match self.call_leader(shard, ShardOp::Write(WriteOp::Many(ops))).await {
+    /// Runs one connection's consecutive reads, or writes, of `shard` as one
+    /// request (`batch` is the `Many` of `n` operations, see [`ShardOp::many`]):
+    /// the node answers the reads after one read barrier, or applies the writes
+    /// in one Raft entry, in order. Each operation's own outcome, in order;
+    /// `Err(Moved)` for one whose key a split or merge moved (it did not run),
+    /// for the caller to route again.
+    pub async fn exec_many(&self, shard: ShardId, batch: ShardOp, n: usize) -> Vec<Result<Frame, Error>> {
+        match self.call_leader(shard, batch).await {
             Ok(NodeResponse::Batch(answers)) if answers.len() == n => answers
                 .into_iter()
                 .map(|answer| match answer {
@@ -261,7 +262,7 @@ impl Router {
     }
 
     /// Sends `op` to `shard`'s leader, following redirects until the deadline;
-    /// the node's final answer: `Reply`, `Batch` (for `WriteOp::Many`) or
+    /// the node's final answer: `Reply`, `Batch` (for a `Many`) or
     /// `WrongShard` (after fetching a newer table).
     async fn call_leader(&self, shard: ShardId, op: ShardOp) -> Result<NodeResponse, Error> {
         let deadline = Instant::now() + RETRY_DEADLINE;

@@ -334,6 +334,8 @@ impl<'a> Keyspace<'a> {
                     .to_string(),
             ),
             ReadOp::DbSize => Frame::Integer(self.count_live() as i64),
+            // The host answers each read of a batch on its own.
+            ReadOp::Many(_) => Frame::error("ERR a read batch cannot be nested"),
         })
     }
 

@@ -41,7 +41,7 @@ use openraft::{BasicNode, Config};
 use redraft_common::ids::{NodeId, ShardId, VnodeId};
 use redraft_common::keys::Ring;
 use redraft_common::now_ms;
-use redraft_common::ops::{ShardOp, WriteOp};
+use redraft_common::ops::{ReadOp, ShardOp, WriteOp};
 use redraft_common::routing::RoutingTable;
 use redraft_common::transport::Endpoint;
 use redraft_common::wire::{self, NodeResponse, ShardLoad};
@@ -548,9 +548,14 @@ impl Host {
                     let db = self.engine.db();
                     let owned = group.owned.get();
                     let mut ks = Keyspace::new(db, self.engine.cf(CF_DATA), &group.ring, &owned, now_ms());
-                    match ks.read(&read) {
+                    let mut answer = |read: &ReadOp| match ks.read(read) {
                         Ok(frame) => NodeResponse::Reply(frame),
                         Err(NotOwned) => NodeResponse::WrongShard { version: 0 },
+                    };
+                    // A client's pipelined reads: one barrier, one answer each, in order.
+                    match &read {
+                        ReadOp::Many(reads) => NodeResponse::Batch(reads.iter().map(answer).collect()),
+                        read => answer(read),
                     }
                 }
             },
