@@ -325,7 +325,11 @@ mod tests {
         let writes = ShardOp::many(vec![del("c"), del("d")]).expect("writes group");
         assert!(matches!(&writes, ShardOp::Write(WriteOp::Many(w)) if w.len() == 2));
         assert_eq!(writes.keys(), vec![&b"c"[..], &b"d"[..]]);
-        assert_eq!(ShardOp::many(vec![get("a"), del("c")]), None, "reads and writes never share a request");
+        assert_eq!(
+            ShardOp::many(vec![get("a"), del("c")]),
+            None,
+            "reads and writes never share a request"
+        );
         assert_eq!(ShardOp::many(Vec::new()), None);
     }
 }
