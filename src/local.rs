@@ -66,6 +66,10 @@ pub struct UpArgs {
     /// (repeatable; kept in `up.json` for restarts).
     #[arg(long = "proxy-arg", allow_hyphen_values = true)]
     pub proxy_args: Vec<String>,
+    /// Tokio worker threads of each member, from the global `--worker-threads`
+    /// (default: one per core in every member).
+    #[arg(skip)]
+    pub worker_threads: Option<usize>,
 }
 
 /// What kind of member a process is.
@@ -123,6 +127,9 @@ pub struct Cluster {
     /// Extra arguments for the proxies (TLS, for instance).
     #[serde(default)]
     pub proxy_args: Vec<String>,
+    /// Tokio worker threads of each member (`None`: one per core).
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 impl Cluster {
@@ -170,6 +177,7 @@ impl Cluster {
             node_args: Vec::new(),
             placement_args: Vec::new(),
             proxy_args: Vec::new(),
+            worker_threads: None,
         }
     }
 
@@ -271,6 +279,9 @@ impl Cluster {
             cmd.arg("--data").arg(&data);
         }
         cmd.arg("--certs").arg(&certs).args(["--cert-name", &member.name]);
+        if let Some(threads) = self.worker_threads {
+            cmd.args(["--worker-threads", &threads.to_string()]);
+        }
         if let Some(http) = member.http {
             cmd.args(["--http", &http.to_string()]);
         }
@@ -384,6 +395,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
             c.fsync = args.fsync.clone();
             c.node_args = args.node_args.clone();
             c.proxy_args = args.proxy_args.clone();
+            c.worker_threads = args.worker_threads.map(|n| n.max(1));
             c
         }
     };
@@ -521,4 +533,31 @@ pub fn down(dir: &Path) -> Result<()> {
     cluster.save()?;
     println!("redraft in {} is down", dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_of(cluster: &Cluster, member: &MemberSpec) -> Vec<String> {
+        cluster
+            .command(Path::new("redraft"), member)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn members_start_with_the_cluster_worker_threads() {
+        let mut cluster = Cluster::new(Path::new("/tmp/x"), 6379, 7100, 3, 1);
+        for member in cluster.members() {
+            assert!(!args_of(&cluster, member).contains(&"--worker-threads".to_string()));
+        }
+        cluster.worker_threads = Some(3);
+        for member in cluster.members() {
+            let args = args_of(&cluster, member);
+            let at = args.iter().position(|a| a == "--worker-threads").expect("flag passed");
+            assert_eq!(args[at + 1], "3", "{args:?}");
+        }
+    }
 }

@@ -213,12 +213,15 @@ fn up_add_node_and_down_from_the_command_line() {
         &port.to_string(),
         "--base-port",
         &base.to_string(),
+        "--worker-threads",
+        "3",
     ]);
     assert!(ready.starts_with("ready"), "{ready}");
     assert!(run(&["up", "add-node"]).contains("added node-4"));
     let up: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("up.json")).unwrap()).unwrap();
     assert_eq!(up["nodes"].as_array().unwrap().len(), 4);
+    assert_eq!(up["worker_threads"], 3);
     for group in ["proxy", "placement", "nodes"] {
         for m in up[group].as_array().unwrap() {
             assert!(
@@ -257,6 +260,19 @@ fn up_add_node_and_down_from_the_command_line() {
             "node 4 got no replicas: {nodes:?}"
         );
         std::thread::sleep(Duration::from_millis(500));
+    }
+    // Every member, node-4 included, runs the worker threads `up` was given.
+    let up: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("up.json")).unwrap()).unwrap();
+    for group in ["proxy", "placement", "nodes"] {
+        for m in up[group].as_array().unwrap() {
+            let (_, metrics) = crate::harness::http_get(m["http"].as_str().unwrap().parse().unwrap(), "/metrics");
+            assert!(
+                metrics.lines().any(|l| l == "redraft_runtime_worker_threads 3"),
+                "{}: {metrics}",
+                m["name"]
+            );
+        }
     }
     let mut conn = Resp::connect(([127, 0, 0, 1], port).into());
     assert_eq!(conn.cmd("SET k v"), Frame::ok());

@@ -1,15 +1,21 @@
 //! The operator HTTP endpoint every process serves: `/metrics` (Prometheus text
 //! format), `/health` (the process is alive) and `/ready` (it is serving: 200, or
-//! 503 with the reason).
+//! 503 with the reason). Also the metrics of the process itself (its runtime's
+//! worker threads).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use anyhow::{Context, Result};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, TextEncoder};
+use prometheus::{register_int_gauge, Encoder, IntGauge, TextEncoder};
+
+/// Tokio worker threads of this process (`--worker-threads`).
+static WORKER_THREADS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("redraft_runtime_worker_threads", "Tokio worker threads of this process").expect("register")
+});
 
 /// Answers whether the process is ready, and if not why.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -21,6 +27,8 @@ pub async fn serve(addr: SocketAddr, ready: Readiness) -> Result<SocketAddr> {
         .await
         .with_context(|| format!("binding HTTP on {addr}"))?;
     let bound = listener.local_addr()?;
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    WORKER_THREADS.set(i64::try_from(workers).unwrap_or(i64::MAX));
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
