@@ -262,8 +262,6 @@ fn up_add_node_and_down_from_the_command_line() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // Every member, node-4 included, runs the worker threads `up` was given.
-    let up: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("up.json")).unwrap()).unwrap();
     for group in ["proxy", "placement", "nodes"] {
         for m in up[group].as_array().unwrap() {
             let (_, metrics) = crate::harness::http_get(m["http"].as_str().unwrap().parse().unwrap(), "/metrics");
