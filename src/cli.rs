@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,7 +24,7 @@ struct Cli {
     log_format: LogFormat,
     /// Tokio worker threads (default: one per core).
     #[arg(long, global = true, env = "REDRAFT_WORKER_THREADS")]
-    worker_threads: Option<usize>,
+    worker_threads: Option<NonZeroUsize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -490,7 +491,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = cli.worker_threads {
-        builder.worker_threads(threads.max(1));
+        builder.worker_threads(threads.get());
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,

@@ -19,6 +19,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,7 +70,7 @@ pub struct UpArgs {
     /// Tokio worker threads of each member, from the global `--worker-threads`
     /// (default: one per core in every member).
     #[arg(skip)]
-    pub worker_threads: Option<usize>,
+    pub worker_threads: Option<NonZeroUsize>,
 }
 
 /// What kind of member a process is.
@@ -129,7 +130,7 @@ pub struct Cluster {
     pub proxy_args: Vec<String>,
     /// Tokio worker threads of each member (`None`: one per core).
     #[serde(default)]
-    pub worker_threads: Option<usize>,
+    pub worker_threads: Option<NonZeroUsize>,
 }
 
 impl Cluster {
@@ -395,7 +396,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
             c.fsync = args.fsync.clone();
             c.node_args = args.node_args.clone();
             c.proxy_args = args.proxy_args.clone();
-            c.worker_threads = args.worker_threads.map(|n| n.max(1));
+            c.worker_threads = args.worker_threads;
             c
         }
     };
@@ -553,7 +554,7 @@ mod tests {
         for member in cluster.members() {
             assert!(!args_of(&cluster, member).contains(&"--worker-threads".to_string()));
         }
-        cluster.worker_threads = Some(3);
+        cluster.worker_threads = NonZeroUsize::new(3);
         for member in cluster.members() {
             let args = args_of(&cluster, member);
             let at = args.iter().position(|a| a == "--worker-threads").expect("flag passed");

@@ -275,6 +275,17 @@ fn up_add_node_and_down_from_the_command_line() {
     let mut conn = Resp::connect(([127, 0, 0, 1], port).into());
     assert_eq!(conn.cmd("SET k v"), Frame::ok());
     assert!(run(&["down"]).contains("is down"));
+    let zero = std::process::Command::new(exe)
+        .args(["up", "--worker-threads", "0", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!zero.status.success());
+    assert!(
+        String::from_utf8_lossy(&zero.stderr).contains("invalid value '0' for '--worker-threads"),
+        "{}",
+        String::from_utf8_lossy(&zero.stderr)
+    );
     let pids: Vec<u64> = ["proxy", "placement", "nodes"]
         .iter()
         .flat_map(|g| up[*g].as_array().unwrap().iter().map(|m| m["pid"].as_u64().unwrap()))
