@@ -205,7 +205,7 @@ enum CtlCommand {
         #[arg(long)]
         members: String,
     },
-    /// Move a shard's leadership to a node (it campaigns and wins when up to date).
+    /// Move a shard's leadership to a node: the leader holds new writes until the node has caught up, then the node campaigns.
     TransferLeader {
         /// Placement driver members, comma-separated.
         #[arg(long)]
@@ -774,28 +774,9 @@ async fn run(command: Command) -> Result<()> {
                 to,
             } => {
                 let (endpoint, table) = ctl_routing(&placement, &membership).await?;
-                let info = table.shards.get(&shard).ok_or_else(|| anyhow!("no shard {shard}"))?;
-                if !info.replicas.contains(&to) {
-                    return Err(anyhow!(
-                        "node {to} holds no replica of shard {shard} (replicas {:?})",
-                        info.replicas
-                    ));
-                }
-                let addr = table
-                    .addr_of(to)
-                    .ok_or_else(|| anyhow!("no address for node {to}"))?
-                    .parse()?;
-                let request = redraft_common::wire::NodeRequest::Campaign { shard };
-                let answer: redraft_common::wire::NodeResponse = endpoint
-                    .call(addr, &request, std::time::Duration::from_secs(10))
-                    .await?;
-                match answer {
-                    redraft_common::wire::NodeResponse::Reply(_) => {
-                        println!("node {to} now leads shard {shard}");
-                        Ok(())
-                    }
-                    other => Err(anyhow!("node {to} did not take over shard {shard}: {other:?}")),
-                }
+                redraft_placement::scheduler::transfer_leadership(&endpoint, &table, shard, to).await?;
+                println!("node {to} now leads shard {shard}");
+                Ok(())
             }
         },
     }

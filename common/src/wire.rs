@@ -40,8 +40,9 @@ pub enum NodeRequest {
     },
     /// Several requests sent together; answered by a `Batch` of the same length.
     Batch(Vec<NodeRequest>),
-    /// Operator: make this node's replica of `shard` campaign for leadership (how
-    /// a leader is moved here). Answered `Reply(+OK)` once it leads, or `NotLeader`.
+    /// Make this node's replica of `shard` campaign for leadership: sent by the
+    /// leader handing over (`TransferLeader`), or by the scheduler to a shard
+    /// without a leader. Answered `Reply(+OK)` once it leads, or `NotLeader`.
     Campaign { shard: ShardId },
     /// Scheduler, to a shard's leader: add `node` (reachable at `addr`) as a
     /// learner and wait until it has caught up. `Reply(+OK)`, or `NotLeader`.
@@ -57,6 +58,11 @@ pub enum NodeRequest {
     Ping,
     /// Pub/Sub between proxies and this node (see `pubsub`): `PubSub(..)`.
     PubSub(crate::pubsub::PubSubRequest),
+    /// Scheduler or operator, to a shard's leader: hand the leadership to `to`
+    /// (Raft's leadership transfer: new writes wait while `to` catches up, then
+    /// `to` campaigns). `Reply(+OK)` once `to` leads, `NotLeader` when this node
+    /// does not lead, `Unknown` when the transfer did not happen.
+    TransferLeader { shard: ShardId, to: NodeId },
 }
 
 /// A shard node's answer.

@@ -243,6 +243,14 @@ pub fn next_step(table: &RoutingTable, live: &[NodeId], dead: &[NodeId], in_flig
     None
 }
 
+/// Where node `node` listens, from the routing table.
+fn node_addr(table: &RoutingTable, node: NodeId) -> Result<SocketAddr> {
+    Ok(table
+        .addr_of(node)
+        .ok_or_else(|| anyhow!("no address for node {node}"))?
+        .parse()?)
+}
+
 /// Sends an operator request to a shard's leader, following leader hints and
 /// trying the other replicas when a node does not answer (it may be the dead one).
 async fn to_leader(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, request: NodeRequest) -> Result<Frame> {
@@ -250,10 +258,7 @@ async fn to_leader(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, re
     let mut target = info.leader.or(info.replicas.first().copied());
     for attempt in 0..8 {
         let node = target.ok_or_else(|| anyhow!("shard {shard} has no known leader"))?;
-        let addr: SocketAddr = table
-            .addr_of(node)
-            .ok_or_else(|| anyhow!("no address for node {node}"))?
-            .parse()?;
+        let addr = node_addr(table, node)?;
         match endpoint
             .call::<_, NodeResponse>(addr, &request, Duration::from_secs(70))
             .await
@@ -271,19 +276,35 @@ async fn to_leader(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, re
     bail!("shard {shard}: no leader answered")
 }
 
-/// Asks node `to` to take over the leadership of `shard`.
-async fn campaign(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, to: NodeId) -> Result<()> {
-    let addr: SocketAddr = table
-        .addr_of(to)
-        .ok_or_else(|| anyhow!("no address for node {to}"))?
-        .parse()?;
-    match endpoint
-        .call::<_, NodeResponse>(addr, &NodeRequest::Campaign { shard }, Duration::from_secs(10))
-        .await?
-    {
-        NodeResponse::Reply(_) => Ok(()),
-        other => bail!("node {to} did not take over shard {shard}: {other:?}"),
+/// Moves the leadership of `shard` to node `to`: asks the current leader to hand
+/// it over (a leadership transfer, which holds writes only while `to` catches
+/// up), or, when no replica leads, asks `to` to campaign. Follows `NotLeader`
+/// answers to the leader they name.
+pub async fn transfer_leadership(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, to: NodeId) -> Result<()> {
+    let info = table.shards.get(&shard).ok_or_else(|| anyhow!("no shard {shard}"))?;
+    if !info.replicas.contains(&to) {
+        bail!(
+            "node {to} holds no replica of shard {shard} (replicas {:?})",
+            info.replicas
+        );
     }
+    let mut leader = info.leader;
+    for _ in 0..3 {
+        let (node, request) = match leader {
+            Some(leader) => (leader, NodeRequest::TransferLeader { shard, to }),
+            None => (to, NodeRequest::Campaign { shard }),
+        };
+        let addr = node_addr(table, node)?;
+        match endpoint
+            .call::<_, NodeResponse>(addr, &request, Duration::from_secs(10))
+            .await?
+        {
+            NodeResponse::Reply(_) => return Ok(()),
+            NodeResponse::NotLeader { leader: named } if named != leader => leader = named,
+            other => bail!("node {to} did not take over shard {shard}: {other:?}"),
+        }
+    }
+    bail!("node {to} did not take over shard {shard}: the leader kept changing")
 }
 
 /// Takes one step; returns it, or `None` when the cluster is balanced.
@@ -375,10 +396,7 @@ async fn wait_applied(
     node: NodeId,
     index: u64,
 ) -> Result<()> {
-    let addr: SocketAddr = table
-        .addr_of(node)
-        .ok_or_else(|| anyhow!("no address for node {node}"))?
-        .parse()?;
+    let addr = node_addr(table, node)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let answer = endpoint
@@ -410,7 +428,7 @@ pub async fn begin_move(
         // Hand leadership to a staying replica first, so no write is in
         // flight on the replica that is about to be deleted.
         if let Some(stay) = info.replicas.iter().copied().find(|n| n != from) {
-            campaign(endpoint, table, *shard, stay).await?;
+            transfer_leadership(endpoint, table, *shard, stay).await?;
         }
     }
     if info.learners.contains(to) {
@@ -528,7 +546,7 @@ async fn execute_move(cluster: &impl Cluster, endpoint: &Endpoint, table: &Routi
         }
         Step::Lead { shard, to } => {
             tracing::info!(shard_id = shard, to, "moving leadership");
-            if let Err(e) = campaign(endpoint, table, *shard, *to).await {
+            if let Err(e) = transfer_leadership(endpoint, table, *shard, *to).await {
                 tracing::warn!(shard_id = shard, to, error = %e, "leadership move failed");
             }
         }

@@ -9,7 +9,18 @@
 //! through the group's proposal queue ([`crate::proposals`]) to `client_write`,
 //! reads through openraft's linearizable read (ReadIndex)
 //! followed by a read of RocksDB. The scheduler's membership operations (add a
-//! learner, change voters, campaign) run here on the shard's leader.
+//! learner, change voters, transfer the leadership) run here on the shard's
+//! leader.
+//!
+//! LEADERSHIP TRANSFER. openraft 0.9 has none, so [`Host::transfer_leader`]
+//! builds Raft's (thesis, section 3.10) from what it has: the leader stops
+//! starting entries (writes queue), waits until the target's log matches its
+//! own, then has the target campaign. The target then wins at once: the old
+//! leader grants its vote (logs equal) as soon as its own leader lease has run
+//! out, which the transfer waits for first; followers would refuse within
+//! theirs. A target that merely campaigned while writes kept flowing would
+//! usually lag the leader, lose, and leave the shard without a leader until the
+//! next election.
 //!
 //! QUIESCENCE. A group whose log has not grown for a while (`--quiesce-after-secs`,
 //! 5 s by default) stops its
@@ -57,6 +68,12 @@ use crate::reads::ReadBarrier;
 use crate::storage::ElementHints;
 use redraft_raft_storage::network::{GroupNetwork, NodeWire};
 
+/// How long a leadership transfer waits for the target's log to catch up.
+pub const TRANSFER_CATCH_UP: Duration = Duration::from_secs(1);
+/// How long a leadership transfer waits for the target to win its election.
+/// Together with [`TRANSFER_CATCH_UP`] shorter than the proxy's 3 s wait for a
+/// node, so the writes held meanwhile are still answered.
+pub const TRANSFER_CAMPAIGN: Duration = Duration::from_millis(1500);
 /// How long a learner may take to catch up, or a membership change to commit.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often idle groups are looked for.
@@ -91,6 +108,27 @@ pub struct Group {
     pub proposals: Proposals,
     /// Reads waiting to share the group's next ReadIndex round.
     pub reads: ReadBarrier,
+    /// The term this node was last seen leading in, and when it was first seen
+    /// doing so: no earlier than the start of its leader lease in that term.
+    leading: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+    /// A leadership transfer is under way: a second one (to another target)
+    /// would have two replicas campaign, and the loser disrupt the winner.
+    transferring: std::sync::atomic::AtomicBool,
+}
+
+impl Group {
+    /// When this node was first seen leading in `term` (now, if not before).
+    fn leading_since(&self, term: u64) -> std::time::Instant {
+        let mut leading = self.leading.lock().expect("leading lock");
+        match *leading {
+            Some((seen, at)) if seen == term => at,
+            _ => {
+                let now = std::time::Instant::now();
+                *leading = Some((term, now));
+                now
+            }
+        }
+    }
 }
 
 /// Campaigns for a group created by a split until some replica leads it: the
@@ -112,6 +150,19 @@ async fn campaign_until_led(group: Arc<Group>, me: NodeId) {
             tracing::debug!(node_id = me, "split shard has a leader");
             return;
         }
+    }
+}
+
+/// The answer to a client's pipelined writes. They share one Raft entry, so
+/// either each has its own outcome or none was proposed: a refusal that says
+/// so (`NotLeader`, `NoShard`) is answered once, as for a single write, and the
+/// proxy retries the whole batch where it belongs. Answered per write, it would
+/// reach the client as an unknown outcome.
+pub fn many_answer(answers: Vec<NodeResponse>) -> NodeResponse {
+    let not_proposed = |a: &NodeResponse| matches!(a, NodeResponse::NotLeader { .. } | NodeResponse::NoShard);
+    match answers.first() {
+        Some(first) if not_proposed(first) && answers.iter().all(not_proposed) => first.clone(),
+        _ => NodeResponse::Batch(answers),
     }
 }
 
@@ -244,6 +295,8 @@ impl Host {
             ring,
             proposals: Proposals::default(),
             reads: ReadBarrier::default(),
+            leading: std::sync::Mutex::new(None),
+            transferring: std::sync::atomic::AtomicBool::new(false),
         });
         self.groups.insert(shard, group.clone());
         Ok(group)
@@ -496,6 +549,7 @@ impl Host {
         for group in self.groups.iter() {
             let m = group.raft.metrics().borrow().clone();
             if m.current_leader == Some(self.node_id) {
+                group.leading_since(m.current_term);
                 led.insert(*group.key());
                 let last = m.last_log_index.unwrap_or(0);
                 if let Some(replication) = &m.replication {
@@ -560,7 +614,7 @@ impl Host {
                 }
             },
             // A client's pipelined writes: one outcome each, applied in order.
-            ShardOp::Write(WriteOp::Many(ops)) => NodeResponse::Batch(self.exec_writes(shard, ops).await),
+            ShardOp::Write(WriteOp::Many(ops)) => many_answer(self.exec_writes(shard, ops).await),
             ShardOp::Write(write) => self.propose(&group, write).await,
         }
     }
@@ -674,11 +728,94 @@ impl Host {
         }
     }
 
+    /// On the leader of `shard`: hands the leadership to `to` (see LEADERSHIP
+    /// TRANSFER above). Writes wait for at most [`TRANSFER_CATCH_UP`] plus
+    /// [`TRANSFER_CAMPAIGN`]; a target that does not catch up in time leaves
+    /// the leadership where it was.
+    pub async fn transfer_leader(&self, shard: ShardId, to: NodeId) -> NodeResponse {
+        let Some(group) = self.group(shard) else {
+            return NodeResponse::NoShard;
+        };
+        self.wake(shard, &group);
+        let me = self.node_id;
+        let m = group.raft.metrics().borrow().clone();
+        if m.current_leader != Some(me) {
+            return NodeResponse::NotLeader {
+                leader: m.current_leader,
+            };
+        }
+        if to == me {
+            return NodeResponse::Reply(redraft_common::resp::Frame::ok());
+        }
+        let membership = m.membership_config.membership();
+        let target = membership
+            .get_node(&to)
+            .filter(|_| membership.voter_ids().any(|v| v == to))
+            .and_then(|n| n.addr.parse::<std::net::SocketAddr>().ok());
+        let Some(addr) = target else {
+            return NodeResponse::Unknown(format!("node {to} is not a voter of shard {shard}"));
+        };
+        use std::sync::atomic::Ordering;
+        if group.transferring.swap(true, Ordering::AcqRel) {
+            return NodeResponse::Unknown(format!("a leadership transfer of shard {shard} is under way"));
+        }
+        struct Transferring<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Transferring<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _transferring = Transferring(&group.transferring);
+        // Until this leader's lease runs out it refuses every vote, the target's too.
+        let lease = Duration::from_millis(self.raft_config.election_timeout_max) + Duration::from_millis(50);
+        tokio::time::sleep_until((group.leading_since(m.current_term) + lease).into()).await;
+
+        // Entries already taken from the queue may still be on their way into
+        // the log: the target has caught up once they are answered and its log
+        // matches the leader's.
+        let paused = group.proposals.pause(&group.raft);
+        let deadline = tokio::time::Instant::now() + TRANSFER_CATCH_UP;
+        loop {
+            let m = group.raft.metrics().borrow().clone();
+            if m.current_leader != Some(me) {
+                return NodeResponse::NotLeader {
+                    leader: m.current_leader,
+                };
+            }
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&to).copied().flatten())
+                .map(|l| l.index);
+            if group.proposals.settled() && matched.is_some() && matched >= m.last_log_index {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return NodeResponse::Unknown(format!(
+                    "node {to} did not catch up within {TRANSFER_CATCH_UP:?}; node {me} still leads shard {shard}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let answer = self
+            .endpoint
+            .call::<_, NodeResponse>(addr, &wire::NodeRequest::Campaign { shard }, TRANSFER_CAMPAIGN)
+            .await;
+        drop(paused);
+        match answer {
+            Ok(NodeResponse::Reply(_)) => {
+                tracing::info!(shard_id = shard, from = me, to, "leadership transferred");
+                NodeResponse::Reply(redraft_common::resp::Frame::ok())
+            }
+            Ok(other) => other,
+            Err(e) => NodeResponse::Unknown(format!("node {to} did not answer its campaign: {e}")),
+        }
+    }
+
     /// Makes this replica of `shard` campaign; waits up to 5 s for it to lead.
-    ///
-    /// openraft 0.9 has no leadership transfer, so this is how a leader is moved:
-    /// the target starts an election with a higher term, which it wins when its
-    /// log is up to date (Raft's election restriction keeps this safe).
+    /// Sent by a leader handing over (its log is then up to date, see
+    /// [`Host::transfer_leader`]) or to a shard that has no leader; the
+    /// election restriction keeps it safe either way.
     pub async fn campaign(&self, shard: ShardId) -> NodeResponse {
         let Some(group) = self.group(shard) else {
             return NodeResponse::NoShard;
@@ -810,5 +947,32 @@ impl Host {
         for group in self.groups.iter() {
             let _ = group.raft.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redraft_common::resp::Frame;
+
+    use super::*;
+
+    #[test]
+    fn pipelined_writes_refused_together_are_answered_once() {
+        let refused = NodeResponse::NotLeader { leader: Some(2) };
+        match many_answer(vec![refused.clone(), refused.clone()]) {
+            NodeResponse::NotLeader { leader } => assert_eq!(leader, Some(2)),
+            other => panic!("expected NotLeader, got {other:?}"),
+        }
+        assert!(matches!(
+            many_answer(vec![NodeResponse::NoShard, NodeResponse::NoShard]),
+            NodeResponse::NoShard
+        ));
+        // Outcomes of writes that ran stay per write.
+        let ran = many_answer(vec![
+            NodeResponse::Reply(Frame::ok()),
+            NodeResponse::WrongShard { version: 0 },
+        ]);
+        assert!(matches!(ran, NodeResponse::Batch(answers) if answers.len() == 2));
+        assert!(matches!(many_answer(Vec::new()), NodeResponse::Batch(answers) if answers.is_empty()));
     }
 }

@@ -241,6 +241,7 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
         },
         NodeRequest::Exec { shard, op, .. } => host.exec(shard, op).await,
         NodeRequest::Campaign { shard } => host.campaign(shard).await,
+        NodeRequest::TransferLeader { shard, to } => host.transfer_leader(shard, to).await,
         NodeRequest::AddLearner { shard, node, addr } => host.add_learner(shard, node, addr).await,
         NodeRequest::ChangeVoters { shard, voters } => host.change_voters(shard, voters).await,
         NodeRequest::Applied { shard } => host.applied(shard),
@@ -297,7 +298,7 @@ async fn serve_batch(host: &Host, requests: Vec<NodeRequest>) -> Vec<NodeRespons
         for position in positions {
             match position {
                 Answer::One(i) => out.push((i, answers.next().expect("an answer per write"))),
-                Answer::Many(i, len) => out.push((i, NodeResponse::Batch(answers.by_ref().take(len).collect()))),
+                Answer::Many(i, len) => out.push((i, host::many_answer(answers.by_ref().take(len).collect()))),
             }
         }
         out

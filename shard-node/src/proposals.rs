@@ -56,6 +56,9 @@ struct Queue {
     /// Callers' writes, each caller's kept together.
     waiting: std::collections::VecDeque<Vec<Waiter>>,
     in_flight: usize,
+    /// Leadership transfers under way: while non-zero no new entry starts and
+    /// writes wait in the queue.
+    paused: usize,
 }
 
 /// One group's proposal queue (cheap to clone: a shared handle).
@@ -81,7 +84,7 @@ impl Proposals {
             }
             let mut queue = self.queue.lock().expect("proposal queue lock");
             queue.waiting.push_back(caller);
-            let start = queue.in_flight < IN_FLIGHT;
+            let start = queue.paused == 0 && queue.in_flight < IN_FLIGHT;
             if start {
                 queue.in_flight += 1;
             }
@@ -109,7 +112,7 @@ impl Proposals {
         loop {
             let batch: Vec<Waiter> = {
                 let mut queue = self.queue.lock().expect("proposal queue lock");
-                if queue.waiting.is_empty() {
+                if queue.waiting.is_empty() || queue.paused > 0 {
                     queue.in_flight -= 1;
                     return;
                 }
@@ -152,6 +155,52 @@ impl Proposals {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Proposals {
+    /// Holds new entries back (writes keep queueing) until the returned guard is
+    /// dropped; entries already proposed go on. A leader handing its leadership
+    /// over pauses so the new leader's log can catch up with its own.
+    pub fn pause(&self, raft: &typ::Raft) -> Paused {
+        self.queue.lock().expect("proposal queue lock").paused += 1;
+        Paused {
+            proposals: self.clone(),
+            raft: raft.clone(),
+        }
+    }
+
+    /// Whether every entry this queue proposed has been answered (applied, or
+    /// failed): while paused, nothing more will reach the log through it.
+    pub fn settled(&self) -> bool {
+        self.queue.lock().expect("proposal queue lock").in_flight == 0
+    }
+}
+
+/// A pause of a group's proposals; dropping it proposes what queued meanwhile
+/// (through whichever replica leads then: a former leader's entries fail with
+/// `NotLeader`, which the proxy retries at the new one).
+pub struct Paused {
+    proposals: Proposals,
+    raft: typ::Raft,
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let starts = {
+            let mut queue = self.proposals.queue.lock().expect("proposal queue lock");
+            queue.paused -= 1;
+            if queue.paused > 0 {
+                0
+            } else {
+                let starts = IN_FLIGHT.saturating_sub(queue.in_flight).min(queue.waiting.len());
+                queue.in_flight += starts;
+                starts
+            }
+        };
+        for _ in 0..starts {
+            tokio::spawn(self.proposals.clone().flush(self.raft.clone()));
         }
     }
 }
