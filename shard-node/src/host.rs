@@ -807,7 +807,7 @@ impl Host {
                 tracing::info!(shard_id = shard, from = me, to, "leadership transferred");
                 NodeResponse::Reply(redraft_common::resp::Frame::ok())
             }
-            Ok(other) => other,
+            Ok(other) => NodeResponse::Unknown(format!("node {to} did not win its election: {other:?}")),
             Err(e) => NodeResponse::Unknown(format!("node {to} did not answer its campaign: {e}")),
         }
     }
