@@ -122,6 +122,31 @@ fn whole_cluster_restart() {
 }
 
 #[test]
+fn busiest_leader_stopped_with_sigterm_hands_its_leaders_over() {
+    let unknown = scenario("SIGTERM of the busiest leader, restart", |c, t| {
+        sleep_part(t, 0.2);
+        let leader = c.busiest_leader();
+        c.terminate(&leader);
+        // It reports how many of the shards it led it handed over.
+        let log = c.log_of(&leader);
+        let report = log
+            .lines()
+            .rfind(|l| l.contains("handed leaderships over before stopping"))
+            .unwrap_or_else(|| panic!("{leader} did not hand its leaders over"));
+        let field = |name: &str| -> usize {
+            let at = report.find(&format!("{name}=")).unwrap() + name.len() + 1;
+            report[at..].split(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(field("led") > 0, "{report}");
+        assert_eq!(field("moved"), field("led"), "{report}");
+        sleep_part(t, 0.3);
+        c.restart(&leader);
+    });
+    // Its shards changed leader before it stopped: no write was cut off.
+    assert_eq!(unknown, 0, "writes with an unknown outcome");
+}
+
+#[test]
 fn placement_driver_kill() {
     scenario("placement driver kill -9 and restart", |c, t| {
         sleep_part(t, 0.2);

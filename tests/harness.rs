@@ -126,6 +126,12 @@ impl TestCluster {
         }
     }
 
+    /// A member's log so far.
+    pub fn log_of(&self, name: &str) -> String {
+        let member = self.cluster.members().find(|m| m.name == name).unwrap();
+        std::fs::read_to_string(&member.log).unwrap_or_default()
+    }
+
     /// Prints every member's log (on failure).
     pub fn dump_logs(&self) {
         for m in self.cluster.members() {
@@ -138,16 +144,39 @@ impl TestCluster {
         }
     }
 
-    /// `kill -9` of a member by name (e.g. `node-2`).
-    pub fn kill9(&mut self, name: &str) {
+    /// The running process of member `name`, no longer tracked (nor killed on drop).
+    fn take_child(&mut self, name: &str) -> std::process::Child {
         let i = self
             .children
             .iter()
             .position(|(n, _)| n == name)
             .unwrap_or_else(|| panic!("{name} not running"));
-        let (_, mut child) = self.children.remove(i);
+        self.children.remove(i).1
+    }
+
+    /// `kill -9` of a member by name (e.g. `node-2`).
+    pub fn kill9(&mut self, name: &str) {
+        let mut child = self.take_child(name);
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// SIGTERM to a member by name; waits until it has exited (at most 20 s).
+    pub fn terminate(&mut self, name: &str) {
+        let mut child = self.take_child(name);
+        assert!(std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("{name} did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts a stopped member again with the same data.

@@ -20,7 +20,8 @@
 //! out, which the transfer waits for first; followers would refuse within
 //! theirs. A target that merely campaigned while writes kept flowing would
 //! usually lag the leader, lose, and leave the shard without a leader until the
-//! next election.
+//! next election. A stopping node hands over every shard it leads this way
+//! ([`Host::hand_off_leaders`]).
 //!
 //! QUIESCENCE. A group whose log has not grown for a while (`--quiesce-after-secs`,
 //! 5 s by default) stops its
@@ -194,6 +195,8 @@ pub struct Host {
     pub pubsub: crate::pubsub::Hub,
     /// Which virtual nodes may hold collection elements (shared by all replicas).
     element_hints: Arc<ElementHints>,
+    /// The node is stopping: it hands its leaderships over and takes none.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Host {
@@ -227,6 +230,7 @@ impl Host {
             peer_seen: DashMap::new(),
             pubsub: crate::pubsub::Hub::default(),
             element_hints,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -820,6 +824,9 @@ impl Host {
         let Some(group) = self.group(shard) else {
             return NodeResponse::NoShard;
         };
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return NodeResponse::Unknown(format!("node {} is stopping", self.node_id));
+        }
         self.wake(shard, &group);
         if let Err(e) = group.raft.trigger().elect().await {
             return NodeResponse::Unknown(e.to_string());
@@ -940,6 +947,51 @@ impl Host {
             }
         }
         (expired, None)
+    }
+
+    /// Before the node stops (SIGTERM): hands every shard it leads to the voter
+    /// whose log is furthest along among the nodes that answer pings, all
+    /// shards at once, for at most `within`. From then on the node refuses to
+    /// campaign, so leader balancing cannot hand them back. A shard not handed
+    /// over elects a leader once this node is gone, as after a crash; one that
+    /// was loses no write and waits for no election timeout.
+    pub async fn hand_off_leaders(&self, within: Duration) {
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        let led: Vec<(ShardId, NodeId)> = self
+            .groups
+            .iter()
+            .filter_map(|group| {
+                let m = group.raft.metrics().borrow().clone();
+                if m.current_leader != Some(self.node_id) {
+                    return None;
+                }
+                let membership = m.membership_config.membership();
+                let to = m
+                    .replication
+                    .as_ref()?
+                    .iter()
+                    .filter(|(node, _)| **node != self.node_id && self.peer_is_up(**node))
+                    .filter(|(node, _)| membership.voter_ids().any(|v| v == **node))
+                    .max_by_key(|(_, matched)| matched.map(|l| l.index))
+                    .map(|(node, _)| *node)?;
+                Some((*group.key(), to))
+            })
+            .collect();
+        if led.is_empty() {
+            return;
+        }
+        let transfers = led.iter().map(|&(shard, to)| self.transfer_leader(shard, to));
+        let moved = tokio::time::timeout(within, futures::future::join_all(transfers))
+            .await
+            .map_or(0, |answers| {
+                answers.iter().filter(|a| matches!(a, NodeResponse::Reply(_))).count()
+            });
+        tracing::info!(
+            node_id = self.node_id,
+            moved,
+            led = led.len(),
+            "handed leaderships over before stopping"
+        );
     }
 
     /// Stops every group.

@@ -201,6 +201,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     };
     shutdown.await;
     tracing::info!(node_id, "shard node stopping");
+    // Still serving: writes that reach this node meanwhile are answered, or
+    // redirected once their shard has a new leader.
+    host.hand_off_leaders(HAND_OFF_WITHIN).await;
+    // Requests already on their way still get an answer (a redirect).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for task in [heartbeat, watch, expiry, serve, reshapes, liveness, quiesce] {
         task.abort();
     }
@@ -311,6 +316,10 @@ async fn serve_batch(host: &Host, requests: Vec<NodeRequest>) -> Vec<NodeRespons
     }
     out
 }
+
+/// How long a stopping node spends handing its leaderships over: well inside
+/// the 10 s `redraft down` and the 30 s Kubernetes give a member to exit.
+const HAND_OFF_WITHIN: Duration = Duration::from_secs(5);
 
 /// Stored keys the background expiry looks at per led shard per second: bounded
 /// work (like Redis's active expiry cycle) that still sweeps a million-key shard
