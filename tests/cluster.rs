@@ -191,7 +191,9 @@ fn up_add_node_and_down_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let exe = env!("CARGO_BIN_EXE_redraft");
     let port = crate::harness::free_port();
-    let base = 21000 + (std::process::id() % 20000) as u16;
+    // Below both Linux's ephemeral ports (32768 and up, which outgoing
+    // connections take) and the harness's range (20000-31999).
+    let base = 10000 + (std::process::id() % 60) as u16 * 100;
     let run = |args: &[&str]| {
         let out = std::process::Command::new(exe)
             .args(args)

@@ -980,15 +980,28 @@ impl Host {
         if led.is_empty() {
             return;
         }
-        let transfers = led.iter().map(|&(shard, to)| self.transfer_leader(shard, to));
-        let moved = tokio::time::timeout(within, futures::future::join_all(transfers))
-            .await
-            .map_or(0, |answers| {
-                answers.iter().filter(|a| matches!(a, NodeResponse::Reply(_))).count()
-            });
+        let hand_over = |shard: ShardId, to: NodeId| async move {
+            // A transfer the scheduler started first may move it already.
+            while self
+                .group(shard)
+                .is_some_and(|g| g.transferring.load(std::sync::atomic::Ordering::Acquire))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.transfer_leader(shard, to).await
+        };
+        let transfers = led.iter().map(|&(shard, to)| hand_over(shard, to));
+        let _ = tokio::time::timeout(within, futures::future::join_all(transfers)).await;
+        let still_led = led
+            .iter()
+            .filter(|(shard, _)| {
+                self.group(*shard)
+                    .is_some_and(|g| g.raft.metrics().borrow().current_leader == Some(self.node_id))
+            })
+            .count();
         tracing::info!(
             node_id = self.node_id,
-            moved,
+            moved = led.len() - still_led,
             led = led.len(),
             "handed leaderships over before stopping"
         );

@@ -157,9 +157,7 @@ impl Proposals {
             }
         }
     }
-}
 
-impl Proposals {
     /// Holds new entries back (writes keep queueing) until the returned guard is
     /// dropped; entries already proposed go on. A leader handing its leadership
     /// over pauses so the new leader's log can catch up with its own.
