@@ -402,6 +402,20 @@ pub async fn up(args: UpArgs) -> Result<()> {
     };
     cluster.ensure_certs()?;
     let specs: Vec<MemberSpec> = cluster.members().cloned().collect();
+    // A member that cannot bind its port exits at once; say so before starting any.
+    for spec in &specs {
+        for port in [Some(spec.addr.port()), spec.http.map(|h| h.port())]
+            .into_iter()
+            .flatten()
+        {
+            if !port_is_free(port) {
+                bail!(
+                    "port {port} of {} is in use on 127.0.0.1; choose others with --port and --base-port",
+                    spec.name
+                );
+            }
+        }
+    }
     let mut children = Vec::new();
     for spec in &specs {
         let child = cluster.spawn(&exe, spec)?;
@@ -444,13 +458,7 @@ fn add_node(exe: &Path, dir: &Path) -> Result<()> {
         .flat_map(|m| [Some(m.addr.port()), m.http.map(|h| h.port())])
         .flatten()
         .collect();
-    let next = |from: u16| {
-        (from..u16::MAX).find(|p| {
-            !used.contains(p)
-                && std::net::UdpSocket::bind(("127.0.0.1", *p)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()
-        })
-    };
+    let next = |from: u16| (from..u16::MAX).find(|p| !used.contains(p) && port_is_free(*p));
     let port = next(last.addr.port() + 1).ok_or_else(|| anyhow::anyhow!("no free port"))?;
     let http = next(last.http.map_or(port + 100, |h| h.port() + 1).max(port + 1))
         .ok_or_else(|| anyhow::anyhow!("no free port"))?;
@@ -476,6 +484,11 @@ fn add_node(exe: &Path, dir: &Path) -> Result<()> {
         http
     );
     Ok(())
+}
+
+/// Whether `port` is free on 127.0.0.1 for both TCP (proxy, HTTP) and UDP (QUIC).
+fn port_is_free(port: u16) -> bool {
+    std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
 /// Watches the members until Ctrl-C or SIGTERM, reporting any that exit.

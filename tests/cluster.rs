@@ -299,4 +299,26 @@ fn up_add_node_and_down_from_the_command_line() {
             "pid {pid} still runs after down"
         );
     }
+    // Restarting the stopped cluster while something holds its proxy port
+    // fails at once, naming the port, and starts no member.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let busy = std::process::Command::new(exe)
+        .args(["up", "--detach", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    drop(squatter);
+    let stderr = String::from_utf8_lossy(&busy.stderr);
+    assert!(!busy.status.success());
+    assert!(
+        stderr.contains(&format!("port {port} of proxy-1 is in use")),
+        "{stderr}"
+    );
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("up.json")).unwrap()).unwrap();
+    for group in ["proxy", "placement", "nodes"] {
+        for m in after[group].as_array().unwrap() {
+            assert!(m["pid"].is_null(), "{m} started although a port was taken");
+        }
+    }
 }
