@@ -72,8 +72,8 @@ use redraft_raft_storage::network::{GroupNetwork, NodeWire};
 /// How long a leadership transfer waits for the target's log to catch up.
 pub const TRANSFER_CATCH_UP: Duration = Duration::from_secs(1);
 /// How long a leadership transfer waits for the target to win its election.
-/// Together with [`TRANSFER_CATCH_UP`] shorter than the proxy's 3 s wait for a
-/// node, so the writes held meanwhile are still answered.
+/// Together with [`TRANSFER_CATCH_UP`] well under the proxy's 7 s per call,
+/// so the writes held meanwhile are still answered.
 pub const TRANSFER_CAMPAIGN: Duration = Duration::from_millis(1500);
 /// How long a learner may take to catch up, or a membership change to commit.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
