@@ -70,7 +70,11 @@ use crate::storage::ElementHints;
 use redraft_raft_storage::network::{GroupNetwork, NodeWire};
 
 /// How long a leadership transfer waits for the target's log to catch up.
-pub const TRANSFER_CATCH_UP: Duration = Duration::from_secs(1);
+pub const TRANSFER_CATCH_UP: Duration = Duration::from_millis(500);
+/// Entries a transfer target may lag behind when the transfer starts: one
+/// further behind (or on a node that stopped answering pings) is refused at
+/// once rather than holding writes while it cannot catch up.
+pub const TRANSFER_MAX_LAG: u64 = 100;
 /// How long a leadership transfer waits for the target to win its election.
 /// Together with [`TRANSFER_CATCH_UP`] well under the proxy's 7 s per call,
 /// so the writes held meanwhile are still answered.
@@ -773,6 +777,19 @@ impl Host {
         // Until this leader's lease runs out it refuses every vote, the target's too.
         let lease = Duration::from_millis(self.raft_config.election_timeout_max) + Duration::from_millis(50);
         tokio::time::sleep_until((group.leading_since(m.current_term) + lease).into()).await;
+        let matched_by_target = |m: &openraft::RaftMetrics<u64, BasicNode>| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&to).copied().flatten())
+                .map(|l| l.index)
+        };
+        let m = group.raft.metrics().borrow().clone();
+        let lag = matched_by_target(&m).map(|i| m.last_log_index.unwrap_or(0).saturating_sub(i));
+        if !self.peer_is_up(to) || lag.is_none_or(|lag| lag > TRANSFER_MAX_LAG) {
+            return NodeResponse::Unknown(format!(
+                "node {to} is not reachable or not up to date (lag {lag:?} entries); node {me} still leads shard {shard}"
+            ));
+        }
 
         // Entries already taken from the queue may still be on their way into
         // the log: the target has caught up once they are answered and its log
@@ -786,11 +803,7 @@ impl Host {
                     leader: m.current_leader,
                 };
             }
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&to).copied().flatten())
-                .map(|l| l.index);
+            let matched = matched_by_target(&m);
             if group.proposals.settled() && matched.is_some() && matched >= m.last_log_index {
                 break;
             }
