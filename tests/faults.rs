@@ -201,6 +201,7 @@ fn leaders_transferred_under_load() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (rounds, unexpected) = pipeliner.join().unwrap();
         assert!(unexpected.is_empty(), "pipelined SETs answered {unexpected:?}");
+        assert!(rounds > 0, "no pipeline completed");
         let mut conn = crate::harness::Resp::connect(c.proxy());
         for i in 0..16 {
             let last = Frame::bulk(format!("r{}", rounds - 1));
