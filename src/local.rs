@@ -104,6 +104,15 @@ pub struct MemberSpec {
     pub http: Option<SocketAddr>,
 }
 
+impl MemberSpec {
+    /// The ports it listens on: its address's and its HTTP endpoint's.
+    fn ports(&self) -> impl Iterator<Item = u16> {
+        [Some(self.addr.port()), self.http.map(|h| h.port())]
+            .into_iter()
+            .flatten()
+    }
+}
+
 /// Everything about a local cluster, written to `up.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Cluster {
@@ -404,10 +413,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     let specs: Vec<MemberSpec> = cluster.members().cloned().collect();
     // A member that cannot bind its port exits at once; say so before starting any.
     for spec in &specs {
-        for port in [Some(spec.addr.port()), spec.http.map(|h| h.port())]
-            .into_iter()
-            .flatten()
-        {
+        for port in spec.ports() {
             if !port_is_free(port) {
                 bail!(
                     "port {port} of {} is in use on 127.0.0.1; choose others with --port and --base-port",
@@ -453,11 +459,7 @@ fn add_node(exe: &Path, dir: &Path) -> Result<()> {
         .last()
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no node in {}", dir.display()))?;
-    let used: Vec<u16> = cluster
-        .members()
-        .flat_map(|m| [Some(m.addr.port()), m.http.map(|h| h.port())])
-        .flatten()
-        .collect();
+    let used: Vec<u16> = cluster.members().flat_map(MemberSpec::ports).collect();
     let next = |from: u16| (from..u16::MAX).find(|p| !used.contains(p) && port_is_free(*p));
     let port = next(last.addr.port() + 1).ok_or_else(|| anyhow::anyhow!("no free port"))?;
     let http = next(last.http.map_or(port + 100, |h| h.port() + 1).max(port + 1))
