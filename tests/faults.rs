@@ -139,6 +139,11 @@ fn busiest_leader_stopped_with_sigterm_hands_its_leaders_over() {
         };
         assert!(field("led") > 0, "{report}");
         assert_eq!(field("moved"), field("led"), "{report}");
+        // It told the placement driver it was leaving: down at once, not five
+        // seconds after its last heartbeat.
+        let status = crate::harness::ctl(c, &["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("ctl status --json");
+        assert_eq!(status["nodes_up"], status["nodes"].as_u64().unwrap() - 1, "{status}");
         sleep_part(t, 0.3);
         c.restart(&leader);
     });

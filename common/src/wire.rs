@@ -128,6 +128,10 @@ pub enum PdRequest {
     SetUser { name: String, rules: Vec<String> },
     /// ACL DELUSER: `Count` of users removed, or `Error`.
     DeleteUsers { names: Vec<String> },
+    /// A node is stopping (SIGTERM): it takes no new replica or leadership and
+    /// counts as down until it registers again. Soft state of the leader, like
+    /// heartbeats; a node that never returns is replaced as a dead one is.
+    Leaving { node_id: NodeId },
 }
 
 /// What a shard's leader reports about it with each heartbeat.

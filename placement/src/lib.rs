@@ -96,12 +96,22 @@ const NODE_DOWN_AFTER: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Soft {
     last_seen: HashMap<NodeId, Instant>,
+    /// Nodes that said they are stopping and have not registered since: not
+    /// live, whatever their last heartbeat.
+    leaving: std::collections::BTreeSet<NodeId>,
     leaders: BTreeMap<ShardId, NodeId>,
     generation: u64,
     /// Recent `(when, applied index, bytes)` reports of each shard's leader.
     load: HashMap<ShardId, std::collections::VecDeque<(Instant, u64, u64)>>,
     /// When each shard last took part in an automatic split.
     split_at: HashMap<ShardId, Instant>,
+}
+
+impl Soft {
+    /// Heartbeated recently and not stopping.
+    fn is_live(&self, node: &NodeId) -> bool {
+        self.last_seen.get(node).is_some_and(|t| t.elapsed() < NODE_DOWN_AFTER) && !self.leaving.contains(node)
+    }
 }
 
 /// How far back write rates are measured.
@@ -138,11 +148,7 @@ impl scheduler::Cluster for Pd {
 
     fn live(&self) -> Vec<NodeId> {
         let soft = self.soft.lock().expect("soft state lock");
-        soft.last_seen
-            .iter()
-            .filter(|(_, t)| t.elapsed() < NODE_DOWN_AFTER)
-            .map(|(n, _)| *n)
-            .collect()
+        soft.last_seen.keys().copied().filter(|n| soft.is_live(n)).collect()
     }
 
     fn dead(&self) -> Vec<NodeId> {
@@ -438,7 +444,7 @@ impl Pd {
     fn observe(&self) {
         let table = self.store.state().table;
         let soft = self.soft.lock().expect("soft state lock");
-        let live = |node: &NodeId| soft.last_seen.get(node).is_some_and(|t| t.elapsed() < NODE_DOWN_AFTER);
+        let live = |node: &NodeId| soft.is_live(node);
         let up = table.nodes.keys().filter(|n| live(n)).count();
         metrics::NODES.with_label_values(&["up"]).set(up as i64);
         metrics::NODES
@@ -491,6 +497,9 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
     }
     let response = match request {
         PdRequest::Register { node_id, addr } => {
+            if let Some(id) = node_id {
+                pd.soft.lock().expect("soft state lock").leaving.remove(&id);
+            }
             let known = node_id.and_then(|id| pd.store.state().table.nodes.get(&id).cloned());
             match known {
                 Some(info) if info.addr == addr && info.state == redraft_common::routing::NodeState::Up => {
@@ -521,6 +530,12 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
         } => {
             pd.routing(known_version, known_leaders, Duration::from_millis(wait_ms.min(30_000)))
                 .await
+        }
+        PdRequest::Leaving { node_id } => {
+            if pd.soft.lock().expect("soft state lock").leaving.insert(node_id) {
+                tracing::info!(node_id, "node is stopping: no new replicas or leaderships for it");
+            }
+            PdResponse::Ack
         }
         PdRequest::Status => PdResponse::Status {
             table: pd.table(),

@@ -201,9 +201,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     };
     shutdown.await;
     tracing::info!(node_id, "shard node stopping");
-    // Still serving: writes that reach this node meanwhile are answered, or
-    // redirected once their shard has a new leader.
-    host.hand_off_leaders(HAND_OFF_WITHIN).await;
+    // The placement driver hears at once that the node is leaving, so it plans
+    // no replica or leadership onto it (it would otherwise count it live for
+    // seconds). Meanwhile the node, still serving, hands its leaderships over:
+    // writes that reach it are answered, or redirected once their shard has a
+    // new leader.
+    tokio::join!(tell_leaving(&pd, node_id), host.hand_off_leaders(HAND_OFF_WITHIN));
     // Requests already on their way still get an answer (a redirect).
     tokio::time::sleep(Duration::from_millis(300)).await;
     for task in [heartbeat, watch, expiry, serve, reshapes, liveness, quiesce] {
@@ -212,6 +215,23 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     host.shutdown().await;
     endpoint.close();
     Ok(())
+}
+
+/// Tells the placement driver this node is stopping; gives up after a few
+/// tries (the driver then notices by the missing heartbeats).
+async fn tell_leaving(pd: &PdClient, node_id: NodeId) {
+    for _ in 0..4 {
+        match pd
+            .call(&PdRequest::Leaving { node_id }, Duration::from_millis(500))
+            .await
+        {
+            Ok(PdResponse::Ack) => return,
+            Ok(other) => tracing::warn!(answer = ?other, "unexpected answer to leaving"),
+            Err(e) => tracing::debug!(error = %e, "placement unreachable; retrying leaving"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!(node_id, "could not tell the placement driver this node is stopping");
 }
 
 async fn register(pd: &PdClient, node_id: Option<NodeId>, addr: &str) -> Result<NodeId> {
