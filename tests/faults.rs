@@ -141,14 +141,29 @@ fn busiest_leader_stopped_with_sigterm_hands_its_leaders_over() {
         assert_eq!(field("moved"), field("led"), "{report}");
         // It told the placement driver it was leaving: down at once, not five
         // seconds after its last heartbeat.
-        let status = crate::harness::ctl(c, &["status", "--json"]);
-        let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("ctl status --json");
-        assert_eq!(status["nodes_up"], status["nodes"].as_u64().unwrap() - 1, "{status}");
+        let (up, nodes) = nodes_up(c);
+        assert_eq!(up, nodes - 1, "nodes up right after the SIGTERM");
         sleep_part(t, 0.3);
         c.restart(&leader);
+        // Registering again makes it live again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while nodes_up(c).0 < nodes {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{leader} is not up after its restart"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
     });
     // Its shards changed leader before it stopped: no write was cut off.
     assert_eq!(unknown, 0, "writes with an unknown outcome");
+}
+
+/// `(nodes up, nodes)` as `redraft ctl status` reports them.
+fn nodes_up(c: &TestCluster) -> (u64, u64) {
+    let out = crate::harness::ctl(c, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ctl status --json");
+    (status["nodes_up"].as_u64().unwrap(), status["nodes"].as_u64().unwrap())
 }
 
 #[test]
