@@ -129,8 +129,9 @@ pub enum PdRequest {
     /// ACL DELUSER: `Count` of users removed, or `Error`.
     DeleteUsers { names: Vec<String> },
     /// A node is stopping (SIGTERM): it takes no new replica or leadership and
-    /// counts as down until it registers again. Soft state of the leader, like
-    /// heartbeats; a node that never returns is replaced as a dead one is.
+    /// counts as down until it registers again (or its heartbeats decide, some
+    /// seconds later). Soft state of the leader, like heartbeats; a node that
+    /// never returns is replaced as a dead one is.
     Leaving { node_id: NodeId },
 }
 

@@ -92,13 +92,20 @@ pub struct Config {
 /// every 500 ms).
 const NODE_DOWN_AFTER: Duration = Duration::from_secs(5);
 
+/// How long a node that said it is stopping counts as down whatever its
+/// heartbeats: longer than it keeps heartbeating while it hands its leaders
+/// over (about 5 s) plus [`NODE_DOWN_AFTER`], so that by then its silence
+/// says it; bounded, so that a notice that arrives late (after the node has
+/// already registered again) cannot keep a running node down.
+const LEAVING_FOR: Duration = Duration::from_secs(15);
+
 /// Leader-local soft state fed by heartbeats.
 #[derive(Default)]
 struct Soft {
     last_seen: HashMap<NodeId, Instant>,
-    /// Nodes that said they are stopping and have not registered since: not
-    /// live, whatever their last heartbeat.
-    leaving: std::collections::BTreeSet<NodeId>,
+    /// When nodes said they are stopping (cleared when they register again):
+    /// not live for [`LEAVING_FOR`] from then, whatever their heartbeats.
+    leaving: HashMap<NodeId, Instant>,
     leaders: BTreeMap<ShardId, NodeId>,
     generation: u64,
     /// Recent `(when, applied index, bytes)` reports of each shard's leader.
@@ -110,7 +117,8 @@ struct Soft {
 impl Soft {
     /// Heartbeated recently and not stopping.
     fn is_live(&self, node: &NodeId) -> bool {
-        self.last_seen.get(node).is_some_and(|t| t.elapsed() < NODE_DOWN_AFTER) && !self.leaving.contains(node)
+        self.last_seen.get(node).is_some_and(|t| t.elapsed() < NODE_DOWN_AFTER)
+            && self.leaving.get(node).is_none_or(|t| t.elapsed() >= LEAVING_FOR)
     }
 }
 
@@ -532,9 +540,12 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
                 .await
         }
         PdRequest::Leaving { node_id } => {
-            if pd.soft.lock().expect("soft state lock").leaving.insert(node_id) {
-                tracing::info!(node_id, "node is stopping: no new replicas or leaderships for it");
-            }
+            pd.soft
+                .lock()
+                .expect("soft state lock")
+                .leaving
+                .insert(node_id, Instant::now());
+            tracing::info!(node_id, "node is stopping: no new replicas or leaderships for it");
             PdResponse::Ack
         }
         PdRequest::Status => PdResponse::Status {
