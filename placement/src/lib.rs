@@ -699,3 +699,28 @@ async fn bootstrap_loop(pd: Arc<Pd>, config: Config) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ago(secs: u64) -> Instant {
+        Instant::now() - Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_leaving_node_is_down_until_its_notice_expires() {
+        let mut soft = Soft::default();
+        soft.last_seen.insert(1, ago(0));
+        soft.last_seen.insert(2, ago(0));
+        soft.last_seen.insert(3, ago(6));
+        assert!(soft.is_live(&1) && soft.is_live(&2));
+        assert!(!soft.is_live(&3), "silent longer than NODE_DOWN_AFTER");
+        // Still heartbeating while it hands its leaders over: down anyway.
+        soft.leaving.insert(2, ago(1));
+        assert!(!soft.is_live(&2));
+        // A notice older than LEAVING_FOR no longer counts: heartbeats decide.
+        soft.leaving.insert(2, ago(LEAVING_FOR.as_secs() + 1));
+        assert!(soft.is_live(&2));
+    }
+}
