@@ -8,7 +8,8 @@
 #   3. redis-benchmark -t set,get -c 50 -P 1|16 against all three;
 #   4. the criterion micro-benchmarks;
 #   5. the SET throughput curve: 1, 4, 16, 64 connections at pipeline 1 and 16,
-#      each point against redis-server appendfsync always in the same run;
+#      each point against redis-server appendfsync always in the same run
+#      (CURVE_SECONDS per point and target, default 5);
 #   6. the idle cost of 1,000 and 5,000 shards per node, with and without
 #      quiescence (redraft-bench idle).
 # Usage: scripts/bench.sh [requests per run, default 100000]
@@ -64,11 +65,14 @@ for b in "redraft-common codec" "redraft-node apply" "redraft-raft-storage log_a
 done
 
 echo "## SET throughput curve (redraft-bench --compare; ratio against appendfsync always)"
-curve=$(( N / 5 ))
+# Each point runs for a fixed time on every target, so that the references'
+# runs are long enough to measure (a fixed request count lasts milliseconds
+# on redis-server at high concurrency).
+curve_secs="${CURVE_SECONDS:-5}"
 for p in 1 16; do
   for c in 1 4 16 64; do
     echo "### SET c=$c P$p"
-    "$target/redraft-bench" run --target "127.0.0.1:$rport" --mix set -c "$c" -P "$p" -n "$curve" --compare \
+    "$target/redraft-bench" run --target "127.0.0.1:$rport" --mix set -c "$c" -P "$p" --duration "$curve_secs" --compare \
       --json "$out/curve-set-c$c-p$p.json"
   done
 done
