@@ -1,4 +1,4 @@
-//! RESP parse/encode and ring lookup.
+//! RESP parse/encode, ring lookup and the wire encoding of a node request.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use redraft_common::keys::{Ring, DEFAULT_VNODES};
@@ -51,5 +51,35 @@ fn ring(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, resp, ring);
+fn wire_codec(c: &mut Criterion) {
+    use redraft_common::ops::{SetCondition, SetReply, ShardOp, WriteOp};
+    use redraft_common::wire::{self, NodeRequest};
+    let ops: Vec<WriteOp> = (0..16)
+        .map(|i| WriteOp::Set {
+            key: format!("key:{i:08}").into_bytes(),
+            value: vec![b'x'; 64],
+            expiry: None,
+            condition: SetCondition::Always,
+            keep_ttl: false,
+            reply: SetReply::Ok,
+        })
+        .collect();
+    let req = NodeRequest::Exec {
+        shard: 7,
+        version: 3,
+        op: ShardOp::Write(WriteOp::Many(ops)),
+    };
+    let bytes = wire::encode(&req);
+    let mut group = c.benchmark_group("wire");
+    group.throughput(Throughput::Elements(16));
+    group.bench_function("encode 16 SETs", |b| {
+        b.iter(|| black_box(wire::encode(black_box(&req))))
+    });
+    group.bench_function("decode 16 SETs", |b| {
+        b.iter(|| black_box(wire::decode::<NodeRequest>(black_box(&bytes)).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, resp, ring, wire_codec);
 criterion_main!(benches);
