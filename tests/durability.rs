@@ -265,7 +265,7 @@ fn lagging_node_catches_up_by_snapshot() {
     // Wait until node-3 leads nothing yet holds everything: poll its installs.
     let deadline = std::time::Instant::now() + Duration::from_secs(45);
     loop {
-        let log = std::fs::read_to_string(&cluster.cluster.nodes[2].log).unwrap_or_default();
+        let log = cluster.log_of("node-3");
         if log.matches("installed snapshot").count() >= 6 || std::time::Instant::now() > deadline {
             break;
         }
@@ -281,7 +281,7 @@ fn lagging_node_catches_up_by_snapshot() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let log = std::fs::read_to_string(&cluster.cluster.nodes[2].log).unwrap_or_default();
+    let log = cluster.log_of("node-3");
     assert!(
         log.contains("installed snapshot"),
         "node-3 installed no snapshot:\n{log}"

@@ -164,11 +164,7 @@ impl TestCluster {
     /// SIGTERM to a member by name; waits until it has exited (at most 20 s).
     pub fn terminate(&mut self, name: &str) {
         let mut child = self.take_child(name);
-        assert!(std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
+        send_signal(&child, "-TERM");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while child.try_wait().unwrap().is_none() {
             if std::time::Instant::now() >= deadline {
@@ -449,12 +445,7 @@ impl TestCluster {
     /// Stops (`pause: true`, SIGSTOP) or resumes (SIGCONT) a member.
     pub fn signal_stop(&self, name: &str, pause: bool) {
         let (_, child) = self.children.iter().find(|(n, _)| n == name).unwrap();
-        let signal = if pause { "-STOP" } else { "-CONT" };
-        assert!(std::process::Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
+        send_signal(child, if pause { "-STOP" } else { "-CONT" });
     }
 
     /// Moves the leadership of `shard` to node `to` (`redraft ctl transfer-leader`);
@@ -490,6 +481,15 @@ impl TestCluster {
             .unwrap_or(1);
         format!("node-{id}")
     }
+}
+
+/// Sends `signal` (`-TERM`, `-STOP`, ...) to a member's process.
+fn send_signal(child: &std::process::Child, signal: &str) {
+    assert!(std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
 }
 
 /// The value of an unlabelled gauge on a member's `/metrics`.
