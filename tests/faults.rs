@@ -51,6 +51,20 @@ fn scenario(name: &str, fault: impl FnOnce(&mut TestCluster, Duration)) -> usize
         history.len(),
         describe(&verdict)
     );
+    if unknown > 0 {
+        // Shown if the test fails: why each outcome was unknown (the proxy's
+        // warnings), and Redraft's own warnings around it.
+        for member in cluster.member_names() {
+            let log = cluster.log_of(&member);
+            let warnings: Vec<&str> = log
+                .lines()
+                .filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && l.contains(" redraft"))
+                .collect();
+            for line in &warnings[warnings.len().saturating_sub(30)..] {
+                eprintln!("{member}: {line}");
+            }
+        }
+    }
     assert_eq!(verdict, Verdict::Linearizable, "{name}: {}", describe(&verdict));
     assert!(completed > 200, "{name}: only {completed} operations completed");
     unknown

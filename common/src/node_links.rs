@@ -130,15 +130,8 @@ async fn send(endpoint: &Endpoint, addr: SocketAddr, mut batch: Vec<Queued>) {
             }
         }
         Err(e) => {
-            let not_sent = matches!(e, CallError::NotSent { .. });
-            let reason = e.to_string();
             for reply in replies {
-                let reason = reason.clone();
-                let _ = reply.send(Err(if not_sent {
-                    CallError::NotSent { addr, reason }
-                } else {
-                    CallError::Unknown { addr, reason }
-                }));
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }

@@ -35,7 +35,7 @@ pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 const MAX_STREAMS: u32 = 8192;
 
 /// A call that failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CallError {
     /// The request was not sent: safe to retry anywhere.
     #[error("not sent to {addr}: {reason}")]

@@ -252,11 +252,17 @@ impl Router {
                         retried("wrong_shard");
                         Err(Error::Moved(shard))
                     }
-                    _ => Err(Error::Unknown),
+                    other => {
+                        unknown_outcome(shard, &format!("{other:?}"));
+                        Err(Error::Unknown)
+                    }
                 })
                 .collect(),
             Ok(NodeResponse::WrongShard { .. }) => (0..n).map(|_| Err(Error::Moved(shard))).collect(),
-            Ok(_) => (0..n).map(|_| Err(Error::Unknown)).collect(),
+            Ok(other) => {
+                unknown_outcome(shard, &format!("{other:?}"));
+                (0..n).map(|_| Err(Error::Unknown)).collect()
+            }
             Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
         }
     }
@@ -314,9 +320,13 @@ impl Router {
                         self.refresh().await;
                         return Ok(answer);
                     }
-                    Ok(NodeResponse::Unknown(_)) => return Err(Error::Unknown),
+                    Ok(NodeResponse::Unknown(reason)) => {
+                        unknown_outcome(shard, &reason);
+                        return Err(Error::Unknown);
+                    }
                     Ok(NodeResponse::Raft(_) | NodeResponse::PubSub(_)) => {}
-                    Err(CallError::Unknown { .. }) if !is_read => {
+                    Err(e @ CallError::Unknown { .. }) if !is_read => {
+                        unknown_outcome(shard, &e.to_string());
                         self.leaders.remove(&shard);
                         self.suspect(node);
                         return Err(Error::Unknown);
@@ -345,4 +355,10 @@ impl Router {
             }
         }
     }
+}
+
+/// Logs why a write is answered "may have been applied": the one answer a
+/// client cannot act on safely, so operators should see each one and its cause.
+fn unknown_outcome(shard: ShardId, reason: &str) {
+    tracing::warn!(shard_id = shard, reason, "write outcome unknown");
 }

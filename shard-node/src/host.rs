@@ -116,9 +116,9 @@ pub struct Group {
     /// The term this node was last seen leading in, and when it was first seen
     /// doing so: no earlier than the start of its leader lease in that term.
     leading: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
-    /// A leadership transfer is under way: a second one (to another target)
-    /// would have two replicas campaign, and the loser disrupt the winner.
-    transferring: std::sync::atomic::AtomicBool,
+    /// Held while a leadership transfer is under way: a second one (to another
+    /// target) would have two replicas campaign, and the loser disrupt the winner.
+    transfer: tokio::sync::Mutex<()>,
 }
 
 impl Group {
@@ -134,6 +134,20 @@ impl Group {
             }
         }
     }
+}
+
+/// What a leadership transfer does when another of the same shard is under way.
+enum WhenBusy {
+    /// Refuses at once (an operator's or the scheduler's move: they retry or
+    /// plan again).
+    Refuse,
+    /// Waits for it to end (a stopping node handing its leaderships over).
+    Wait,
+}
+
+/// Whether `node` votes in `membership` (a learner does not).
+fn is_voter(membership: &openraft::Membership<NodeId, BasicNode>, node: NodeId) -> bool {
+    membership.voter_ids().any(|voter| voter == node)
 }
 
 /// Campaigns for a group created by a split until some replica leads it: the
@@ -201,6 +215,9 @@ pub struct Host {
     element_hints: Arc<ElementHints>,
     /// The node is stopping: it hands its leaderships over and takes none.
     stopping: std::sync::atomic::AtomicBool,
+    /// The node is about to stop its groups: client commands are redirected
+    /// (nothing proposed), never left to fail against a stopped group.
+    refusing_clients: std::sync::atomic::AtomicBool,
 }
 
 impl Host {
@@ -235,6 +252,7 @@ impl Host {
             pubsub: crate::pubsub::Hub::default(),
             element_hints,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            refusing_clients: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -304,7 +322,7 @@ impl Host {
             proposals: Proposals::default(),
             reads: ReadBarrier::default(),
             leading: std::sync::Mutex::new(None),
-            transferring: std::sync::atomic::AtomicBool::new(false),
+            transfer: tokio::sync::Mutex::new(()),
         });
         self.groups.insert(shard, group.clone());
         Ok(group)
@@ -602,6 +620,9 @@ impl Host {
         let Some(group) = self.group(shard) else {
             return NodeResponse::NoShard;
         };
+        if let Some(refused) = self.refused_client(&group) {
+            return refused;
+        }
         self.wake(shard, &group);
         match op {
             ShardOp::Read(read) => match group.reads.pass(&group.raft).await {
@@ -741,8 +762,19 @@ impl Host {
     /// [`TRANSFER_CAMPAIGN`]; a target that does not catch up in time leaves
     /// the leadership where it was.
     pub async fn transfer_leader(&self, shard: ShardId, to: NodeId) -> NodeResponse {
+        self.transfer_leader_when_busy(shard, to, WhenBusy::Refuse).await
+    }
+
+    async fn transfer_leader_when_busy(&self, shard: ShardId, to: NodeId, when_busy: WhenBusy) -> NodeResponse {
         let Some(group) = self.group(shard) else {
             return NodeResponse::NoShard;
+        };
+        let _transfer = match when_busy {
+            WhenBusy::Refuse => match group.transfer.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return NodeResponse::Unknown(format!("a leadership transfer of shard {shard} is under way")),
+            },
+            WhenBusy::Wait => group.transfer.lock().await,
         };
         self.wake(shard, &group);
         let me = self.node_id;
@@ -758,22 +790,11 @@ impl Host {
         let membership = m.membership_config.membership();
         let target = membership
             .get_node(&to)
-            .filter(|_| membership.voter_ids().any(|v| v == to))
+            .filter(|_| is_voter(membership, to))
             .and_then(|n| n.addr.parse::<std::net::SocketAddr>().ok());
         let Some(addr) = target else {
             return NodeResponse::Unknown(format!("node {to} is not a voter of shard {shard}"));
         };
-        use std::sync::atomic::Ordering;
-        if group.transferring.swap(true, Ordering::AcqRel) {
-            return NodeResponse::Unknown(format!("a leadership transfer of shard {shard} is under way"));
-        }
-        struct Transferring<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Transferring<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        let _transferring = Transferring(&group.transferring);
         // Until this leader's lease runs out it refuses every vote, the target's too.
         let lease = Duration::from_millis(self.raft_config.election_timeout_max) + Duration::from_millis(50);
         tokio::time::sleep_until((group.leading_since(m.current_term) + lease).into()).await;
@@ -883,6 +904,9 @@ impl Host {
         let Some(group) = self.group(shard) else {
             return vec![NodeResponse::NoShard; n];
         };
+        if let Some(refused) = self.refused_client(&group) {
+            return vec![refused; n];
+        }
         self.wake(shard, &group);
         group
             .proposals
@@ -984,7 +1008,7 @@ impl Host {
                     .as_ref()?
                     .iter()
                     .filter(|(node, _)| **node != self.node_id && self.peer_is_up(**node))
-                    .filter(|(node, _)| membership.voter_ids().any(|v| v == **node))
+                    .filter(|(node, _)| is_voter(membership, **node))
                     .max_by_key(|(_, matched)| matched.map(|l| l.index))
                     .map(|(node, _)| *node)?;
                 Some((*group.key(), to))
@@ -993,17 +1017,11 @@ impl Host {
         if led.is_empty() {
             return;
         }
-        let hand_over = |shard: ShardId, to: NodeId| async move {
-            // A transfer the scheduler started first may move it already.
-            while self
-                .group(shard)
-                .is_some_and(|g| g.transferring.load(std::sync::atomic::Ordering::Acquire))
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            self.transfer_leader(shard, to).await
-        };
-        let transfers = led.iter().map(|&(shard, to)| hand_over(shard, to));
+        // A transfer the scheduler started first is waited for (it may move the
+        // shard already; this one then finds the node no longer leading).
+        let transfers = led
+            .iter()
+            .map(|&(shard, to)| self.transfer_leader_when_busy(shard, to, WhenBusy::Wait));
         let _ = tokio::time::timeout(within, futures::future::join_all(transfers)).await;
         let still_led = led
             .iter()
@@ -1018,6 +1036,36 @@ impl Host {
             led = led.len(),
             "handed leaderships over before stopping"
         );
+    }
+
+    /// From now on client commands are answered with a redirect to the
+    /// shard's leader as this replica knows it, before anything is proposed
+    /// or read: the proxy retries them there. A stopping node calls this once
+    /// its leaderships are handed over and before it stops its groups, so no
+    /// command reaches a stopped group (whose failure would leave a write's
+    /// outcome unknown).
+    pub fn refuse_clients(&self) {
+        self.refusing_clients.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Waits, for at most `within`, until every write this node proposed has
+    /// its outcome (applied, or redirected when the entry was overwritten by a
+    /// new leader): stopping a group earlier would leave those outcomes unknown.
+    pub async fn settle_proposals(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.groups.iter().all(|group| group.proposals.settled()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn refused_client(&self, group: &Group) -> Option<NodeResponse> {
+        if !self.refusing_clients.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let leader = group.raft.metrics().borrow().current_leader;
+        Some(NodeResponse::NotLeader {
+            leader: leader.filter(|l| *l != self.node_id),
+        })
     }
 
     /// Stops every group.

@@ -207,7 +207,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     // writes that reach it are answered, or redirected once their shard has a
     // new leader.
     tokio::join!(tell_leaving(&pd, node_id), host.hand_off_leaders(HAND_OFF_WITHIN));
-    // Requests already on their way still get an answer (a redirect).
+    // Client commands from now on get a redirect, also while the groups stop;
+    // writes already proposed get their outcome, and requests already on their
+    // way their answer.
+    host.refuse_clients();
+    host.settle_proposals(Duration::from_secs(2)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for task in [heartbeat, watch, expiry, serve, reshapes, liveness, quiesce] {
         task.abort();
