@@ -170,6 +170,12 @@ struct NodeArgs {
     /// (heartbeats, elections); 0 keeps them always running.
     #[arg(long, default_value_t = 5)]
     quiesce_after_secs: u64,
+    /// How a shard's leader confirms a read: `lease` serves it from the
+    /// leader's state while a majority's recent acknowledgement keeps any other
+    /// replica from being elected (assumes clock rates differ by under 10%);
+    /// `read-index` asks a quorum for every batch of reads.
+    #[arg(long, default_value = "lease", value_parser = ["lease", "read-index"])]
+    read_policy: String,
 }
 
 #[derive(Args)]
@@ -564,6 +570,7 @@ async fn run(command: Command) -> Result<()> {
                 http: a.operator.http,
                 snapshot_bandwidth: a.snapshot_mib_per_sec.saturating_mul(1 << 20),
                 quiesce_after: (a.quiesce_after_secs > 0).then(|| std::time::Duration::from_secs(a.quiesce_after_secs)),
+                read_policy: a.read_policy.parse().map_err(anyhow::Error::msg)?,
             };
             redraft_node::run(config, shutdown_signal()).await
         }

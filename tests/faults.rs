@@ -17,6 +17,9 @@ use redraft_common::resp::Frame;
 
 use crate::harness::{Partitions, TestCluster};
 
+/// Keys of the checking workload (`check:0` ..).
+const CHECK_KEYS: usize = 6;
+
 fn scenario_secs() -> u64 {
     std::env::var("REDRAFT_FAULT_SECS")
         .ok()
@@ -32,7 +35,7 @@ fn scenario(name: &str, fault: impl FnOnce(&mut TestCluster, Duration)) -> usize
     let config = CheckConfig {
         target: cluster.proxy(),
         clients: 8,
-        keys: 6,
+        keys: CHECK_KEYS,
         duration: Duration::from_secs(secs),
         timeout: Duration::from_secs(10),
         seed: secs ^ name.len() as u64,
@@ -99,11 +102,43 @@ fn minority_partition_of_a_leader() {
     });
 }
 
+/// A leader cut off from the other nodes (not from the proxy or the placement
+/// driver) for most of the run: the others elect a new leader and take writes
+/// while the old one still believes it leads and the proxy, told of both by
+/// their heartbeats, keeps sending it reads. Its lease must have run out
+/// before the new leader could be elected, so it answers them only after a
+/// ReadIndex round, which fails.
+#[test]
+fn leader_partitioned_past_its_lease() {
+    scenario("leader partitioned for 7 of 10 s", |c, t| {
+        let cuts = Partitions::new();
+        sleep_part(t, 0.15);
+        let keys: Vec<String> = (0..CHECK_KEYS).map(|i| format!("check:{i}")).collect();
+        let leader = c.leader_of_most(&keys);
+        for other in ["node-1", "node-2", "node-3"].into_iter().filter(|n| *n != leader) {
+            cuts.cut(c.addr_of(&leader), c.addr_of(other));
+        }
+        sleep_part(t, 0.7);
+        cuts.heal();
+    });
+}
+
+/// The lease trap: a leader serving reads from its lease is paused past the
+/// lease (and past the election timeout, so another replica is elected and
+/// takes writes), then resumed while reads it received before the pause are
+/// still waiting for it. It must not answer them from its stale state: its
+/// monotonic clock ran on while it was stopped, so its lease has run out and
+/// it asks its followers, who follow the new leader.
 #[test]
 fn leader_paused_longer_than_election_timeout() {
     scenario("leader paused (SIGSTOP) for 4 s", |c, t| {
         sleep_part(t, 0.2);
         let leader = c.busiest_leader();
+        let lease_reads = crate::harness::gauge(c, &leader, r#"redraft_node_reads_total{result="lease"}"#);
+        assert!(
+            lease_reads.is_some_and(|n| n > 0),
+            "{leader} served no read from its lease before the pause: {lease_reads:?}"
+        );
         c.signal_stop(&leader, true);
         thread::sleep(Duration::from_secs(4));
         c.signal_stop(&leader, false);
@@ -285,4 +320,89 @@ fn quiesced_shards_fail_over_when_their_leader_dies() {
         assert_eq!(conn.cmd(&format!("SET q{i} w{i}")), Frame::ok(), "q{i}");
     }
     eprintln!("{leader} killed; every shard served again after {:?}", killed.elapsed());
+}
+
+/// The lease trap, asked of the old leader directly (the proxy avoids a node
+/// that stops answering, so through it the trap is hit only by chance): the
+/// leader of a key's shard is cut off from the other nodes, they elect a new
+/// leader that overwrites the key, and a read sent straight to the old leader,
+/// which still believes it leads, must not return the old value.
+#[test]
+fn partitioned_leader_stops_serving_reads_once_its_lease_has_run_out() {
+    use redraft_common::ops::{ReadOp, SetCondition, SetReply, ShardOp, WriteOp};
+    use redraft_common::wire::{NodeRequest, NodeResponse};
+
+    let cluster = TestCluster::start(3);
+    let mut client = crate::harness::Resp::connect(cluster.proxy());
+    assert_eq!(client.cmd("SET lease:key old"), Frame::ok());
+    let table = crate::harness::routing_table(&cluster);
+    let ring = redraft_common::keys::Ring::new(table.vnode_count);
+    let shard = table.shard_of(ring.vnode_of(b"lease:key")).expect("a shard");
+    let node_addr = |id: u64| cluster.addr_of(&format!("node-{id}"));
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tls = redraft_common::tls::TlsIdentity::load(&cluster.certs(), "ctl").unwrap();
+    let endpoint = runtime
+        .block_on(async { redraft_common::transport::Endpoint::client(&tls) })
+        .unwrap();
+    let exec = |node: u64, op: ShardOp| -> Option<NodeResponse> {
+        let request = NodeRequest::Exec { shard, version: 0, op };
+        runtime
+            .block_on(endpoint.call::<_, NodeResponse>(node_addr(node), &request, Duration::from_secs(5)))
+            .ok()
+    };
+    let get = || {
+        ShardOp::Read(ReadOp::Get {
+            key: b"lease:key".to_vec(),
+        })
+    };
+    let replied = |answer: &Option<NodeResponse>, expected: Frame| matches!(answer, Some(NodeResponse::Reply(frame)) if *frame == expected);
+    // The replica that serves the read leads (the others redirect).
+    let replicas = table.shards[&shard].replicas.clone();
+    let leader = replicas
+        .iter()
+        .copied()
+        .find(|n| replied(&exec(*n, get()), Frame::bulk("old")))
+        .expect("the shard's leader serves the read");
+
+    let cuts = Partitions::new();
+    let others: Vec<u64> = replicas.iter().copied().filter(|n| *n != leader).collect();
+    for other in &others {
+        cuts.cut(node_addr(leader), node_addr(*other));
+    }
+    // The other two elect a leader (once their refusal to vote has run out)
+    // and overwrite the key.
+    let set = || {
+        ShardOp::Write(WriteOp::Set {
+            key: b"lease:key".to_vec(),
+            value: b"new".to_vec(),
+            expiry: None,
+            condition: SetCondition::Always,
+            keep_ttl: false,
+            reply: SetReply::Ok,
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let new_leader = loop {
+        let led = others.iter().copied().find(|n| replied(&exec(*n, set()), Frame::ok()));
+        if let Some(n) = led {
+            break n;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new leader took the write");
+        thread::sleep(Duration::from_millis(200));
+    };
+    let answer = exec(new_leader, get());
+    assert!(
+        replied(&answer, Frame::bulk("new")),
+        "the new leader reads its write: {answer:?}"
+    );
+
+    // The old leader, cut off, still believes it leads; its lease has run out.
+    let stale = exec(leader, get());
+    assert!(
+        !replied(&stale, Frame::bulk("old")),
+        "the cut-off leader served a stale read: {stale:?}"
+    );
+    cuts.heal();
+    endpoint.close();
 }

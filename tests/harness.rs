@@ -465,6 +465,23 @@ impl TestCluster {
         .success()
     }
 
+    /// The shard node that leads the shards of the most of `keys`.
+    pub fn leader_of_most(&self, keys: &[String]) -> String {
+        let table = routing_table(self);
+        let ring = redraft_common::keys::Ring::new(table.vnode_count);
+        let mut counts = std::collections::BTreeMap::new();
+        for key in keys {
+            let leader = table
+                .shard_of(ring.vnode_of(key.as_bytes()))
+                .and_then(|shard| table.shards.get(&shard)?.leader);
+            if let Some(leader) = leader {
+                *counts.entry(leader).or_insert(0) += 1;
+            }
+        }
+        let id = counts.into_iter().max_by_key(|&(_, c)| c).map_or(1, |(id, _)| id);
+        format!("node-{id}")
+    }
+
     /// The shard node that currently leads the most shards.
     pub fn busiest_leader(&self) -> String {
         let table = routing_table(self);

@@ -41,9 +41,12 @@ pub enum NodeRequest {
     /// Several requests sent together; answered by a `Batch` of the same length.
     Batch(Vec<NodeRequest>),
     /// Make this node's replica of `shard` campaign for leadership: sent by the
-    /// leader handing over (`TransferLeader`), or by the scheduler to a shard
-    /// without a leader. Answered `Reply(+OK)` once it leads, or `NotLeader`.
-    Campaign { shard: ShardId },
+    /// leader handing over (`TransferLeader`, `handed_over`), or by the
+    /// scheduler to a shard without a leader. Answered `Reply(+OK)` once it
+    /// leads, or `NotLeader` (also, when not handed over, while the replica
+    /// still hears from a leader: that leader may be serving reads from its
+    /// lease).
+    Campaign { shard: ShardId, handed_over: bool },
     /// Scheduler, to a shard's leader: add `node` (reachable at `addr`) as a
     /// learner and wait until it has caught up. `Reply(+OK)`, or `NotLeader`.
     AddLearner { shard: ShardId, node: NodeId, addr: String },

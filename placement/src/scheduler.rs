@@ -292,7 +292,13 @@ pub async fn transfer_leadership(endpoint: &Endpoint, table: &RoutingTable, shar
     for _ in 0..3 {
         let (node, request) = match leader {
             Some(leader) => (leader, NodeRequest::TransferLeader { shard, to }),
-            None => (to, NodeRequest::Campaign { shard }),
+            None => (
+                to,
+                NodeRequest::Campaign {
+                    shard,
+                    handed_over: false,
+                },
+            ),
         };
         let addr = node_addr(table, node)?;
         match endpoint

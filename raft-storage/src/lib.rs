@@ -19,6 +19,7 @@
 //! one `WriteBatch` and made durable with one fsync, then every waiter is released.
 
 pub mod engine;
+pub mod lease;
 pub mod log;
 pub mod metrics;
 pub mod network;

@@ -10,9 +10,10 @@
 //! ORDERING. `append` returns as soon as its entries are queued and tells openraft
 //! of durability through the `LogFlushed` callback, which the committer thread
 //! calls in queue order. Until then the entries sit in the group's entry cache,
-//! which readers consult, so the leader can replicate an entry while its own
-//! fsync is under way and a group can have several appends in flight (larger
-//! batches). Truncations drop cached entries at once and queue their deletion
+//! which readers consult, and other groups' appends join the same batch. The
+//! leader's fsync does not overlap replication: openraft 0.9.25's RaftCore
+//! awaits the callback (`append_to_log`) before it runs its next command, the
+//! `Replicate` of the same entry included. Truncations drop cached entries at once and queue their deletion
 //! behind the appends they undo; the single committer queue keeps that order.
 //!
 //! ENTRY CACHE. The newest entries of each group stay in memory, decoded

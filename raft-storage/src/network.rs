@@ -16,8 +16,8 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -35,6 +35,8 @@ use redraft_common::transport::{CallError, Endpoint};
 use redraft_common::wire::{self, NodeRequest, NodeResponse, PdRequest, PdResponse, RaftKind};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::lease::Lease;
 
 /// The limiter counts KiB: a `u32` of cells then covers any sane rate.
 const LIMITER_CELL: u64 = 1024;
@@ -168,6 +170,9 @@ pub struct GroupNetwork<C, W: RaftWire> {
     pub group: ShardId,
     /// What the process's messages travel over.
     pub link: W::Link,
+    /// Where followers' acceptances of AppendEntries are recorded, if the group
+    /// serves lease reads.
+    lease: Option<Arc<Lease>>,
     _types: std::marker::PhantomData<fn() -> (C, W)>,
 }
 
@@ -177,8 +182,16 @@ impl<C, W: RaftWire> GroupNetwork<C, W> {
         GroupNetwork {
             group,
             link,
+            lease: None,
             _types: std::marker::PhantomData,
         }
+    }
+
+    /// Records in `lease` which AppendEntries the followers accept, and when
+    /// they were sent.
+    pub fn with_lease(mut self, lease: Arc<Lease>) -> Self {
+        self.lease = Some(lease);
+        self
     }
 }
 
@@ -188,6 +201,7 @@ pub struct PeerLink<C, W: RaftWire> {
     target: u64,
     addr: Option<SocketAddr>,
     link: W::Link,
+    lease: Option<Arc<Lease>>,
     _types: std::marker::PhantomData<fn() -> (C, W)>,
 }
 
@@ -206,6 +220,7 @@ where
             target,
             addr: node.addr.parse().ok(),
             link: self.link.clone(),
+            lease: self.lease.clone(),
             _types: std::marker::PhantomData,
         }
     }
@@ -249,7 +264,19 @@ where
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcError> {
-        self.send(RaftKind::AppendEntries, &rpc, option.hard_ttl()).await
+        // Taken before the message leaves: the follower receives it later, so its
+        // refusal to vote outlasts a lease counted from here.
+        let sent = Instant::now();
+        let vote = rpc.vote;
+        let response = self.send(RaftKind::AppendEntries, &rpc, option.hard_ttl()).await;
+        if let (Some(lease), Ok(answer)) = (&self.lease, &response) {
+            // Every answer but HigherVote means the follower took the vote (and
+            // restarted its refusal), whether or not the logs matched.
+            if !matches!(answer, AppendEntriesResponse::HigherVote(_)) {
+                lease.accepted(self.target, vote, sent);
+            }
+        }
+        response
     }
 
     async fn install_snapshot(

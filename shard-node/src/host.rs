@@ -65,8 +65,9 @@ use crate::metrics;
 use crate::proposals::{self, Proposals};
 use crate::raft::state_machine::{self, group_meta_key, GroupRecord, Ownership, Reshaped, ShardStateMachine};
 use crate::raft::{typ, ShardResponse};
-use crate::reads::ReadBarrier;
+use crate::reads::{self, ReadBarrier, ReadPolicy};
 use crate::storage::ElementHints;
+use redraft_raft_storage::lease::Lease;
 use redraft_raft_storage::network::{GroupNetwork, NodeWire};
 
 /// How long a leadership transfer waits for the target's log to catch up.
@@ -113,6 +114,9 @@ pub struct Group {
     pub proposals: Proposals,
     /// Reads waiting to share the group's next ReadIndex round.
     pub reads: ReadBarrier,
+    /// This replica's read lease as leader, and when it last heard from one as
+    /// a follower.
+    pub lease: Arc<Lease>,
     /// The term this node was last seen leading in, and when it was first seen
     /// doing so: no earlier than the start of its leader lease in that term.
     leading: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
@@ -154,9 +158,12 @@ fn is_voter(membership: &openraft::Membership<NodeId, BasicNode>, node: NodeId) 
 /// first vote requests may reach peers that have not applied the split yet (and
 /// so have no such group), and waiting for the election timeout instead would
 /// hold writes to the moved vnodes for a second or two.
-async fn campaign_until_led(group: Arc<Group>, me: NodeId) {
+/// A replica that hears from a leader stops: that leader may count it in its
+/// read lease.
+async fn campaign_until_led(group: Arc<Group>, me: NodeId, leader_lease: Duration) {
     for _ in 0..60 {
-        if group.raft.metrics().borrow().current_leader.is_some() {
+        if group.raft.metrics().borrow().current_leader.is_some() || group.lease.heard_from_leader_within(leader_lease)
+        {
             return;
         }
         let _ = group.raft.trigger().elect().await;
@@ -218,6 +225,8 @@ pub struct Host {
     /// The node is about to stop its groups: client commands are redirected
     /// (nothing proposed), never left to fail against a stopped group.
     refusing_clients: std::sync::atomic::AtomicBool,
+    /// How led groups confirm their reads.
+    read_policy: ReadPolicy,
 }
 
 impl Host {
@@ -229,6 +238,7 @@ impl Host {
         raft_config: Config,
         snapshot_dir: PathBuf,
         quiesce_after: Option<Duration>,
+        read_policy: ReadPolicy,
     ) -> Result<Host> {
         let (reshapes, reshaped) = tokio::sync::mpsc::unbounded_channel();
         let element_hints = Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)));
@@ -253,7 +263,41 @@ impl Host {
             element_hints,
             stopping: std::sync::atomic::AtomicBool::new(false),
             refusing_clients: std::sync::atomic::AtomicBool::new(false),
+            read_policy,
         })
+    }
+
+    /// How long a follower refuses votes after hearing from its leader
+    /// (openraft's leader lease: the election timeout's upper bound).
+    fn leader_lease(&self) -> Duration {
+        Duration::from_millis(self.raft_config.election_timeout_max)
+    }
+
+    /// Returns once `group` may serve a linearizable read: at once when its
+    /// lease holds, after a ReadIndex round otherwise.
+    async fn confirm_read(&self, group: &Group) -> Result<(), NodeResponse> {
+        if self.read_policy == ReadPolicy::Lease
+            && reads::lease_holds(&group.lease, self.node_id, &group.raft.metrics().borrow())
+        {
+            metrics::READS.with_label_values(&["lease"]).inc();
+            return Ok(());
+        }
+        group.reads.pass(&group.raft).await
+    }
+
+    /// Hands an inbound Raft RPC of `shard` to its group. Before a vote
+    /// request, the replica's read lease ends: the vote it may grant could
+    /// elect another leader before the lease would have run out.
+    pub async fn raft_rpc(&self, shard: ShardId, kind: wire::RaftKind, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let Some(group) = self.group(shard) else {
+            return Err(format!("shard {shard} is not hosted on node {}", self.node_id));
+        };
+        match kind {
+            wire::RaftKind::Vote => group.lease.void(),
+            wire::RaftKind::AppendEntries => group.lease.heard_from_leader(),
+            wire::RaftKind::InstallSnapshot => {}
+        }
+        redraft_raft_storage::network::serve_rpc(&group.raft, kind, payload).await
     }
 
     /// This node's id.
@@ -305,7 +349,8 @@ impl Host {
             Some(self.reshapes.clone()),
             Some(self.element_hints.clone()),
         )?;
-        let network = GroupNetwork::<_, NodeWire>::new(shard, self.links.clone());
+        let lease = Arc::new(Lease::for_election_timeout(self.leader_lease()));
+        let network = GroupNetwork::<_, NodeWire>::new(shard, self.links.clone()).with_lease(lease.clone());
         let raft = typ::Raft::new(
             self.node_id,
             self.raft_config.clone(),
@@ -321,6 +366,7 @@ impl Host {
             ring,
             proposals: Proposals::default(),
             reads: ReadBarrier::default(),
+            lease,
             leading: std::sync::Mutex::new(None),
             transfer: tokio::sync::Mutex::new(()),
         });
@@ -421,7 +467,7 @@ impl Host {
                         .group(parent)
                         .is_some_and(|p| p.raft.metrics().borrow().current_leader == Some(self.node_id));
                     if led_parent {
-                        tokio::spawn(campaign_until_led(group, self.node_id));
+                        tokio::spawn(campaign_until_led(group, self.node_id, self.leader_lease()));
                     }
                 }
                 Err(e) => tracing::error!(shard_id = child, error = %e, "could not start split shard"),
@@ -503,7 +549,10 @@ impl Host {
                     .voter_ids()
                     .filter(|v| Some(*v) != m.current_leader && self.peer_is_up(*v))
                     .min();
-                if leader_down && first == Some(self.node_id) {
+                // Not while a leader may count this replica in its lease: a
+                // campaign started on request skips the replica's own refusal.
+                let in_a_lease = group.lease.heard_from_leader_within(self.leader_lease());
+                if leader_down && first == Some(self.node_id) && !in_a_lease {
                     let raft = group.raft.clone();
                     tokio::spawn(async move { raft.trigger().elect().await });
                 }
@@ -625,7 +674,7 @@ impl Host {
         }
         self.wake(shard, &group);
         match op {
-            ShardOp::Read(read) => match group.reads.pass(&group.raft).await {
+            ShardOp::Read(read) => match self.confirm_read(&group).await {
                 Err(refused) => refused,
                 Ok(()) => {
                     let db = self.engine.db();
@@ -735,6 +784,9 @@ impl Host {
         };
         self.wake(shard, &group);
         let voters: BTreeSet<NodeId> = voters.into_iter().collect();
+        // The majority a read lease rests on changes: reads confirm by ReadIndex
+        // until the new voters have acknowledged messages of their own.
+        let _change = group.lease.suspend();
         let changed = tokio::time::timeout(MEMBERSHIP_TIMEOUT, group.raft.change_membership(voters, false));
         self.membership_answer(&group, changed.await)
     }
@@ -812,6 +864,12 @@ impl Host {
             ));
         }
 
+        // The target campaigns without waiting for its own refusal to vote to
+        // end: from here on this leader serves no read from its lease, and not
+        // until the target's campaign can no longer start (the call's timeout).
+        group
+            .lease
+            .void_until(std::time::Instant::now() + TRANSFER_CATCH_UP + TRANSFER_CAMPAIGN * 2);
         // Entries already taken from the queue may still be on their way into
         // the log: the target has caught up once they are answered and its log
         // matches the leader's.
@@ -837,7 +895,14 @@ impl Host {
         }
         let answer = self
             .endpoint
-            .call::<_, NodeResponse>(addr, &wire::NodeRequest::Campaign { shard }, TRANSFER_CAMPAIGN)
+            .call::<_, NodeResponse>(
+                addr,
+                &wire::NodeRequest::Campaign {
+                    shard,
+                    handed_over: true,
+                },
+                TRANSFER_CAMPAIGN,
+            )
             .await;
         drop(paused);
         match answer {
@@ -851,15 +916,23 @@ impl Host {
     }
 
     /// Makes this replica of `shard` campaign; waits up to 5 s for it to lead.
-    /// Sent by a leader handing over (its log is then up to date, see
-    /// [`Host::transfer_leader`]) or to a shard that has no leader; the
-    /// election restriction keeps it safe either way.
-    pub async fn campaign(&self, shard: ShardId) -> NodeResponse {
+    /// Sent by a leader handing over (`handed_over`: its log is then up to
+    /// date and its lease void, see [`Host::transfer_leader`]) or to a shard
+    /// that has no leader; the election restriction keeps it safe either way.
+    /// A replica that is not handed the leadership refuses while it still
+    /// hears from a leader: its campaign would skip its own refusal to vote,
+    /// on which that leader's read lease may rest.
+    pub async fn campaign(&self, shard: ShardId, handed_over: bool) -> NodeResponse {
         let Some(group) = self.group(shard) else {
             return NodeResponse::NoShard;
         };
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return NodeResponse::Unknown(format!("node {} is stopping", self.node_id));
+        }
+        if !handed_over && group.lease.heard_from_leader_within(self.leader_lease()) {
+            return NodeResponse::NotLeader {
+                leader: group.raft.metrics().borrow().current_leader,
+            };
         }
         self.wake(shard, &group);
         if let Err(e) = group.raft.trigger().elect().await {

@@ -40,6 +40,7 @@ use redraft_raft_storage::Engine;
 pub use redraft_raft_storage::FsyncPolicy;
 
 use crate::host::Host;
+pub use crate::reads::ReadPolicy;
 
 /// Configuration of a shard node.
 #[derive(Clone, Debug)]
@@ -68,6 +69,9 @@ pub struct Config {
     pub snapshot_bandwidth: u64,
     /// Idle time after which a shard's Raft timers stop; `None`: never.
     pub quiesce_after: Option<Duration>,
+    /// How a shard's leader confirms reads: from its lease (the default) or by
+    /// a ReadIndex round.
+    pub read_policy: ReadPolicy,
 }
 
 /// Raft timing knobs, kept together.
@@ -167,6 +171,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         config.raft.to_config(),
         config.data_dir.join("snapshots"),
         config.quiesce_after,
+        config.read_policy,
     )?);
     let reshapes = tokio::spawn(host.clone().follow_reshapes());
     let reopened = host.reopen_groups().await?;
@@ -264,12 +269,9 @@ async fn handle(host: Arc<Host>, bytes: Vec<u8>) -> Vec<u8> {
 
 async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
     match request {
-        NodeRequest::Raft { group, kind, payload } => match host.group(group) {
-            Some(g) => NodeResponse::Raft(redraft_raft_storage::network::serve_rpc(&g.raft, kind, &payload).await),
-            None => NodeResponse::Raft(Err(format!("shard {group} is not hosted on node {}", host.node_id()))),
-        },
+        NodeRequest::Raft { group, kind, payload } => NodeResponse::Raft(host.raft_rpc(group, kind, &payload).await),
         NodeRequest::Exec { shard, op, .. } => host.exec(shard, op).await,
-        NodeRequest::Campaign { shard } => host.campaign(shard).await,
+        NodeRequest::Campaign { shard, handed_over } => host.campaign(shard, handed_over).await,
         NodeRequest::TransferLeader { shard, to } => host.transfer_leader(shard, to).await,
         NodeRequest::AddLearner { shard, node, addr } => host.add_learner(shard, node, addr).await,
         NodeRequest::ChangeVoters { shard, voters } => host.change_voters(shard, voters).await,

@@ -25,7 +25,7 @@ metric!(ENTRY_WRITES: Histogram = register_histogram!(
     "redraft_node_entry_writes", "Client writes carried by one proposed Raft entry",
     prometheus::exponential_buckets(1.0, 2.0, 11).expect("buckets")));
 metric!(READS: IntCounterVec = register_int_counter_vec!(
-    "redraft_node_reads_total", "Linearizable reads, by outcome", &["result"]));
+    "redraft_node_reads_total", "Linearizable reads, by outcome (lease: served from the leader lease; ok: after a ReadIndex round)", &["result"]));
 metric!(READ_INDEX_SECONDS: Histogram = register_histogram!(
     "redraft_node_read_index_duration_seconds", "Time of one ReadIndex round (leadership confirmation and apply wait)",
     LATENCY_BUCKETS.to_vec()));
@@ -57,7 +57,7 @@ pub fn init() {
     for result in ["ok", "not_leader", "unknown"] {
         PROPOSALS.with_label_values(&[result]);
     }
-    for result in ["ok", "not_leader"] {
+    for result in ["lease", "ok", "not_leader"] {
         READS.with_label_values(&[result]);
     }
     for kind in ["built", "installed"] {

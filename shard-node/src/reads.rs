@@ -1,5 +1,16 @@
-//! Linearizable reads batched per group: one ReadIndex round serves every read
-//! that was waiting when the round started.
+//! Linearizable reads: from a leader lease when it holds, otherwise batched
+//! per group, one ReadIndex round serving every read that was waiting when the
+//! round started.
+//!
+//! LEASE. A leader whose lease holds ([`redraft_raft_storage::lease`]) serves a
+//! read from its applied state at once, touching no other node: no other replica
+//! can have been elected, so no write can have been acknowledged that this
+//! leader has not applied, once it has applied an entry of its own term (the
+//! entry every new leader appends first, which follows everything committed
+//! before its election). The lease is renewed by every AppendEntries a majority
+//! accepts, the ReadIndex round's heartbeats included, so a quiet leader pays
+//! one round and then serves from its lease again. `--read-policy read-index`
+//! turns it off.
 //!
 //! openraft's `ensure_linearizable` confirms the leadership with a heartbeat
 //! round to the followers, then waits until the state machine has applied the
@@ -20,10 +31,49 @@ use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use redraft_common::wire::NodeResponse;
+use redraft_raft_storage::lease::Lease;
 use tokio::sync::oneshot;
 
 use crate::metrics;
 use crate::raft::typ;
+
+/// How a leader confirms that a read may be served from its own state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReadPolicy {
+    /// From its lease while it holds, a ReadIndex round otherwise.
+    #[default]
+    Lease,
+    /// A ReadIndex round (a heartbeat to a quorum) for every batch of reads.
+    ReadIndex,
+}
+
+impl std::str::FromStr for ReadPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "lease" => Ok(ReadPolicy::Lease),
+            "read-index" => Ok(ReadPolicy::ReadIndex),
+            other => Err(format!("unknown read policy '{other}': expected lease or read-index")),
+        }
+    }
+}
+
+/// Whether `me`, by `m`, leads with a lease that holds now and has applied an
+/// entry of its own term (see LEASE above).
+pub fn lease_holds(lease: &Lease, me: u64, m: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> bool {
+    if m.current_leader != Some(me) || !m.state.is_leader() {
+        return false;
+    }
+    if m.last_applied.as_ref().map(|applied| applied.leader_id) != Some(m.vote.leader_id) {
+        return false;
+    }
+    // A joint configuration has two majorities: such reads go through ReadIndex.
+    let [voters] = m.membership_config.membership().get_joint_config().as_slice() else {
+        return false;
+    };
+    let voters: Vec<u64> = voters.iter().copied().collect();
+    lease.holds(me, &m.vote, &voters, Instant::now())
+}
 
 /// How long a round may take before its readers are answered "not leader" (the
 /// proxy then asks again, possibly elsewhere).
