@@ -4,6 +4,7 @@
 #   redis-tools   redis-cli (tests, benchmarks, and for you)
 #   redis-server  the reference server the compatibility tests compare against
 #   iptables      real network cuts between members in the fault tests
+#   protobuf-compiler  protoc, to build the etcd client of the benchmarks
 set -euo pipefail
 
 missing=()
@@ -11,6 +12,7 @@ dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"

@@ -7,6 +7,7 @@
 //! | [`runner`] | closed and open loops, HDR histograms, per-second timeline |
 //! | [`report`] | JSON results, text tables, SVG charts |
 //! | [`compare`] | the same workload against Redraft and stock `redis-server` |
+//! | [`etcd`] | puts and linearizable gets against etcd, the reference with Redraft's guarantees |
 //! | [`history`] | recorded operations (JSON lines) |
 //! | [`linearizability`] | the checker: per-key Wing & Gong search with memoisation |
 //! | [`check`] | the checking workload: concurrent clients recording a history |
@@ -19,6 +20,7 @@
 pub mod check;
 pub mod client;
 pub mod compare;
+pub mod etcd;
 pub mod history;
 pub mod idle;
 pub mod linearizability;

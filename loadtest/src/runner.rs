@@ -108,7 +108,8 @@ pub struct RunResult {
     pub timeline: Vec<Second>,
 }
 
-fn histogram() -> Histogram<u64> {
+/// A latency histogram in µs, 1 µs to 2 minutes, three significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 

@@ -65,6 +65,34 @@ enum Command {
         #[arg(long = "node-arg", allow_hyphen_values = true)]
         node_args: Vec<String>,
     },
+    /// Puts or linearizable gets against etcd's leader: the reference with
+    /// Redraft's guarantees, for ratios in the same run.
+    Etcd {
+        /// Client URLs of the etcd members, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        /// `set` (puts) or `get` (linearizable gets).
+        #[arg(long, value_enum, default_value_t = redraft_loadtest::etcd::EtcdMix::Set)]
+        mix: redraft_loadtest::etcd::EtcdMix,
+        /// Requests in flight at once.
+        #[arg(long, short = 'c', default_value_t = 50)]
+        concurrency: usize,
+        /// gRPC connections the requests share.
+        #[arg(long, default_value_t = 10)]
+        grpc_connections: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Distinct keys.
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 16)]
+        value_size: usize,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Draw a comparison chart of result files.
     Plot {
         /// Result files written by `run --json`.
@@ -210,6 +238,36 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::Check(args) => check(args).await,
+        Command::Etcd {
+            endpoints,
+            mix,
+            concurrency,
+            grpc_connections,
+            duration,
+            keys,
+            value_size,
+            json,
+        } => {
+            let config = redraft_loadtest::etcd::EtcdConfig {
+                endpoints,
+                mix,
+                concurrency,
+                connections: grpc_connections,
+                duration: Duration::from_secs(duration),
+                keys,
+                value_size,
+                seed: 1,
+            };
+            let result = redraft_loadtest::etcd::run(&config).await?;
+            println!(
+                "etcd {:?}: {:.0} req/s ({} requests, {} errors), p50 {} µs, p99 {} µs",
+                result.mix, result.throughput, result.requests, result.errors, result.p50_us, result.p99_us
+            );
+            if let Some(path) = json {
+                std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
+            }
+            Ok(())
+        }
         Command::Idle {
             shards,
             redraft,
