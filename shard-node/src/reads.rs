@@ -167,6 +167,51 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openraft::{BasicNode, CommittedLeaderId, LogId, Membership, RaftMetrics, ServerState, StoredMembership, Vote};
+    use std::collections::BTreeSet;
+
+    /// Metrics of node 1 leading term 3 of voters `configs`, having applied
+    /// an entry of `applied_term`.
+    fn leader_metrics(applied_term: u64, configs: Vec<BTreeSet<u64>>) -> RaftMetrics<u64, BasicNode> {
+        let mut m = RaftMetrics::new_initial(1);
+        m.current_term = 3;
+        m.vote = Vote::new_committed(3, 1);
+        m.state = ServerState::Leader;
+        m.current_leader = Some(1);
+        m.last_applied = Some(LogId::new(CommittedLeaderId::new(applied_term, 1), 7));
+        m.membership_config = Arc::new(StoredMembership::new(None, Membership::new(configs, None)));
+        m
+    }
+
+    #[test]
+    fn a_lease_serves_reads_only_to_a_leader_that_applied_its_own_term_in_a_plain_configuration() {
+        let voters = BTreeSet::from([1, 2, 3]);
+        let lease = Lease::new(Duration::from_secs(60));
+        let m = leader_metrics(3, vec![voters.clone()]);
+        assert!(!lease_holds(&lease, 1, &m), "no follower has accepted anything yet");
+        lease.accepted(2, Vote::new_committed(3, 1), Instant::now());
+        assert!(lease_holds(&lease, 1, &m));
+        assert!(
+            !lease_holds(&lease, 1, &leader_metrics(2, vec![voters.clone()])),
+            "a new leader that has not applied an entry of its term may lack committed writes"
+        );
+        let joint = leader_metrics(3, vec![voters.clone(), BTreeSet::from([1, 2, 4])]);
+        assert!(
+            !lease_holds(&lease, 1, &joint),
+            "a joint configuration goes through ReadIndex"
+        );
+        let mut follower = leader_metrics(3, vec![voters]);
+        follower.state = ServerState::Follower;
+        follower.current_leader = Some(2);
+        assert!(!lease_holds(&lease, 1, &follower));
+    }
+
+    #[test]
+    fn read_policies_parse_from_their_flag_values() {
+        assert_eq!("lease".parse::<ReadPolicy>(), Ok(ReadPolicy::Lease));
+        assert_eq!("read-index".parse::<ReadPolicy>(), Ok(ReadPolicy::ReadIndex));
+        assert!("quorum".parse::<ReadPolicy>().is_err());
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::Semaphore;
 
