@@ -12,13 +12,13 @@
 #      (CURVE_SECONDS per point and target, default 5);
 #   6. the idle cost of 1,000 and 5,000 shards per node, with and without
 #      quiescence (redraft-bench idle);
-#   7. a 3-member etcd (Debian's etcd-server, installed when missing) on
+#   7. a 3-member etcd (Debian's etcd-server, installed by setup.sh) on
 #      loopback ports: puts and linearizable gets against SET and GET P1 of the
 #      same cluster, each pair run back to back (ETCD_SECONDS each, default 10).
 # Usage: scripts/bench.sh [requests per run, default 100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh etcd-server
 N="${1:-100000}"
 cargo build --workspace --bins
 target="${CARGO_TARGET_DIR:-target}/debug"
@@ -87,13 +87,6 @@ echo "## idle cost (3 nodes, each hosting a replica of every shard)"
 "$target/redraft-bench" idle --shards 1000,5000 --node-arg=--quiesce-after-secs=0 --json "$out/idle-ticking.json"
 
 echo "## etcd 3.4, 3 members on loopback (the reference with Redraft's guarantees)"
-if ! command -v etcd >/dev/null 2>&1; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
-  # Debian's package may start a default member; the benchmark starts its own.
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then systemctl stop etcd || true; fi
-fi
 etcd_secs="${ETCD_SECONDS:-10}"
 peers=""; clients=""
 declare -a eclient epeer

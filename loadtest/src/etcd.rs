@@ -18,6 +18,8 @@ use etcd_client::Client;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::workload::Generator;
+
 /// What the workload sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -107,7 +109,7 @@ pub async fn run(config: &EtcdConfig) -> Result<EtcdResult> {
                 let mut latency = crate::runner::histogram();
                 let mut errors = 0u64;
                 while Instant::now() < deadline {
-                    let key = format!("key:{}", rng.gen_range(0..config.keys.max(1)));
+                    let key = Generator::key(rng.gen_range(0..config.keys.max(1)));
                     let sent = Instant::now();
                     let outcome = match config.mix {
                         EtcdMix::Set => client.put(key, value.clone(), None).await.map(|_| ()),

@@ -28,7 +28,7 @@
 //! Acknowledgements of messages sent before the lease was voided never count
 //! again, so an answer already on its way cannot revive it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -121,7 +121,7 @@ impl Lease {
     /// Whether, at `now`, the leader `me` holding `vote` may serve reads
     /// without a quorum round: a majority of `voters` (itself included) has
     /// accepted an AppendEntries sent under `vote` within the lease.
-    pub fn holds(&self, me: u64, vote: &Vote<u64>, voters: &[u64], now: Instant) -> bool {
+    pub fn holds(&self, me: u64, vote: &Vote<u64>, voters: &BTreeSet<u64>, now: Instant) -> bool {
         if !vote.is_committed() || !voters.contains(&me) {
             return false;
         }
@@ -180,6 +180,10 @@ mod tests {
 
     const LEASE: Duration = Duration::from_millis(800);
 
+    fn voters<const N: usize>(ids: [u64; N]) -> BTreeSet<u64> {
+        BTreeSet::from(ids)
+    }
+
     fn vote(term: u64, leader: u64) -> Vote<u64> {
         Vote::new_committed(term, leader)
     }
@@ -189,19 +193,22 @@ mod tests {
         let lease = Lease::new(LEASE);
         let t0 = Instant::now();
         let v = vote(3, 1);
-        assert!(!lease.holds(1, &v, &[1, 2, 3], t0), "no follower has accepted yet");
-        lease.accepted(2, v, t0);
-        assert!(lease.holds(1, &v, &[1, 2, 3], t0 + Duration::from_millis(10)));
         assert!(
-            !lease.holds(1, &v, &[1, 2, 3], t0 + LEASE),
+            !lease.holds(1, &v, &voters([1, 2, 3]), t0),
+            "no follower has accepted yet"
+        );
+        lease.accepted(2, v, t0);
+        assert!(lease.holds(1, &v, &voters([1, 2, 3]), t0 + Duration::from_millis(10)));
+        assert!(
+            !lease.holds(1, &v, &voters([1, 2, 3]), t0 + LEASE),
             "the lease ends `duration` after the send time"
         );
         // A later acceptance by the other follower renews it.
         lease.accepted(3, v, t0 + Duration::from_millis(500));
-        assert!(lease.holds(1, &v, &[1, 2, 3], t0 + LEASE));
+        assert!(lease.holds(1, &v, &voters([1, 2, 3]), t0 + LEASE));
         // Five voters need two followers: the second most recent one counts.
-        assert!(lease.holds(1, &v, &[1, 2, 3, 4, 5], t0 + Duration::from_millis(700)));
-        assert!(!lease.holds(1, &v, &[1, 2, 3, 4, 5], t0 + LEASE));
+        assert!(lease.holds(1, &v, &voters([1, 2, 3, 4, 5]), t0 + Duration::from_millis(700)));
+        assert!(!lease.holds(1, &v, &voters([1, 2, 3, 4, 5]), t0 + LEASE));
     }
 
     #[test]
@@ -210,21 +217,24 @@ mod tests {
         let now = Instant::now();
         lease.accepted(2, vote(2, 1), now);
         assert!(
-            !lease.holds(1, &vote(3, 1), &[1, 2, 3], now),
+            !lease.holds(1, &vote(3, 1), &voters([1, 2, 3]), now),
             "an older term's acceptance"
         );
         lease.accepted(4, vote(3, 1), now);
-        assert!(!lease.holds(1, &vote(3, 1), &[1, 2, 3], now), "node 4 does not vote");
         assert!(
-            !lease.holds(5, &vote(3, 1), &[1, 2, 3], now),
+            !lease.holds(1, &vote(3, 1), &voters([1, 2, 3]), now),
+            "node 4 does not vote"
+        );
+        assert!(
+            !lease.holds(5, &vote(3, 1), &voters([1, 2, 3]), now),
             "the caller does not vote"
         );
         assert!(
-            !lease.holds(1, &Vote::new(3, 1), &[1, 2, 3], now),
+            !lease.holds(1, &Vote::new(3, 1), &voters([1, 2, 3]), now),
             "a vote not yet committed is no leadership"
         );
         assert!(
-            lease.holds(1, &vote(3, 1), &[1], now),
+            lease.holds(1, &vote(3, 1), &voters([1]), now),
             "a lone voter is its own majority"
         );
     }
@@ -238,13 +248,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         lease.void();
         let now = Instant::now();
-        assert!(!lease.holds(1, &v, &[1, 2, 3], now));
+        assert!(!lease.holds(1, &v, &voters([1, 2, 3]), now));
         // An answer that was on its way when the lease was voided.
         lease.accepted(3, v, sent);
-        assert!(!lease.holds(1, &v, &[1, 2, 3], now));
+        assert!(!lease.holds(1, &v, &voters([1, 2, 3]), now));
         // A message sent afterwards renews it.
         lease.accepted(3, v, now);
-        assert!(lease.holds(1, &v, &[1, 2, 3], now));
+        assert!(lease.holds(1, &v, &voters([1, 2, 3]), now));
     }
 
     #[test]
@@ -254,14 +264,14 @@ mod tests {
         let now = Instant::now();
         lease.void_until(now + Duration::from_secs(1));
         lease.accepted(2, v, now);
-        assert!(!lease.holds(1, &v, &[1, 2, 3], now));
+        assert!(!lease.holds(1, &v, &voters([1, 2, 3]), now));
         let later = now + Duration::from_millis(1200);
         lease.accepted(2, v, later);
-        assert!(lease.holds(1, &v, &[1, 2, 3], later));
+        assert!(lease.holds(1, &v, &voters([1, 2, 3]), later));
         // A shorter void does not shorten a longer one.
         lease.void_until(now);
         lease.accepted(2, v, now + Duration::from_millis(10));
-        assert!(!lease.holds(1, &v, &[1, 2, 3], now + Duration::from_millis(10)));
+        assert!(!lease.holds(1, &v, &voters([1, 2, 3]), now + Duration::from_millis(10)));
     }
 
     #[test]
@@ -272,18 +282,18 @@ mod tests {
         lease.accepted(2, v, before);
         {
             let _change = lease.suspend();
-            assert!(!lease.holds(1, &v, &[1, 2, 3], before));
+            assert!(!lease.holds(1, &v, &voters([1, 2, 3]), before));
             lease.accepted(3, v, Instant::now());
-            assert!(!lease.holds(1, &v, &[1, 2, 3], Instant::now()));
+            assert!(!lease.holds(1, &v, &voters([1, 2, 3]), Instant::now()));
         }
         assert!(
-            !lease.holds(1, &v, &[1, 2, 3], Instant::now()),
+            !lease.holds(1, &v, &voters([1, 2, 3]), Instant::now()),
             "acks from before the end do not count"
         );
         std::thread::sleep(Duration::from_millis(2));
         let after = Instant::now();
         lease.accepted(3, v, after);
-        assert!(lease.holds(1, &v, &[1, 2, 3], after));
+        assert!(lease.holds(1, &v, &voters([1, 2, 3]), after));
     }
 
     #[test]

@@ -71,8 +71,7 @@ pub fn lease_holds(lease: &Lease, me: u64, m: &openraft::RaftMetrics<u64, openra
     let [voters] = m.membership_config.membership().get_joint_config().as_slice() else {
         return false;
     };
-    let voters: Vec<u64> = voters.iter().copied().collect();
-    lease.holds(me, &m.vote, &voters, Instant::now())
+    lease.holds(me, &m.vote, voters, Instant::now())
 }
 
 /// How long a round may take before its readers are answered "not leader" (the
