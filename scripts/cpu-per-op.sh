@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# CPU per operation of a fresh local cluster (3 nodes + proxy + placement driver)
+# against redis-server started in the same run, for one workload.
+#
+# Each round starts a new cluster, warms it with SET P16 for 2 s, then reads the
+# user+system CPU time of every member from /proc around a timed redraft-bench run
+# and prints req/s and CPU µs per operation; the redis-server reference (in memory
+# for GET, appendfsync always for SET) is measured the same way right after.
+# Rounds interleave with the reference so a noisy machine hits both alike.
+#
+# Usage: scripts/cpu-per-op.sh [set|get] [pipeline] [seconds] [rounds] [-- extra `redraft up` args]
+#   e.g. scripts/cpu-per-op.sh set 1 10 3 -- --node-arg=--read-policy=read-index
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mix="${1:-set}"; pipeline="${2:-1}"; secs="${3:-10}"; rounds="${4:-3}"
+shift $(( $# < 4 ? $# : 4 )); [ "${1:-}" = "--" ] && shift
+target="${CARGO_TARGET_DIR:-target}/debug"
+work=$(mktemp -d)
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ticks=$(getconf CLK_TCK)
+# Sum of utime+stime (clock ticks) of the given pids.
+cpu_ticks() { local t=0; for p in "$@"; do set -- $(sed 's/^.*) //' "/proc/$p/stat"); t=$(( t + ${12} + ${13} )); done; echo $t; }
+measure() { # label port pids...
+  local label=$1 p=$2; shift 2
+  local before after
+  before=$(cpu_ticks "$@")
+  "$target/redraft-bench" run --target "127.0.0.1:$p" --mix "$mix" -c 50 -P "$pipeline" --duration "$secs" \
+    --keys 100000 --json "$work/$label.json" >/dev/null
+  after=$(cpu_ticks "$@")
+  python3 - "$label" "$work/$label.json" "$before" "$after" "$ticks" <<'PY'
+import json, sys
+label, path, before, after, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+r = json.load(open(path))[0]
+ops = r["requests"]
+cpu_us = (after - before) / ticks * 1e6
+print(f"{label:10s} {r['throughput']:>10,.0f} req/s  {cpu_us / max(ops, 1):7.1f} µs CPU/op  errors {r['errors']}")
+PY
+}
+cleanup() {
+  "$target/redraft" down --dir "$work/redraft" >/dev/null 2>&1 || true
+  [ -n "${rp:-}" ] && redis-cli -p "$rp" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+echo "## $mix P$pipeline, 50 connections, ${secs}s per run, $rounds rounds; up args: ${*:-none}"
+for round in $(seq "$rounds"); do
+  rport=$(port); base=$(( 20000 + RANDOM % 12000 ))
+  "$target/redraft" up --dir "$work/redraft" --port "$rport" --base-port "$base" --detach "$@" >/dev/null
+  pids=$(python3 -c 'import json,sys; u=json.load(open(sys.argv[1])); print(" ".join(str(m["pid"]) for k in ("placement","nodes","proxy") for m in u[k]))' "$work/redraft/up.json")
+  "$target/redraft-bench" run --target "127.0.0.1:$rport" --mix set -c 50 -P 16 --duration 2 --keys 100000 >/dev/null
+  # shellcheck disable=SC2086
+  measure "redraft" "$rport" $pids
+  "$target/redraft" down --dir "$work/redraft" >/dev/null
+  rm -rf "$work/redraft"
+  rp=$(port)
+  if [ "$mix" = set ]; then
+    redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync always --dir "$work" --daemonize yes >/dev/null
+  else
+    redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" --daemonize yes >/dev/null
+  fi
+  sleep 0.5
+  "$target/redraft-bench" run --target "127.0.0.1:$rp" --mix set -c 50 -P 16 --duration 1 --keys 100000 >/dev/null
+  measure "redis" "$rp" "$(redis-cli -p "$rp" info server | tr -d '\r' | sed -n 's/^process_id://p')"
+  redis-cli -p "$rp" shutdown nosave >/dev/null 2>&1 || true
+  rm -f "$work"/*.aof "$work"/appendonlydir -r
+done
