@@ -12,6 +12,7 @@ pub mod glob;
 pub mod http;
 pub mod ids;
 pub mod keys;
+pub mod link;
 pub mod node_links;
 pub mod ops;
 pub mod pd_client;

@@ -1,7 +1,7 @@
 //! Wire messages between processes, and their encoding.
 //!
-//! Every message is one bincode-encoded envelope on its own QUIC stream (see
-//! [`crate::transport`]). Raft RPCs travel as opaque payloads tagged with their
+//! Every message is one bincode-encoded envelope, on its own QUIC stream or as
+//! one frame of a peer's link (see [`crate::transport`], [`crate::link`]). Raft RPCs travel as opaque payloads tagged with their
 //! group and kind, so this crate (and the proxy) need not know openraft's types.
 
 use serde::de::DeserializeOwned;
