@@ -15,6 +15,11 @@ if ! "$REDRAFT_VENV/bin/python" -c "import redis" >/dev/null 2>&1; then
   "$REDRAFT_VENV/bin/pip" install -q "redis>=5,<9"
 fi
 
+if [ ! -x "${CARGO_TARGET_DIR:-target}/debug/redraft" ]; then
+  echo "test.sh: first build: compiling RocksDB, Redraft and the test binaries takes 15-25 minutes on 2 cores; the tests then run for about 10" >&2
+else
+  echo "test.sh: lints, then unit and multi-process tests (about 10 minutes)" >&2
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The proxy must never depend on a storage engine or on Raft, even transitively.

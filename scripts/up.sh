@@ -7,5 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+if [ ! -x "${CARGO_TARGET_DIR:-target}/debug/redraft" ]; then
+  echo "up.sh: first build: compiling RocksDB and Redraft takes 10-20 minutes on 2 cores (later starts take seconds)" >&2
+fi
 cargo build --bin redraft
 exec cargo run --quiet --bin redraft -- up --dir redraft-data "$@"

@@ -6,7 +6,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use redraft_common::pd_client::PdClient;
 
@@ -53,9 +53,82 @@ enum Command {
     },
     /// Operator tools.
     Ctl {
+        #[command(flatten)]
+        target: CtlTarget,
         #[command(subcommand)]
         command: CtlCommand,
     },
+}
+
+/// Where `redraft ctl` finds the placement driver and its certificate. Each
+/// may be given on its own; otherwise `--dir` (or `./redraft-data` when it
+/// holds a cluster) supplies both, from `up.json` and `certs/`.
+#[derive(Args)]
+struct CtlTarget {
+    /// The data folder of `redraft up`: placement addresses from its `up.json`,
+    /// the `ctl` certificate from its `certs/` [default: ./redraft-data when
+    /// present]. For `ctl certs`: the directory the certificates go to.
+    #[arg(long, global = true)]
+    dir: Option<PathBuf>,
+    /// Placement driver members, comma-separated [env: REDRAFT_PLACEMENT].
+    #[arg(long, global = true)]
+    placement: Option<String>,
+    /// Directory holding `ca.pem` and the operator's certificate [env: REDRAFT_CERTS].
+    #[arg(long, global = true)]
+    certs: Option<PathBuf>,
+    /// Name of the operator's certificate (`<name>.pem`, `<name>.key`).
+    #[arg(long, global = true, default_value = "ctl")]
+    cert_name: String,
+}
+
+impl CtlTarget {
+    /// The placement members and the certificate to use: flags first, then
+    /// `--dir`, then the environment, then `./redraft-data`.
+    fn resolve(self) -> Result<(String, Membership)> {
+        let from_dir = |dir: &std::path::Path| -> Result<(String, PathBuf)> {
+            let cluster = local::Cluster::load(dir)
+                .with_context(|| format!("{} holds no cluster of `redraft up` (no up.json)", dir.display()))?;
+            let placement = cluster
+                .placement
+                .iter()
+                .map(|m| m.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            Ok((placement, cluster.certs()))
+        };
+        let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let local = PathBuf::from("redraft-data");
+        let folder = match &self.dir {
+            Some(dir) => Some(from_dir(dir)?),
+            None if self.placement.is_none() || self.certs.is_none() => {
+                if env("REDRAFT_PLACEMENT").is_none() && local::Cluster::file(&local).exists() {
+                    Some(from_dir(&local)?)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        let placement = self
+            .placement
+            .or_else(|| folder.as_ref().map(|f| f.0.clone()))
+            .or_else(|| env("REDRAFT_PLACEMENT").map(|v| v.to_string_lossy().into_owned()))
+            .ok_or_else(|| {
+                anyhow!("where is the cluster? give --dir (the folder of `redraft up`), or --placement and --certs")
+            })?;
+        let certs = self
+            .certs
+            .or_else(|| folder.as_ref().map(|f| f.1.clone()))
+            .or_else(|| env("REDRAFT_CERTS").map(PathBuf::from))
+            .ok_or_else(|| anyhow!("no certificates: give --certs (or --dir)"))?;
+        Ok((
+            placement,
+            Membership {
+                certs,
+                cert_name: self.cert_name,
+            },
+        ))
+    }
 }
 
 #[derive(Args)]
@@ -202,22 +275,14 @@ struct ProxyArgs {
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Create the cluster CA (if missing) and member certificates.
+    /// Create the cluster CA (if missing) and member certificates in `--dir`.
     Certs {
-        /// Certificate directory.
-        #[arg(long)]
-        dir: PathBuf,
         /// Member names, comma-separated.
         #[arg(long)]
         members: String,
     },
     /// Move a shard's leadership to a node: the leader holds new writes until the node has caught up, then the node campaigns.
     TransferLeader {
-        /// Placement driver members, comma-separated.
-        #[arg(long)]
-        placement: String,
-        #[command(flatten)]
-        membership: Membership,
         /// The shard.
         #[arg(long)]
         shard: u64,
@@ -227,44 +292,24 @@ enum CtlCommand {
     },
     /// Cluster summary: routing version, nodes, shards, leaders.
     Status {
-        /// Placement driver members, comma-separated.
-        #[arg(long)]
-        placement: String,
-        #[command(flatten)]
-        membership: Membership,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Shard nodes: id, address, state, replica and leader counts.
     Nodes {
-        /// Placement driver members, comma-separated.
-        #[arg(long)]
-        placement: String,
-        #[command(flatten)]
-        membership: Membership,
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Shards: id, epoch, replicas, leader, virtual nodes.
     Shards {
-        /// Placement driver members, comma-separated.
-        #[arg(long)]
-        placement: String,
-        #[command(flatten)]
-        membership: Membership,
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Move every replica off a node, then mark it removed.
     Decommission {
-        /// Placement driver members, comma-separated.
-        #[arg(long)]
-        placement: String,
-        #[command(flatten)]
-        membership: Membership,
         /// The node to drain.
         #[arg(long)]
         node: u64,
@@ -272,11 +317,6 @@ enum CtlCommand {
     /// Split a shard: half of its virtual nodes go to a new shard on the same
     /// nodes. Waits until the new routing is published.
     Split {
-        /// Placement driver members, comma-separated.
-        #[arg(long)]
-        placement: String,
-        #[command(flatten)]
-        membership: Membership,
         /// The shard to split.
         #[arg(long)]
         shard: u64,
@@ -284,11 +324,6 @@ enum CtlCommand {
     /// Merge shard `from` into shard `into` (replicas on the same nodes). Waits
     /// until the new routing is published.
     Merge {
-        /// Placement driver members, comma-separated.
-        #[arg(long)]
-        placement: String,
-        #[command(flatten)]
-        membership: Membership,
         /// The shard that disappears.
         #[arg(long)]
         from: u64,
@@ -298,11 +333,6 @@ enum CtlCommand {
     },
     /// Move one replica of a shard from one node to another now.
     MoveReplica {
-        /// Placement driver members, comma-separated.
-        #[arg(long)]
-        placement: String,
-        #[command(flatten)]
-        membership: Membership,
         /// The shard.
         #[arg(long)]
         shard: u64,
@@ -315,23 +345,12 @@ enum CtlCommand {
     },
     /// Balance replicas and leaders now; prints every step taken.
     Rebalance {
-        /// Placement driver members, comma-separated.
-        #[arg(long)]
-        placement: String,
-        #[command(flatten)]
-        membership: Membership,
         /// Stop after this many steps.
         #[arg(long, default_value_t = 100)]
         max_steps: u32,
     },
     /// Print the routing table as JSON.
-    Routing {
-        /// Placement driver members, comma-separated.
-        #[arg(long)]
-        placement: String,
-        #[command(flatten)]
-        membership: Membership,
-    },
+    Routing,
 }
 
 /// `FsyncPolicy` as a clap value.
@@ -588,160 +607,145 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Up(args) => local::up(args).await,
         Command::Down { dir } => local::down(&dir),
-        Command::Ctl { command } => match command {
-            CtlCommand::Certs { dir, members } => {
-                let members: Vec<String> = members.split(',').map(|s| s.trim().to_string()).collect();
-                redraft_common::tls::ensure_certs(&dir, &members)
+        Command::Ctl {
+            target,
+            command: CtlCommand::Certs { members },
+        } => {
+            let dir = target
+                .dir
+                .ok_or_else(|| anyhow!("ctl certs needs --dir, the certificate directory"))?;
+            let members: Vec<String> = members.split(',').map(|s| s.trim().to_string()).collect();
+            redraft_common::tls::ensure_certs(&dir, &members)
+        }
+        Command::Ctl { target, command } => {
+            let (placement, membership) = target.resolve()?;
+            ctl(command, &placement, &membership).await
+        }
+    }
+}
+
+/// Runs an operator command against the placement driver at `placement`.
+async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> Result<()> {
+    match command {
+        CtlCommand::Certs { .. } => Err(anyhow!("ctl certs runs without a placement driver")),
+        CtlCommand::Routing => {
+            let (_, table) = ctl_routing(placement, membership).await?;
+            println!("{}", serde_json::to_string_pretty(&table)?);
+            Ok(())
+        }
+        CtlCommand::Decommission { node } => {
+            let (_, pd) = ctl_client(placement, membership)?;
+            let request = redraft_common::wire::PdRequest::Decommission { node };
+            match pd.call(&request, std::time::Duration::from_secs(5)).await? {
+                redraft_common::wire::PdResponse::Ack => {
+                    println!("node {node} is draining; `redraft ctl nodes` shows it removed once empty");
+                    Ok(())
+                }
+                other => Err(anyhow!("decommission refused: {other:?}")),
             }
-            CtlCommand::Routing { placement, membership } => {
-                let (_, table) = ctl_routing(&placement, &membership).await?;
-                println!("{}", serde_json::to_string_pretty(&table)?);
-                Ok(())
+        }
+        CtlCommand::Split { shard } => {
+            let (_, pd) = ctl_client(placement, membership)?;
+            let before = pd.routing(u64::MAX, u64::MAX, std::time::Duration::ZERO).await?;
+            let request = redraft_common::wire::PdRequest::Split { shard };
+            operator_request(&pd, &request, std::time::Duration::from_secs(10)).await?;
+            let is_new = |id: &u64| !before.shards.contains_key(id);
+            let table = wait_for_routing(&pd, |t| {
+                t.shards.values().any(|s| s.split_from == Some(shard) && is_new(&s.id))
+            })
+            .await?;
+            let child = table
+                .shards
+                .values()
+                .filter(|s| s.split_from == Some(shard) && is_new(&s.id))
+                .map(|s| s.id)
+                .max();
+            println!(
+                "shard {shard} split: it keeps {} vnodes, new shard {} has {} (routing version {})",
+                table.vnodes_of(shard).len(),
+                child.unwrap_or_default(),
+                child.map_or(0, |c| table.vnodes_of(c).len()),
+                table.version
+            );
+            Ok(())
+        }
+        CtlCommand::Merge { from, into } => {
+            let (_, pd) = ctl_client(placement, membership)?;
+            let request = redraft_common::wire::PdRequest::Merge { from, into };
+            operator_request(&pd, &request, std::time::Duration::from_secs(10)).await?;
+            let table = wait_for_routing(&pd, |t| !t.shards.contains_key(&from)).await?;
+            println!(
+                "shard {from} merged into shard {into}: it now has {} vnodes (routing version {})",
+                table.vnodes_of(into).len(),
+                table.version
+            );
+            Ok(())
+        }
+        CtlCommand::MoveReplica { shard, from, to } => {
+            let (_, pd) = ctl_client(placement, membership)?;
+            let request = redraft_common::wire::PdRequest::MoveReplica { shard, from, to };
+            for line in operator_request(&pd, &request, std::time::Duration::from_secs(300)).await? {
+                println!("{line}");
             }
-            CtlCommand::Decommission {
-                placement,
-                membership,
-                node,
-            } => {
-                let (_, pd) = ctl_client(&placement, &membership)?;
-                let request = redraft_common::wire::PdRequest::Decommission { node };
-                match pd.call(&request, std::time::Duration::from_secs(5)).await? {
-                    redraft_common::wire::PdResponse::Ack => {
-                        println!("node {node} is draining; `redraft ctl nodes` shows it removed once empty");
-                        Ok(())
+            Ok(())
+        }
+        CtlCommand::Rebalance { max_steps } => {
+            // One step per request: a step takes seconds, a whole rebalance
+            // minutes, longer than a connection should be trusted to stay up;
+            // a lost answer is asked again (the PD plans from its state).
+            let (_, pd) = ctl_client(placement, membership)?;
+            let request = redraft_common::wire::PdRequest::Rebalance { max_steps: 1 };
+            let mut taken = 0;
+            let mut lost = 0;
+            while taken < max_steps {
+                let step = match operator_request(&pd, &request, std::time::Duration::from_secs(600)).await {
+                    Ok(step) => step,
+                    Err(e) if lost < 3 => {
+                        lost += 1;
+                        eprintln!("retrying after: {e:#}");
+                        continue;
                     }
-                    other => Err(anyhow!("decommission refused: {other:?}")),
+                    Err(e) => return Err(e),
+                };
+                let Some(line) = step.first() else { break };
+                println!("{line}");
+                if line.starts_with("failed") {
+                    return Err(anyhow!("rebalance stopped after {taken} steps"));
                 }
+                taken += 1;
             }
-            CtlCommand::Split {
-                placement,
-                membership,
-                shard,
-            } => {
-                let (_, pd) = ctl_client(&placement, &membership)?;
-                let before = pd.routing(u64::MAX, u64::MAX, std::time::Duration::ZERO).await?;
-                let request = redraft_common::wire::PdRequest::Split { shard };
-                operator_request(&pd, &request, std::time::Duration::from_secs(10)).await?;
-                let is_new = |id: &u64| !before.shards.contains_key(id);
-                let table = wait_for_routing(&pd, |t| {
-                    t.shards.values().any(|s| s.split_from == Some(shard) && is_new(&s.id))
-                })
-                .await?;
-                let child = table
-                    .shards
-                    .values()
-                    .filter(|s| s.split_from == Some(shard) && is_new(&s.id))
-                    .map(|s| s.id)
-                    .max();
+            println!("{taken} steps; balanced");
+            Ok(())
+        }
+        CtlCommand::Status { json } => {
+            let (table, live) = ctl_status(placement, membership).await?;
+            let led = table.shards.values().filter(|s| s.leader.is_some()).count();
+            let summary = serde_json::json!({
+                "routing_version": table.version,
+                "nodes": table.nodes.len(),
+                "nodes_up": live.len(),
+                "shards": table.shards.len(),
+                "shards_with_leader": led,
+                "vnodes": table.vnode_count,
+            });
+            if json {
+                println!("{summary}");
+            } else {
                 println!(
-                    "shard {shard} split: it keeps {} vnodes, new shard {} has {} (routing version {})",
-                    table.vnodes_of(shard).len(),
-                    child.unwrap_or_default(),
-                    child.map_or(0, |c| table.vnodes_of(c).len()),
-                    table.version
+                    "routing version {}\nnodes {} ({} up)\nshards {} ({} with a leader)\nvnodes {}",
+                    table.version,
+                    table.nodes.len(),
+                    live.len(),
+                    table.shards.len(),
+                    led,
+                    table.vnode_count
                 );
-                Ok(())
             }
-            CtlCommand::Merge {
-                placement,
-                membership,
-                from,
-                into,
-            } => {
-                let (_, pd) = ctl_client(&placement, &membership)?;
-                let request = redraft_common::wire::PdRequest::Merge { from, into };
-                operator_request(&pd, &request, std::time::Duration::from_secs(10)).await?;
-                let table = wait_for_routing(&pd, |t| !t.shards.contains_key(&from)).await?;
-                println!(
-                    "shard {from} merged into shard {into}: it now has {} vnodes (routing version {})",
-                    table.vnodes_of(into).len(),
-                    table.version
-                );
-                Ok(())
-            }
-            CtlCommand::MoveReplica {
-                placement,
-                membership,
-                shard,
-                from,
-                to,
-            } => {
-                let (_, pd) = ctl_client(&placement, &membership)?;
-                let request = redraft_common::wire::PdRequest::MoveReplica { shard, from, to };
-                for line in operator_request(&pd, &request, std::time::Duration::from_secs(300)).await? {
-                    println!("{line}");
-                }
-                Ok(())
-            }
-            CtlCommand::Rebalance {
-                placement,
-                membership,
-                max_steps,
-            } => {
-                // One step per request: a step takes seconds, a whole rebalance
-                // minutes, longer than a connection should be trusted to stay up;
-                // a lost answer is asked again (the PD plans from its state).
-                let (_, pd) = ctl_client(&placement, &membership)?;
-                let request = redraft_common::wire::PdRequest::Rebalance { max_steps: 1 };
-                let mut taken = 0;
-                let mut lost = 0;
-                while taken < max_steps {
-                    let step = match operator_request(&pd, &request, std::time::Duration::from_secs(600)).await {
-                        Ok(step) => step,
-                        Err(e) if lost < 3 => {
-                            lost += 1;
-                            eprintln!("retrying after: {e:#}");
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    let Some(line) = step.first() else { break };
-                    println!("{line}");
-                    if line.starts_with("failed") {
-                        return Err(anyhow!("rebalance stopped after {taken} steps"));
-                    }
-                    taken += 1;
-                }
-                println!("{taken} steps; balanced");
-                Ok(())
-            }
-            CtlCommand::Status {
-                placement,
-                membership,
-                json,
-            } => {
-                let (table, live) = ctl_status(&placement, &membership).await?;
-                let led = table.shards.values().filter(|s| s.leader.is_some()).count();
-                let summary = serde_json::json!({
-                    "routing_version": table.version,
-                    "nodes": table.nodes.len(),
-                    "nodes_up": live.len(),
-                    "shards": table.shards.len(),
-                    "shards_with_leader": led,
-                    "vnodes": table.vnode_count,
-                });
-                if json {
-                    println!("{summary}");
-                } else {
-                    println!(
-                        "routing version {}\nnodes {} ({} up)\nshards {} ({} with a leader)\nvnodes {}",
-                        table.version,
-                        table.nodes.len(),
-                        live.len(),
-                        table.shards.len(),
-                        led,
-                        table.vnode_count
-                    );
-                }
-                Ok(())
-            }
-            CtlCommand::Nodes {
-                placement,
-                membership,
-                json,
-            } => {
-                let (table, live) = ctl_status(&placement, &membership).await?;
-                let rows: Vec<serde_json::Value> = table
+            Ok(())
+        }
+        CtlCommand::Nodes { json } => {
+            let (table, live) = ctl_status(placement, membership).await?;
+            let rows: Vec<serde_json::Value> = table
                     .nodes
                     .values()
                     .map(|n| {
@@ -756,35 +760,25 @@ async fn run(command: Command) -> Result<()> {
                         serde_json::json!({"id": n.id, "addr": n.addr, "state": state, "replicas": replicas, "leaders": leaders})
                     })
                     .collect();
-                print_rows(json, &["id", "addr", "state", "replicas", "leaders"], &rows)
-            }
-            CtlCommand::Shards {
-                placement,
-                membership,
-                json,
-            } => {
-                let (table, _) = ctl_status(&placement, &membership).await?;
-                let rows: Vec<serde_json::Value> = table
-                    .shards
-                    .values()
-                    .map(|s| {
-                        serde_json::json!({"id": s.id, "epoch": s.epoch, "replicas": s.replicas,
+            print_rows(json, &["id", "addr", "state", "replicas", "leaders"], &rows)
+        }
+        CtlCommand::Shards { json } => {
+            let (table, _) = ctl_status(placement, membership).await?;
+            let rows: Vec<serde_json::Value> = table
+                .shards
+                .values()
+                .map(|s| {
+                    serde_json::json!({"id": s.id, "epoch": s.epoch, "replicas": s.replicas,
                             "leader": s.leader, "vnodes": table.vnodes_of(s.id).len()})
-                    })
-                    .collect();
-                print_rows(json, &["id", "epoch", "replicas", "leader", "vnodes"], &rows)
-            }
-            CtlCommand::TransferLeader {
-                placement,
-                membership,
-                shard,
-                to,
-            } => {
-                let (endpoint, table) = ctl_routing(&placement, &membership).await?;
-                redraft_placement::scheduler::transfer_leadership(&endpoint, &table, shard, to).await?;
-                println!("node {to} now leads shard {shard}");
-                Ok(())
-            }
-        },
+                })
+                .collect();
+            print_rows(json, &["id", "epoch", "replicas", "leader", "vnodes"], &rows)
+        }
+        CtlCommand::TransferLeader { shard, to } => {
+            let (endpoint, table) = ctl_routing(placement, membership).await?;
+            redraft_placement::scheduler::transfer_leadership(&endpoint, &table, shard, to).await?;
+            println!("node {to} now leads shard {shard}");
+            Ok(())
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! with its data and log under the folder, writes `up.json` (members, addresses,
 //! pids, logs) and prints `ready ...` once the proxy answers commands. It then
 //! supervises: a member that dies is reported and the others keep running;
-//! Ctrl-C or SIGTERM stops every member cleanly (proxy first, placement last).
+//! Ctrl-C or SIGTERM stops every member cleanly (proxy first, placement last),
+//! and once every member has exited (`redraft down` from another shell) `up`
+//! exits too.
 //! `--detach` returns after `ready` and leaves the members running
 //! (`redraft down` stops them). Running `up` again on the same folder restarts the
 //! same members on the same ports with their data.
@@ -432,7 +434,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
     }
     cluster.save()?;
     let proxy = cluster.proxy[0].addr;
-    let ready = tokio::task::spawn_blocking(move || wait_ready(proxy, Duration::from_secs(120))).await?;
+    let ready = until_ready(proxy, &mut children).await;
     if let Err(e) = ready {
         eprintln!("{e:#}; logs are in {}", dir.join("logs").display());
         down(&dir)?;
@@ -447,6 +449,30 @@ pub async fn up(args: UpArgs) -> Result<()> {
         return Ok(());
     }
     supervise(cluster, children).await
+}
+
+/// Waits for the proxy at `proxy` to serve (at most 2 minutes), giving up as
+/// soon as a member exits (a failure, or `redraft down` from another shell) or
+/// on Ctrl-C or SIGTERM.
+async fn until_ready(proxy: SocketAddr, children: &mut [(String, Child)]) -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut waiting = tokio::task::spawn_blocking(move || wait_ready(proxy, Duration::from_secs(120)));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            ready = &mut waiting => return ready?,
+            _ = term.recv() => bail!("stopped before the cluster was ready"),
+            _ = interrupt.recv() => bail!("interrupted before the cluster was ready"),
+            _ = tick.tick() => {
+                for (name, child) in children.iter_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        bail!("{name} exited ({status}) before the cluster was ready");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `redraft up --dir DIR add-node`: one more shard node, detached, on the next
@@ -493,20 +519,28 @@ fn port_is_free(port: u16) -> bool {
     std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// Watches the members until Ctrl-C or SIGTERM, reporting any that exit.
+/// Watches the members until Ctrl-C or SIGTERM (then stops them all, in order),
+/// or until every member has exited (`redraft down` from another shell, or
+/// failures): then returns, failing with the exit status of the first member
+/// that failed.
 async fn supervise(mut cluster: Cluster, mut children: Vec<(String, Child)>) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut first_failure: Option<(String, std::process::ExitStatus)> = None;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = term.recv() => break,
             _ = tick.tick() => {
                 let mut changed = false;
                 children.retain_mut(|(name, child)| match child.try_wait() {
                     Ok(Some(status)) => {
-                        eprintln!("member {name} (pid {}) exited ({status}); the others keep running", child.id());
                         changed = true;
+                        if !status.success() && first_failure.is_none() {
+                            first_failure = Some((name.clone(), status));
+                        }
+                        eprintln!("member {name} (pid {}) exited ({status})", child.id());
                         false
                     }
                     _ => true,
@@ -518,24 +552,37 @@ async fn supervise(mut cluster: Cluster, mut children: Vec<(String, Child)>) -> 
                         }
                     }
                     cluster.save()?;
+                    if children.is_empty() {
+                        eprintln!("every member has exited");
+                        return match first_failure {
+                            None => Ok(()),
+                            Some((name, status)) => {
+                                use std::os::unix::process::ExitStatusExt;
+                                eprintln!("the first to fail was {name} ({status})");
+                                std::process::exit(status.code().unwrap_or(128 + status.signal().unwrap_or(0)))
+                            }
+                        };
+                    }
+                    eprintln!("the others keep running; `redraft down --dir {}` stops them", cluster.dir.display());
                 }
             }
         }
     }
     eprintln!("stopping the cluster");
-    down(&cluster.dir)
+    tokio::task::spawn_blocking(move || down(&cluster.dir)).await?
 }
 
-/// `redraft down`: SIGTERM the proxies, then the nodes, then the placement
-/// driver, each group given 10 s before SIGKILL.
+/// `redraft down`: SIGTERM the proxies, then the nodes (which hand their
+/// leaderships over), then the placement driver; a group still running after its
+/// grace period (3 s, 10 s, 3 s) is killed, so `down` ends within 16 s.
 pub fn down(dir: &Path) -> Result<()> {
     let mut cluster = Cluster::load(dir)?;
-    for group in [&cluster.proxy, &cluster.nodes, &cluster.placement] {
+    for (group, grace) in [(&cluster.proxy, 3), (&cluster.nodes, 10), (&cluster.placement, 3)] {
         let pids: Vec<u32> = group.iter().filter_map(|m| m.pid).filter(|p| alive(*p)).collect();
         for pid in &pids {
             let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(grace);
         while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -322,3 +322,188 @@ fn up_add_node_and_down_from_the_command_line() {
         }
     }
 }
+
+/// Connects to `port` as soon as it accepts (up to `wait`), then keeps a client
+/// busy: PING (PONG, or -LOADING before the proxy can route), then SETs and GETs
+/// of `keys` until each has been written and read back. Every reply must be a
+/// right answer: no CLUSTERDOWN, TRYAGAIN or other error.
+fn hammer_from_first_accept(port: u16, wait: Duration, prefix: &str, keys: usize) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + wait;
+    let mut conn = loop {
+        if let Ok(stream) = std::net::TcpStream::connect(addr) {
+            drop(stream);
+            break Resp::connect(addr);
+        }
+        assert!(std::time::Instant::now() < deadline, "the proxy never accepted");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // A PING right away: PONG, or -LOADING before the proxy can route.
+    match conn.cmd("PING") {
+        Frame::Simple(s) if s == "PONG" => {}
+        Frame::Error(e) if e.starts_with("LOADING ") => {}
+        other => panic!("PING answered {other:?}"),
+    }
+    // A write right away: it waits for the routing table and the leader.
+    assert_eq!(conn.cmd(&format!("SET {prefix}early v")), Frame::ok(), "the first SET");
+    let mut pongs = 0;
+    while pongs < 3 {
+        match conn.cmd("PING") {
+            Frame::Simple(s) if s == "PONG" => pongs += 1,
+            Frame::Error(e) if e.starts_with("LOADING ") => std::thread::sleep(Duration::from_millis(10)),
+            other => panic!("PING answered {other:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "PING never said PONG");
+    }
+    for i in 0..keys {
+        assert_eq!(
+            conn.cmd(&format!("SET {prefix}{i} v{i}")),
+            Frame::ok(),
+            "SET {prefix}{i}"
+        );
+        assert_eq!(conn.cmd(&format!("GET {prefix}{i}")), Frame::bulk(format!("v{i}")));
+    }
+}
+
+/// Issue "first contact": a client that connects the moment the port opens
+/// gets answers, not errors, at the first start and across a full restart;
+/// `down` ends a foreground `up`, and SIGTERM to it stops every member.
+#[test]
+fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_redraft");
+    let port = crate::harness::free_port();
+    // Beside `up_add_node_and_down_from_the_command_line`'s ports (base + 0..5,
+    // HTTP base + 50..56): QUIC base + 20..24, HTTP base + 70..74.
+    let base = 10000 + (std::process::id() % 60) as u16 * 100 + 20;
+    let up = || {
+        std::process::Command::new(exe)
+            .args([
+                "up",
+                "--port",
+                &port.to_string(),
+                "--base-port",
+                &base.to_string(),
+                "--dir",
+            ])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let member_pids = || -> Vec<u64> {
+        let up: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("up.json")).unwrap()).unwrap();
+        ["proxy", "placement", "nodes"]
+            .iter()
+            .flat_map(|g| up[*g].as_array().unwrap().iter().filter_map(|m| m["pid"].as_u64()))
+            .collect()
+    };
+    let running = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z"))
+    };
+    let exits_within = |child: &mut std::process::Child, limit: Duration| {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "`up` still runs after {limit:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // First start: hammer from the first accept.
+    let mut foreground = up();
+    hammer_from_first_accept(port, Duration::from_secs(120), "first:", 20);
+    let pids = member_pids();
+    assert_eq!(pids.len(), 5, "placement, three nodes and a proxy");
+    // `down` from another shell ends the foreground `up` too.
+    let down = std::process::Command::new(exe)
+        .args(["down", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(down.status.success());
+    let status = exits_within(&mut foreground, Duration::from_secs(20));
+    assert!(status.success(), "`up` after `down`: {status}");
+    assert!(!pids.iter().any(|p| running(*p)), "a member outlived `down`");
+
+    // A full restart: the same from the first accept, and the data is there.
+    let mut foreground = up();
+    hammer_from_first_accept(port, Duration::from_secs(120), "second:", 5);
+    let mut conn = Resp::connect(([127, 0, 0, 1], port).into());
+    for i in 0..20 {
+        assert_eq!(conn.cmd(&format!("GET first:{i}")), Frame::bulk(format!("v{i}")));
+    }
+    // SCAN with a COUNT above the keyspace answers everything in one call.
+    let Frame::Array(page) = conn.cmd("SCAN 0 COUNT 100") else {
+        panic!("SCAN")
+    };
+    assert_eq!(page[0], Frame::bulk("0"), "one call covers a small keyspace");
+    assert!(matches!(&page[1], Frame::Array(keys) if keys.len() == 27), "{page:?}");
+    // ctl from the data folder alone, before or after the subcommand.
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(exe).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let folder = dir.path().to_str().unwrap();
+    let nodes: Vec<serde_json::Value> =
+        serde_json::from_str(&ctl(&["ctl", "--dir", folder, "nodes", "--json"])).unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert!(ctl(&["ctl", "status", "--dir", folder]).contains("shards 12 (12 with a leader)"));
+    let shards: Vec<serde_json::Value> =
+        serde_json::from_str(&ctl(&["ctl", "--dir", folder, "shards", "--json"])).unwrap();
+    assert_eq!(shards.len(), 12);
+    let routing: serde_json::Value = serde_json::from_str(&ctl(&["ctl", "--dir", folder, "routing"])).unwrap();
+    assert_eq!(routing["vnodes"].as_array().unwrap().len(), 1024);
+    let shard = shards[0]["id"].as_u64().unwrap().to_string();
+    let leader = shards[0]["leader"].as_u64().unwrap();
+    let other = shards[0]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_u64().unwrap())
+        .find(|r| *r != leader)
+        .unwrap()
+        .to_string();
+    assert!(ctl(&[
+        "ctl",
+        "--dir",
+        folder,
+        "transfer-leader",
+        "--shard",
+        &shard,
+        "--to",
+        &other
+    ])
+    .contains("now leads"));
+    assert!(ctl(&["ctl", "--dir", folder, "split", "--shard", &shard]).contains("split"));
+    // Without --dir or --placement, and no ./redraft-data: a clear error.
+    let lost = std::process::Command::new(exe)
+        .args(["ctl", "nodes"])
+        .current_dir(dir.path())
+        .env_remove("REDRAFT_PLACEMENT")
+        .output()
+        .unwrap();
+    assert!(!lost.status.success());
+    assert!(
+        String::from_utf8_lossy(&lost.stderr).contains("give --dir"),
+        "{}",
+        String::from_utf8_lossy(&lost.stderr)
+    );
+
+    // SIGTERM to the foreground `up` stops every member, then `up` itself.
+    let pids = member_pids();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &foreground.id().to_string()])
+        .status();
+    exits_within(&mut foreground, Duration::from_secs(20));
+    assert!(!pids.iter().any(|p| running(*p)), "a member outlived SIGTERM to `up`");
+}

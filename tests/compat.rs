@@ -317,6 +317,34 @@ fn scan_walks_every_shard_and_multi_key_commands_stay_in_one() {
         assert!(all.contains(&format!("key:{i}")), "key:{i} missing from SCAN");
     }
     assert!(calls > 1, "COUNT bounds each call");
+    // A COUNT above the keyspace: everything in one call.
+    let (cursor, keys) = conn.scan_page("SCAN 0 COUNT 1000");
+    assert_eq!(cursor, "0", "one call covers a small keyspace");
+    assert!(keys.len() >= 320, "{} keys", keys.len());
+    // A split while a scan is under way: every key present throughout is returned.
+    let (split_scan, split) = std::thread::scope(|scope| {
+        let split = scope.spawn(|| crate::harness::ctl(&cluster, &["split", "--shard", "2"]));
+        let mut scanner = Resp::connect(cluster.proxy());
+        let mut seen = std::collections::BTreeSet::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let (next, keys) = scanner.scan_page(&format!("SCAN {cursor} COUNT 10"));
+            seen.extend(keys);
+            cursor = next;
+            if cursor == "0" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (seen, split.join().unwrap())
+    });
+    assert!(split.status.success(), "{}", String::from_utf8_lossy(&split.stderr));
+    for i in 0..300 {
+        assert!(
+            split_scan.contains(&format!("key:{i}")),
+            "key:{i} missing from a SCAN across a split"
+        );
+    }
     let (hashes, _) = scan_all(&mut conn, " TYPE hash COUNT 100");
     assert_eq!(hashes.len(), 20, "{hashes:?}");
     let (matched, _) = scan_all(&mut conn, " MATCH key:1?");

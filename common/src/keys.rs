@@ -124,6 +124,19 @@ impl Ring {
     }
 }
 
+/// A key's position in a SCAN: its virtual node, then the top 48 bits of its
+/// xxh3 hash (the order keys are stored in within a virtual node), never 0 (the
+/// cursor that means "start" and "done"). Nodes stop and resume SCAN steps at
+/// these positions, and the proxy cuts pages merged from several shards at them.
+pub fn scan_position(vnode: VnodeId, key: &[u8]) -> u64 {
+    scan_position_of_hash(vnode, xxhash_rust::xxh3::xxh3_64(key))
+}
+
+/// [`scan_position`] for a key whose xxh3 hash is already known.
+pub fn scan_position_of_hash(vnode: VnodeId, hash: u64) -> u64 {
+    (u64::from(vnode) << 48 | hash >> 16).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,7 +77,8 @@ impl Percentiles {
 pub struct Second {
     /// Seconds since the start.
     pub t: u64,
-    /// Requests completed in this second.
+    /// Requests completed in this second (for a run shorter than a second, its
+    /// rate per second).
     pub requests: u64,
     /// Median latency (µs).
     pub p50_us: u64,
@@ -237,18 +238,30 @@ pub async fn run(label: &str, config: RunConfig) -> Result<RunResult> {
             .iter()
             .map(|(k, h)| (k.to_string(), Percentiles::of(h)))
             .collect(),
-        timeline: measured
-            .seconds
-            .iter()
-            .enumerate()
-            .map(|(t, h)| Second {
-                t: t as u64,
-                requests: h.len(),
-                p50_us: if h.is_empty() { 0 } else { h.value_at_quantile(0.5) },
-                p99_us: if h.is_empty() { 0 } else { h.value_at_quantile(0.99) },
-            })
-            .collect(),
+        timeline: whole_seconds(&measured.seconds, elapsed_s),
     })
+}
+
+/// The timeline of a run that lasted `elapsed_s`: whole seconds only, so the
+/// run's last, partial second never shows as a fall in throughput. A run
+/// shorter than a second keeps its one point, as a rate per second.
+fn whole_seconds(seconds: &[Histogram<u64>], elapsed_s: f64) -> Vec<Second> {
+    let whole = elapsed_s.floor() as usize;
+    seconds
+        .iter()
+        .enumerate()
+        .take(whole.max(1))
+        .map(|(t, h)| Second {
+            t: t as u64,
+            requests: if whole == 0 {
+                (h.len() as f64 / elapsed_s.max(1e-3)).round() as u64
+            } else {
+                h.len()
+            },
+            p50_us: if h.is_empty() { 0 } else { h.value_at_quantile(0.5) },
+            p99_us: if h.is_empty() { 0 } else { h.value_at_quantile(0.99) },
+        })
+        .collect()
 }
 
 fn progress_bar(config: &RunConfig, budget: Arc<Budget>) -> Option<tokio::task::JoinHandle<()>> {
@@ -323,5 +336,29 @@ async fn connection_loop(
             measured.record(op, now - start, now - sent);
         }
         budget.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_partial_second_is_left_out_of_the_timeline() {
+        let second = |n: u64| {
+            let mut h = histogram();
+            for _ in 0..n {
+                h.record(100).unwrap();
+            }
+            h
+        };
+        let seconds = vec![second(1000), second(1000), second(300)];
+        let timeline = whole_seconds(&seconds, 2.3);
+        assert_eq!(
+            timeline.iter().map(|s| s.requests).collect::<Vec<_>>(),
+            vec![1000, 1000]
+        );
+        let short = whole_seconds(&[second(250)], 0.5);
+        assert_eq!(short.iter().map(|s| s.requests).collect::<Vec<_>>(), vec![500]);
     }
 }

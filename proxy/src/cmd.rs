@@ -804,13 +804,24 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
     })
 }
 
-/// Most shard requests one SCAN call makes before it answers (maybe with no
-/// keys and a non-zero cursor, as Redis may), so a sparse keyspace cannot make
-/// one call walk every virtual node.
-const SCAN_REQUESTS_PER_CALL: usize = 16;
+/// How long one SCAN call keeps collecting before it answers with what it has
+/// (maybe nothing, with a non-zero cursor, as Redis may): bounds a call over a
+/// sparse keyspace or a MATCH that few keys pass.
+const SCAN_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// SCAN: walks the ring from the cursor's virtual node, asking each run of
-/// consecutive virtual nodes of one shard in turn (see the shard's cursor rule).
+/// Virtual nodes a SCAN call's first round covers; a round in which no shard
+/// filled its quota doubles the next one, so a small keyspace takes a few rounds
+/// and a big one asks few shards per round.
+const SCAN_FIRST_WINDOW: u32 = 32;
+
+/// SCAN: collects keys in ring order from the cursor's position until it has
+/// COUNT keys, the ring ends (cursor 0) or [`SCAN_BUDGET`] runs out. Each round
+/// asks every shard owning a virtual node of the next window for its keys there,
+/// concurrently, and keeps the keys before the first position where a shard
+/// stopped: the page is then exactly a prefix of the ring from the cursor, so
+/// the next call resumes there and no key present throughout is missed (see
+/// the shard's cursor rule). A window that a split or merge changed is asked
+/// again under the newer table.
 async fn scan(
     router: &Router,
     cursor: u64,
@@ -818,55 +829,89 @@ async fn scan(
     pattern: Option<Bytes>,
     kind: Option<String>,
 ) -> Result<Frame, Error> {
-    let deadline = std::time::Instant::now() + crate::route::RETRY_DEADLINE;
+    let started = std::time::Instant::now();
+    let deadline = started + crate::route::RETRY_DEADLINE;
     let mut position = cursor;
     let mut keys = Vec::new();
-    let mut left = count;
-    let mut requests = 0;
+    let mut window = SCAN_FIRST_WINDOW;
     loop {
         let table = router.table();
         if !table.is_bootstrapped() {
             return Err(Error::ClusterDown("the cluster is not bootstrapped yet".into()));
         }
         let first = (position >> 48) as u32;
-        if first >= table.vnode_count || requests == SCAN_REQUESTS_PER_CALL || left == 0 {
+        let wanted = count.saturating_sub(keys.len() as u64);
+        if first >= table.vnode_count || wanted == 0 || started.elapsed() >= SCAN_BUDGET {
             let next = if first >= table.vnode_count { 0 } else { position.max(1) };
             return Ok(Frame::Array(vec![
                 Frame::Bulk(next.to_string().into_bytes()),
                 Frame::Array(keys),
             ]));
         }
-        let shard = table
-            .shard_of(first as u16)
-            .ok_or_else(|| Error::ClusterDown("routing table is incomplete".into()))?;
-        let run: Vec<u16> = (first..table.vnode_count)
-            .take_while(|&v| table.shard_of(v as u16) == Some(shard))
-            .map(|v| v as u16)
-            .collect();
-        let after_run = u64::from(first) + run.len() as u64;
-        let op = ShardOp::Read(ReadOp::Scan {
-            vnodes: run,
-            from: position,
-            count: left,
-            pattern: pattern.clone(),
-            kind: kind.clone(),
-        });
-        match router.exec(shard, op).await {
-            Ok(Frame::Array(step)) => match &step[..] {
-                [Frame::Integer(next), Frame::Integer(examined), Frame::Array(found)] => {
-                    keys.extend(found.iter().cloned());
-                    left = left.saturating_sub(*examined as u64);
-                    position = if *next >= 0 { *next as u64 } else { after_run << 48 };
-                    requests += 1;
-                }
-                _ => return Ok(Frame::error("ERR unexpected shard reply to SCAN")),
-            },
-            Ok(other) => return Ok(other),
-            Err(Error::Moved(shard)) if std::time::Instant::now() >= deadline => return Err(Error::TryAgain(shard)),
-            // A virtual node moved: the same position again, under the newer table.
-            Err(Error::Moved(_)) => tokio::time::sleep(crate::route::MOVED_PAUSE).await,
-            Err(e) => return Err(e),
+        let end = first.saturating_add(window).min(table.vnode_count);
+        let mut by_shard: std::collections::BTreeMap<ShardId, Vec<u16>> = Default::default();
+        for vnode in first..end {
+            let shard = table
+                .shard_of(vnode as u16)
+                .ok_or_else(|| Error::ClusterDown("routing table is incomplete".into()))?;
+            by_shard.entry(shard).or_default().push(vnode as u16);
         }
+        let steps = by_shard.into_iter().map(|(shard, vnodes)| {
+            // Only the cursor's own virtual node resumes mid-way.
+            let from = if u32::from(vnodes[0]) == first {
+                position
+            } else {
+                u64::from(vnodes[0]) << 48
+            };
+            let op = ShardOp::Read(ReadOp::Scan {
+                vnodes,
+                from,
+                count: wanted,
+                pattern: pattern.clone(),
+                kind: kind.clone(),
+            });
+            async move { router.exec(shard, op).await }
+        });
+        let mut stop = u64::from(end) << 48;
+        let mut found = Vec::new();
+        let mut moved = None;
+        for answer in futures::future::join_all(steps).await {
+            match answer {
+                Ok(Frame::Array(step)) => match &step[..] {
+                    [Frame::Integer(next), Frame::Integer(_), Frame::Array(step_keys)] => {
+                        if *next >= 0 {
+                            stop = stop.min(*next as u64);
+                        }
+                        found.extend(step_keys.iter().cloned());
+                    }
+                    _ => return Ok(Frame::error("ERR unexpected shard reply to SCAN")),
+                },
+                Ok(other) => return Ok(other),
+                Err(Error::Moved(shard)) => moved = Some(shard),
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(shard) = moved {
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::TryAgain(shard));
+            }
+            // A virtual node moved: the same window again, under the newer table.
+            tokio::time::sleep(crate::route::MOVED_PAUSE).await;
+            continue;
+        }
+        for key in found {
+            let Frame::Bulk(bytes) = &key else { continue };
+            let vnode = router
+                .vnode_of(bytes)
+                .ok_or_else(|| Error::ClusterDown("the cluster is not bootstrapped yet".into()))?;
+            if redraft_common::keys::scan_position(vnode, bytes) < stop {
+                keys.push(key);
+            }
+        }
+        if stop == u64::from(end) << 48 {
+            window = window.saturating_mul(2);
+        }
+        position = stop;
     }
 }
 

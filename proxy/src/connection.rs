@@ -44,6 +44,8 @@ where
 {
     let authenticated = crate::acl::starts_authenticated(&shared.router.table().users);
     let mut session = Session::open(&shared.clients, &shared.pubsub, peer, local, authenticated);
+    // Whether the session has seen a bootstrapped table (and its users).
+    let mut settled = shared.router.table().is_bootstrapped();
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
@@ -88,6 +90,9 @@ where
                 }
             }
             buf.drain(..consumed);
+            if !settled {
+                settled = settle(&shared, &mut session, &batch).await;
+            }
             let more = batch.len() == MAX_BATCH;
             let (replies, quit) = run_batch(&shared, &mut session, batch).await;
             for (reply, resp3) in &replies {
@@ -108,6 +113,27 @@ where
             }
         }
     }
+}
+
+/// A connection that came before the proxy's first routing table: a batch that
+/// needs the cluster waits for the table (up to the retry deadline) instead of
+/// failing, like a command during a leader change; PING alone does not wait
+/// (it answers `-LOADING`). Once the table is there, the session starts
+/// authenticated or not by its users, as if it had connected then. Whether the
+/// table is there now.
+async fn settle(shared: &Shared, session: &mut Session, batch: &[(&'static str, Vec<Vec<u8>>, Command)]) -> bool {
+    let needs_cluster = batch.iter().any(|(name, _, _)| !matches!(*name, "ping" | "quit"));
+    if needs_cluster && !shared.router.table().is_bootstrapped() {
+        shared.router.wait_bootstrapped(crate::route::RETRY_DEADLINE).await;
+    }
+    let table = shared.router.table();
+    if !table.is_bootstrapped() {
+        return false;
+    }
+    if !session.authenticated {
+        session.authenticated = crate::acl::starts_authenticated(&table.users);
+    }
+    true
 }
 
 /// Runs a batch as described in the module docs; returns the replies in order,
@@ -138,6 +164,13 @@ async fn run_batch(
         };
         drop(args);
         let answered = |frame: Frame| Some(observed(name, std::time::Instant::now(), frame));
+        if name == "ping" && !shared.router.routable() {
+            // As Redis while it loads its dataset: honest to health checks.
+            replies[i] = answered(Frame::error(
+                "LOADING the proxy is waiting for the cluster's routing table and shard leaders",
+            ));
+            continue;
+        }
         match command {
             Command::Transaction(control) => {
                 drain(shared, &mut lanes, &mut replies).await;

@@ -90,10 +90,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     if let Some(addr) = config.http {
         let router = router.clone();
         let ready: redraft_common::http::Readiness = Arc::new(move || {
-            if router.table().is_bootstrapped() {
+            if router.routable() {
                 Ok(())
             } else {
-                Err("no routing table yet".into())
+                Err("waiting for the routing table and the shards' leaders".into())
             }
         });
         redraft_common::http::serve(addr, ready).await?;

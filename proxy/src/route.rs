@@ -57,6 +57,12 @@ pub struct Router {
     ring: RwLock<Option<Arc<Ring>>>,
     leaders: DashMap<ShardId, NodeId>,
     suspects: DashMap<NodeId, Instant>,
+    /// Bumped on every table installed, for [`Router::wait_bootstrapped`].
+    installed: tokio::sync::watch::Sender<u64>,
+    /// When the first bootstrapped table arrived.
+    first_table: std::sync::OnceLock<Instant>,
+    /// Latched by [`Router::routable`].
+    routable: std::sync::atomic::AtomicBool,
 }
 
 impl Router {
@@ -69,7 +75,45 @@ impl Router {
             ring: RwLock::new(None),
             leaders: DashMap::new(),
             suspects: DashMap::new(),
+            installed: tokio::sync::watch::Sender::new(0),
+            first_table: std::sync::OnceLock::new(),
+            routable: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether this proxy can route commands: it has a bootstrapped table and a
+    /// leader for every shard (or has had the table for [`RETRY_DEADLINE`], so a
+    /// shard that lost its quorum does not keep a whole proxy unready). Once
+    /// true, stays true: later leader changes are hidden by retries. PING and
+    /// `/ready` answer by it.
+    pub fn routable(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.routable.load(Ordering::Relaxed) {
+            return true;
+        }
+        let table = self.table();
+        let Some(since) = self.first_table.get() else {
+            return false;
+        };
+        let leaders_known = table
+            .shards
+            .values()
+            .all(|shard| shard.leader.is_some() || self.leaders.contains_key(&shard.id));
+        let ready = leaders_known || since.elapsed() >= RETRY_DEADLINE;
+        if ready {
+            self.routable.store(true, Ordering::Relaxed);
+        }
+        ready
+    }
+
+    /// Waits (at most `wait`) until a bootstrapped table is installed; whether
+    /// one is.
+    pub async fn wait_bootstrapped(&self, wait: Duration) -> bool {
+        let mut installed = self.installed.subscribe();
+        let bootstrapped = |_: &u64| self.table().is_bootstrapped();
+        tokio::time::timeout(wait, installed.wait_for(bootstrapped))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The placement driver client.
@@ -103,7 +147,11 @@ impl Router {
             }
         }
         crate::metrics::ROUTING_VERSION.set(table.version as i64);
+        if table.is_bootstrapped() {
+            self.first_table.get_or_init(Instant::now);
+        }
         *self.table.write().expect("routing lock") = Arc::new(table);
+        self.installed.send_modify(|n| *n += 1);
     }
 
     /// Fetches the latest table now.
@@ -141,6 +189,15 @@ impl Router {
                 .ok_or_else(|| Error::ClusterDown("routing table is incomplete".into())),
             _ => Err(Error::ClusterDown("the cluster is not bootstrapped yet".into())),
         }
+    }
+
+    /// The virtual node of `key`, once the ring is known.
+    pub fn vnode_of(&self, key: &[u8]) -> Option<redraft_common::ids::VnodeId> {
+        self.ring
+            .read()
+            .expect("ring lock")
+            .as_ref()
+            .map(|ring| ring.vnode_of(key))
     }
 
     /// LEADER's answer for `key`: its virtual node, shard, the shard's leader (as

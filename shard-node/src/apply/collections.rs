@@ -194,6 +194,10 @@ pub(super) fn cursor_of(stored: &[u8]) -> u64 {
     u64::from_be_bytes(stored[..8].try_into().expect("hashed sub-key"))
 }
 
+/// Elements of the biggest collection a first HSCAN, SSCAN or ZSCAN call
+/// returns whole (Redis's listpack limit for hashes and sorted sets).
+const SMALL_COLLECTION: u64 = 128;
+
 impl Keyspace<'_> {
     /// Executes a shard command (keys already checked for ownership).
     /// `write` says whether the caller will commit what it writes: a writing
@@ -318,10 +322,17 @@ impl Keyspace<'_> {
     ) -> Frame {
         let mut from = family.to_vec();
         from.extend_from_slice(&cursor.to_be_bytes());
+        // Redis returns a collection in a small encoding (listpack, intset) whole
+        // whatever COUNT says; so does a first call here for one that small.
+        let whole = cursor == 0
+            && self
+                .load(skey)
+                .is_some_and(|v| crate::storage::CollectionMeta::decode(&v.payload).len <= SMALL_COLLECTION);
+        let count = if whole { usize::MAX } else { options.count };
         let mut items = Vec::new();
         for (seen, (sub, value)) in self.elements(skey, family, Some(&from), false).enumerate() {
             let stored = &sub[family.len()..];
-            if seen >= options.count {
+            if seen >= count {
                 // Resume at this element's hash; 0 would mean "done", so an element
                 // whose hash is 0 can only be returned by a first call.
                 return scan_reply(cursor_of(stored).max(1), items);

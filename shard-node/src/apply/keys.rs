@@ -18,9 +18,9 @@ use crate::storage::{key_records, user_key, Kind, Value};
 
 /// The SCAN cursor of a key record's storage key (never 0, which ends a scan).
 pub fn cursor_of(storage_key: &[u8]) -> u64 {
-    let vnode = u64::from(u16::from_be_bytes([storage_key[0], storage_key[1]]));
+    let vnode = u16::from_be_bytes([storage_key[0], storage_key[1]]);
     let hash = u64::from_be_bytes(storage_key[3..11].try_into().expect("hashed key"));
-    (vnode << 48 | hash >> 16).max(1)
+    redraft_common::keys::scan_position_of_hash(vnode, hash)
 }
 
 /// Where a cursor resumes within its virtual node: the key record position.

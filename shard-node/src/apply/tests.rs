@@ -587,6 +587,30 @@ fn element_scans_return_everything_present_throughout_despite_changes() {
 }
 
 #[test]
+fn a_small_collection_comes_back_whole_from_the_first_scan_call() {
+    let f = fixture();
+    let fields: Vec<String> = (0..100).map(|i| format!("f{i} v")).collect();
+    f.write(1, &[cmd(&format!("HSET h {}", fields.join(" ")))]);
+    let members: Vec<String> = (0..128).map(|i| format!("m{i}")).collect();
+    f.write(1, &[cmd(&format!("SADD s {}", members.join(" ")))]);
+    for (query_text, items) in [("HSCAN h 0 COUNT 7", 200), ("SSCAN s 0 COUNT 3", 128)] {
+        let Frame::Array(reply) = f.read(1, query(query_text)) else {
+            panic!()
+        };
+        let [Frame::Bulk(next), Frame::Array(found)] = &reply[..] else {
+            panic!("{reply:?}")
+        };
+        assert_eq!((next.as_slice(), found.len()), (&b"0"[..], items), "{query_text}");
+    }
+    // One element more: paged by COUNT again.
+    f.write(1, &[cmd("SADD s one-more")]);
+    let Frame::Array(reply) = f.read(1, query("SSCAN s 0 COUNT 3")) else {
+        panic!()
+    };
+    assert!(matches!(&reply[..], [Frame::Bulk(next), Frame::Array(found)] if next != b"0" && found.len() == 3));
+}
+
+#[test]
 fn shard_commands_refuse_bad_shapes_instead_of_panicking() {
     let f = fixture();
     // Arity is checked on the node too (the proxy checks it first).
