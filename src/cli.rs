@@ -83,9 +83,10 @@ struct CtlTarget {
 
 impl CtlTarget {
     /// The placement members and the certificate to use: flags first, then
-    /// `--dir`, then the environment, then `./redraft-data`.
-    fn resolve(self) -> Result<(String, Membership)> {
-        let from_dir = |dir: &std::path::Path| -> Result<(String, PathBuf)> {
+    /// `--dir`, then the environment, then `./redraft-data`; and the nodes'
+    /// HTTP addresses when a folder named them.
+    fn resolve(self) -> Result<(String, Membership, NodeHttp)> {
+        let from_dir = |dir: &std::path::Path| -> Result<(String, PathBuf, NodeHttp)> {
             let cluster = local::Cluster::load(dir)
                 .with_context(|| format!("{} holds no cluster of `redraft up` (no up.json)", dir.display()))?;
             let placement = cluster
@@ -94,7 +95,8 @@ impl CtlTarget {
                 .map(|m| m.addr.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
-            Ok((placement, cluster.certs()))
+            let http = cluster.nodes.iter().filter_map(|n| Some((n.id, n.http?))).collect();
+            Ok((placement, cluster.certs(), http))
         };
         let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let local = PathBuf::from("redraft-data");
@@ -127,9 +129,13 @@ impl CtlTarget {
                 certs,
                 cert_name: self.cert_name,
             },
+            folder.map(|f| f.2).unwrap_or_default(),
         ))
     }
 }
+
+/// Nodes' HTTP (`/metrics`) addresses, when `up.json` names them.
+type NodeHttp = BTreeMap<u64, SocketAddr>;
 
 #[derive(Args)]
 struct Operator {
@@ -351,6 +357,19 @@ enum CtlCommand {
     },
     /// Print the routing table as JSON.
     Routing,
+    /// A live view of nodes, shards, moves, splits and merges, refreshed every
+    /// second (q quits, s orders shards, n focuses a node, a shows all).
+    Top {
+        /// Print one screen as text and exit.
+        #[arg(long)]
+        once: bool,
+        /// With --once: the screen's width.
+        #[arg(long, default_value_t = 120)]
+        width: u16,
+        /// With --once: the screen's height.
+        #[arg(long, default_value_t = 40)]
+        height: u16,
+    },
 }
 
 /// `FsyncPolicy` as a clap value.
@@ -405,6 +424,95 @@ async fn ctl_status(
         redraft_common::wire::PdResponse::Status { table, live } => Ok((table, live)),
         other => Err(anyhow!("unexpected placement answer {other:?}")),
     }
+}
+
+/// `redraft ctl top`: the live view, or with `once` one screen of that size as text.
+async fn ctl_top(
+    placement: &str,
+    membership: &Membership,
+    node_http: NodeHttp,
+    once: Option<(u16, u16)>,
+) -> Result<()> {
+    use crate::top::{NodeReading, View};
+    let (_, pd) = ctl_client(placement, membership)?;
+    let overview = || async {
+        match pd
+            .call(
+                &redraft_common::wire::PdRequest::Overview,
+                std::time::Duration::from_secs(5),
+            )
+            .await?
+        {
+            redraft_common::wire::PdResponse::Overview(overview) => Ok(*overview),
+            other => Err(anyhow!("unexpected placement answer {other:?}")),
+        }
+    };
+    let read_nodes = || {
+        let http = node_http.clone();
+        tokio::task::spawn_blocking(move || {
+            http.into_iter()
+                .filter_map(|(id, addr)| Some((id, NodeReading::parse(&crate::top::fetch_metrics(addr)?))))
+                .collect::<BTreeMap<u64, NodeReading>>()
+        })
+    };
+    let rates = |now: &BTreeMap<u64, NodeReading>, before: &BTreeMap<u64, NodeReading>| {
+        now.iter()
+            .map(|(id, reading)| {
+                (
+                    *id,
+                    reading.rates_since(before.get(id).unwrap_or(&NodeReading::default())),
+                )
+            })
+            .collect()
+    };
+    let mut before = read_nodes().await?;
+    let mut view = View {
+        overview: overview().await?,
+        nodes: rates(&before, &BTreeMap::new()),
+        order: Default::default(),
+        focus: None,
+    };
+    if let Some((width, height)) = once {
+        // Two readings a second apart, so that rates show.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = read_nodes().await?;
+        view.nodes = rates(&now, &before);
+        print!("{}", crate::top::render_text(&view, width, height)?);
+        return Ok(());
+    }
+    let mut terminal = ratatui::init();
+    let shown: Result<()> = async {
+        loop {
+            terminal.draw(|frame| crate::top::render(frame, &view))?;
+            let key = tokio::task::spawn_blocking(|| -> std::io::Result<Option<char>> {
+                use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+                if event::poll(std::time::Duration::from_secs(1))? {
+                    if let Event::Key(key) = event::read()? {
+                        if let (KeyEventKind::Press, KeyCode::Char(c)) = (key.kind, key.code) {
+                            return Ok(Some(c));
+                        }
+                    }
+                }
+                Ok(None)
+            })
+            .await??;
+            if let Some(key) = key {
+                if !view.key(key) {
+                    return Ok(());
+                }
+                continue;
+            }
+            let now = read_nodes().await?;
+            view.nodes = rates(&now, &before);
+            before = now;
+            if let Ok(overview) = overview().await {
+                view.overview = overview;
+            }
+        }
+    }
+    .await;
+    ratatui::restore();
+    shown
 }
 
 /// Sends an operator request to the placement driver; its lines, or its error.
@@ -617,8 +725,15 @@ async fn run(command: Command) -> Result<()> {
             let members: Vec<String> = members.split(',').map(|s| s.trim().to_string()).collect();
             redraft_common::tls::ensure_certs(&dir, &members)
         }
+        Command::Ctl {
+            target,
+            command: CtlCommand::Top { once, width, height },
+        } => {
+            let (placement, membership, node_http) = target.resolve()?;
+            ctl_top(&placement, &membership, node_http, once.then_some((width, height))).await
+        }
         Command::Ctl { target, command } => {
-            let (placement, membership) = target.resolve()?;
+            let (placement, membership, _) = target.resolve()?;
             ctl(command, &placement, &membership).await
         }
     }
@@ -627,7 +742,9 @@ async fn run(command: Command) -> Result<()> {
 /// Runs an operator command against the placement driver at `placement`.
 async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> Result<()> {
     match command {
-        CtlCommand::Certs { .. } => Err(anyhow!("ctl certs runs without a placement driver")),
+        CtlCommand::Certs { .. } | CtlCommand::Top { .. } => {
+            Err(anyhow!("ctl certs and ctl top are dispatched by the caller"))
+        }
         CtlCommand::Routing => {
             let (_, table) = ctl_routing(placement, membership).await?;
             println!("{}", serde_json::to_string_pretty(&table)?);
@@ -749,14 +866,7 @@ async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> R
                     .nodes
                     .values()
                     .map(|n| {
-                        let replicas = table.shards.values().filter(|s| s.replicas.contains(&n.id)).count();
-                        let leaders = table.shards.values().filter(|s| s.leader == Some(n.id)).count();
-                        let state = match n.state {
-                            redraft_common::routing::NodeState::Draining => "draining",
-                            redraft_common::routing::NodeState::Removed => "removed",
-                            _ if live.contains(&n.id) => "up",
-                            _ => "down",
-                        };
+                        let (replicas, leaders, state) = crate::top::node_summary(&table, &live, n);
                         serde_json::json!({"id": n.id, "addr": n.addr, "state": state, "replicas": replicas, "leaders": leaders})
                     })
                     .collect();

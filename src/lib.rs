@@ -5,6 +5,8 @@
 //! | --- | --- |
 //! | [`cli`] | command-line parsing and logging set-up |
 //! | [`local`] | the local cluster: layout on disk, `up.json`, spawning members |
+//! | [`top`] | `redraft ctl top`, the live terminal view |
 
 pub mod cli;
 pub mod local;
+pub mod top;

@@ -113,6 +113,8 @@ pub enum PdRequest {
     Raft { kind: RaftKind, payload: Vec<u8> },
     /// Operators: the routing table and which nodes are alive.
     Status,
+    /// Operators (`redraft ctl top`): an [`Overview`] of the cluster.
+    Overview,
     /// Operators: move every replica off `node`, then mark it removed.
     Decommission { node: NodeId },
     /// Operators: split `shard`, handing half of its virtual nodes to a new shard.
@@ -149,6 +151,35 @@ pub struct ShardLoad {
     pub bytes: u64,
 }
 
+/// What `redraft ctl top` shows, as the placement leader knows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Overview {
+    /// The routing table.
+    pub table: RoutingTable,
+    /// Nodes that heartbeated recently.
+    pub live: Vec<NodeId>,
+    /// The placement member that leads (and answered).
+    pub placement_leader: Option<NodeId>,
+    /// Each shard's size and write rate, from its leader's heartbeats.
+    pub shards: Vec<ShardStats>,
+    /// Replica moves under way: shard, from node, to node.
+    pub moves: Vec<(ShardId, NodeId, NodeId)>,
+    /// The split or merge under way, in words.
+    pub reshape: Option<String>,
+}
+
+/// One shard's load in an [`Overview`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct ShardStats {
+    /// The shard.
+    pub shard: ShardId,
+    /// Approximate bytes of its data on disk (flushed data only).
+    pub bytes: u64,
+    /// Raft entries applied per second over the last seconds (each entry
+    /// carries one write or a batch of them).
+    pub entries_per_sec: f64,
+}
+
 /// The placement driver's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PdResponse {
@@ -166,6 +197,8 @@ pub enum PdResponse {
     Raft(Result<Vec<u8>, String>),
     /// The routing table and the nodes that heartbeated recently.
     Status { table: RoutingTable, live: Vec<NodeId> },
+    /// Answer to `Overview`.
+    Overview(Box<Overview>),
     /// What an operator request did, one line per step.
     Done(Vec<String>),
     /// A count (ACL DELUSER).

@@ -122,6 +122,24 @@ impl Soft {
     }
 }
 
+/// A shard's load from its recent heartbeat samples.
+struct Load {
+    bytes: u64,
+    entries_per_sec: f64,
+    /// How long the samples cover.
+    span: Duration,
+}
+
+fn load_of(samples: &std::collections::VecDeque<(Instant, u64, u64)>) -> Option<Load> {
+    let (first, last) = (samples.front()?, samples.back()?);
+    let span = last.0.duration_since(first.0);
+    Some(Load {
+        bytes: last.2,
+        entries_per_sec: last.1.saturating_sub(first.1) as f64 / span.as_secs_f64().max(1e-3),
+        span,
+    })
+}
+
 /// How far back write rates are measured.
 const LOAD_WINDOW: Duration = Duration::from_secs(10);
 /// The shortest history a write rate is judged on.
@@ -427,16 +445,51 @@ impl Pd {
             .keys()
             .filter(|s| !cooling(s) && table.vnodes_of(**s).len() >= 2)
             .find_map(|shard| {
-                let samples = soft.load.get(shard)?;
-                let (first, last) = (samples.front()?, samples.back()?);
-                if self.split_bytes > 0 && last.2 > self.split_bytes {
-                    return Some((*shard, format!("{} bytes on disk", last.2)));
+                let load = load_of(soft.load.get(shard)?)?;
+                if self.split_bytes > 0 && load.bytes > self.split_bytes {
+                    return Some((*shard, format!("{} bytes on disk", load.bytes)));
                 }
-                let span = last.0.duration_since(first.0);
-                let rate = last.1.saturating_sub(first.1) as f64 / span.as_secs_f64().max(1e-3);
-                (self.split_writes_per_sec > 0 && span >= LOAD_MIN_SPAN && rate > self.split_writes_per_sec as f64)
+                let rate = load.entries_per_sec;
+                (self.split_writes_per_sec > 0 && load.span >= LOAD_MIN_SPAN && rate > self.split_writes_per_sec as f64)
                     .then(|| (*shard, format!("{rate:.0} writes/s")))
             })
+    }
+
+    /// What `redraft ctl top` shows.
+    fn overview(&self) -> wire::Overview {
+        let table = self.table();
+        let shards = {
+            let soft = self.soft.lock().expect("soft state lock");
+            table
+                .shards
+                .keys()
+                .filter_map(|shard| {
+                    let load = load_of(soft.load.get(shard)?)?;
+                    Some(wire::ShardStats {
+                        shard: *shard,
+                        bytes: load.bytes,
+                        entries_per_sec: load.entries_per_sec,
+                    })
+                })
+                .collect()
+        };
+        let state = self.store.state();
+        let reshape = state.reshape.as_ref().map(|reshape| match reshape {
+            state::Reshape::Split { shard, child, vnodes } => {
+                format!("splitting shard {shard}: {} vnodes to new shard {child}", vnodes.len())
+            }
+            state::Reshape::Merge { from, into, vnodes } => {
+                format!("merging shard {from} ({} vnodes) into shard {into}", vnodes.len())
+            }
+        });
+        wire::Overview {
+            live: scheduler::Cluster::live(self),
+            placement_leader: self.raft.metrics().borrow().current_leader,
+            shards,
+            moves: state.moves.iter().map(|(s, (from, to))| (*s, *from, *to)).collect(),
+            reshape,
+            table,
+        }
     }
 
     /// Notes that `shard` was just split into `child`: neither splits again soon.
@@ -548,6 +601,7 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
             tracing::info!(node_id, "node is stopping: no new replicas or leaderships for it");
             PdResponse::Ack
         }
+        PdRequest::Overview => PdResponse::Overview(Box::new(pd.overview())),
         PdRequest::Status => PdResponse::Status {
             table: pd.table(),
             live: scheduler::Cluster::live(pd.as_ref()),
