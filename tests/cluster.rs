@@ -457,7 +457,13 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
     let nodes: Vec<serde_json::Value> =
         serde_json::from_str(&ctl(&["ctl", "--dir", folder, "nodes", "--json"])).unwrap();
     assert_eq!(nodes.len(), 3);
-    assert!(ctl(&["ctl", "status", "--dir", folder]).contains("shards 12 (12 with a leader)"));
+    // After a full restart the placement driver learns the new leaders from the
+    // nodes' heartbeats within a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ctl(&["ctl", "status", "--dir", folder]).contains("shards 12 (12 with a leader)") {
+        assert!(std::time::Instant::now() < deadline, "leaders never published");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let shards: Vec<serde_json::Value> =
         serde_json::from_str(&ctl(&["ctl", "--dir", folder, "shards", "--json"])).unwrap();
     assert_eq!(shards.len(), 12);
@@ -512,6 +518,36 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
     ])
     .contains("now leads"));
     assert!(ctl(&["ctl", "--dir", folder, "split", "--shard", &shard]).contains("split"));
+    // As the README runs it: no flags, from a folder holding `redraft-data`;
+    // and from the environment.
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(dir.path(), home.path().join("redraft-data")).unwrap();
+    let readme = std::process::Command::new(exe)
+        .args(["ctl", "nodes"])
+        .current_dir(home.path())
+        .env_remove("REDRAFT_PLACEMENT")
+        .output()
+        .unwrap();
+    assert!(readme.status.success(), "{}", String::from_utf8_lossy(&readme.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&readme.stdout).lines().count(),
+        4,
+        "a header and 3 nodes"
+    );
+    let up_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("up.json")).unwrap()).unwrap();
+    let from_env = std::process::Command::new(exe)
+        .args(["ctl", "status"])
+        .current_dir(dir.path())
+        .env("REDRAFT_PLACEMENT", up_json["placement"][0]["addr"].as_str().unwrap())
+        .env("REDRAFT_CERTS", dir.path().join("certs"))
+        .output()
+        .unwrap();
+    assert!(
+        from_env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_env.stderr)
+    );
     // Without --dir or --placement, and no ./redraft-data: a clear error.
     let lost = std::process::Command::new(exe)
         .args(["ctl", "nodes"])
