@@ -475,25 +475,37 @@ impl Host {
         }
     }
 
-    /// Pings every peer node forever, recording who answers.
+    /// Pings every peer node forever, recording who answers. Each peer has at
+    /// most one ping out at a time and waits for it up to [`PEER_DOWN_AFTER`]:
+    /// a slow answer from a busy peer still proves it alive, and a dead peer's
+    /// pings never hold up the others'.
     pub async fn watch_peers(self: Arc<Self>) {
+        let mut out = std::collections::HashSet::new();
+        let mut pings = tokio::task::JoinSet::new();
+        let mut tick = tokio::time::interval(PING_EVERY);
         loop {
-            let peers = self.peers.read().expect("peers lock").clone();
-            let pings = peers.into_iter().map(|(node, addr)| {
-                let endpoint = self.endpoint.clone();
-                async move {
-                    let answer = endpoint
-                        .call::<_, NodeResponse>(addr, &wire::NodeRequest::Ping, PING_EVERY * 2)
-                        .await;
-                    (node, answer.is_ok())
+            tokio::select! {
+                _ = tick.tick() => {
+                    let peers = self.peers.read().expect("peers lock").clone();
+                    for (node, addr) in peers {
+                        if out.insert(node) {
+                            let endpoint = self.endpoint.clone();
+                            pings.spawn(async move {
+                                let answer = endpoint
+                                    .call::<_, NodeResponse>(addr, &wire::NodeRequest::Ping, PEER_DOWN_AFTER)
+                                    .await;
+                                (node, answer.is_ok())
+                            });
+                        }
+                    }
                 }
-            });
-            for (node, answered) in futures::future::join_all(pings).await {
-                if answered {
-                    self.peer_seen.insert(node, std::time::Instant::now());
+                Some(Ok((node, answered))) = pings.join_next() => {
+                    out.remove(&node);
+                    if answered {
+                        self.peer_seen.insert(node, std::time::Instant::now());
+                    }
                 }
             }
-            tokio::time::sleep(PING_EVERY).await;
         }
     }
 
