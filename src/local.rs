@@ -354,10 +354,15 @@ pub fn resp_call(addr: SocketAddr, args: &[&str], timeout: Duration) -> Result<r
 /// a leader), or `timeout` passes. Something else answering on the port (another
 /// Redis) is an error, not readiness.
 pub fn wait_ready(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    wait_ready_unless(addr, timeout, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// [`wait_ready`], giving up as soon as `stop` is set.
+fn wait_ready_unless(addr: SocketAddr, timeout: Duration, stop: &std::sync::atomic::AtomicBool) -> Result<()> {
     use redraft_common::resp::Frame;
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer");
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !stop.load(std::sync::atomic::Ordering::Relaxed) {
         match resp_call(addr, &["INFO", "server"], Duration::from_secs(10)) {
             Ok(Frame::Bulk(info)) if !String::from_utf8_lossy(&info).contains("redraft_version") => {
                 bail!("{addr} is served by something other than Redraft (another Redis?)")
@@ -434,11 +439,17 @@ pub async fn up(args: UpArgs) -> Result<()> {
     }
     cluster.save()?;
     let proxy = cluster.proxy[0].addr;
-    let ready = until_ready(proxy, &mut children).await;
-    if let Err(e) = ready {
-        eprintln!("{e:#}; logs are in {}", dir.join("logs").display());
-        down(&dir)?;
-        return Err(e);
+    match until_ready(proxy, &mut children).await {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("stopped before the cluster was ready");
+            return down(&dir);
+        }
+        Err(e) => {
+            eprintln!("{e:#}; logs are in {}", dir.join("logs").display());
+            down(&dir)?;
+            return Err(e);
+        }
     }
     println!(
         "ready: redis-cli -p {} (endpoint {proxy}; data and logs in {})",
@@ -451,22 +462,44 @@ pub async fn up(args: UpArgs) -> Result<()> {
     supervise(cluster, children).await
 }
 
-/// Waits for the proxy at `proxy` to serve (at most 2 minutes), giving up as
-/// soon as a member exits (a failure, or `redraft down` from another shell) or
-/// on Ctrl-C or SIGTERM.
-async fn until_ready(proxy: SocketAddr, children: &mut [(String, Child)]) -> Result<()> {
+/// Whether a member's exit is a stop asked for (`redraft down` sends SIGTERM;
+/// a member still starting may not have its handler yet and dies of it) rather
+/// than a failure.
+fn stopped_cleanly(status: std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    const SIGTERM: i32 = 15;
+    status.success() || status.signal() == Some(SIGTERM)
+}
+
+/// Waits for the proxy at `proxy` to serve (at most 2 minutes): `true` once it
+/// does, `false` when the cluster is being stopped first (Ctrl-C, SIGTERM, or a
+/// member that exited cleanly: `redraft down` from another shell), an error
+/// when a member failed or the wait timed out.
+async fn until_ready(proxy: SocketAddr, children: &mut [(String, Child)]) -> Result<bool> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut waiting = tokio::task::spawn_blocking(move || wait_ready(proxy, Duration::from_secs(120)));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The blocking wait must end when this does: the runtime waits for it on exit.
+    struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _stop = StopOnDrop(stop.clone());
+    let mut waiting = tokio::task::spawn_blocking(move || wait_ready_unless(proxy, Duration::from_secs(120), &stop));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
-            ready = &mut waiting => return ready?,
-            _ = term.recv() => bail!("stopped before the cluster was ready"),
-            _ = interrupt.recv() => bail!("interrupted before the cluster was ready"),
+            ready = &mut waiting => return ready?.map(|()| true),
+            _ = term.recv() => return Ok(false),
+            _ = interrupt.recv() => return Ok(false),
             _ = tick.tick() => {
                 for (name, child) in children.iter_mut() {
                     if let Ok(Some(status)) = child.try_wait() {
+                        if stopped_cleanly(status) {
+                            return Ok(false);
+                        }
                         bail!("{name} exited ({status}) before the cluster was ready");
                     }
                 }
@@ -537,7 +570,7 @@ async fn supervise(mut cluster: Cluster, mut children: Vec<(String, Child)>) -> 
                 children.retain_mut(|(name, child)| match child.try_wait() {
                     Ok(Some(status)) => {
                         changed = true;
-                        if !status.success() && first_failure.is_none() {
+                        if !stopped_cleanly(status) && first_failure.is_none() {
                             first_failure = Some((name.clone(), status));
                         }
                         eprintln!("member {name} (pid {}) exited ({status})", child.id());

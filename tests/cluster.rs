@@ -388,10 +388,11 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
             ])
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("up.stderr")).unwrap())
             .spawn()
             .unwrap()
     };
+    let up_said = || std::fs::read_to_string(dir.path().join("up.stderr")).unwrap_or_default();
     let member_pids = || -> Vec<u64> {
         let up: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("up.json")).unwrap()).unwrap();
@@ -427,7 +428,7 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
         .unwrap();
     assert!(down.status.success());
     let status = exits_within(&mut foreground, Duration::from_secs(20));
-    assert!(status.success(), "`up` after `down`: {status}");
+    assert!(status.success(), "`up` after `down`: {status}: {}", up_said());
     assert!(!pids.iter().any(|p| running(*p)), "a member outlived `down`");
 
     // A full restart: the same from the first accept, and the data is there.
@@ -569,4 +570,24 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
         .status();
     exits_within(&mut foreground, Duration::from_secs(20));
     assert!(!pids.iter().any(|p| running(*p)), "a member outlived SIGTERM to `up`");
+
+    // `down` while `up` still waits for the cluster to be ready: `up` ends too.
+    let mut foreground = up();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the proxy never accepted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let down = std::process::Command::new(exe)
+        .args(["down", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(down.status.success());
+    let status = exits_within(&mut foreground, Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "`up` stopped by `down` while starting: {status}: {}",
+        up_said()
+    );
 }
