@@ -415,20 +415,25 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
         }
     };
 
+    // Runs `redraft down`; the foreground `up` must then end, with status 0.
+    let down_ends = |foreground: &mut std::process::Child, what: &str| {
+        let down = std::process::Command::new(exe)
+            .args(["down", "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(down.status.success());
+        let status = exits_within(foreground, Duration::from_secs(20));
+        assert!(status.success(), "{what}: {status}: {}", up_said());
+    };
+
     // First start: hammer from the first accept.
     let mut foreground = up();
     hammer_from_first_accept(port, Duration::from_secs(120), "first:", 20);
     let pids = member_pids();
     assert_eq!(pids.len(), 5, "placement, three nodes and a proxy");
     // `down` from another shell ends the foreground `up` too.
-    let down = std::process::Command::new(exe)
-        .args(["down", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(down.status.success());
-    let status = exits_within(&mut foreground, Duration::from_secs(20));
-    assert!(status.success(), "`up` after `down`: {status}: {}", up_said());
+    down_ends(&mut foreground, "`up` after `down`");
     assert!(!pids.iter().any(|p| running(*p)), "a member outlived `down`");
 
     // A full restart: the same from the first accept, and the data is there.
@@ -578,16 +583,5 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
         assert!(std::time::Instant::now() < deadline, "the proxy never accepted");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let down = std::process::Command::new(exe)
-        .args(["down", "--dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(down.status.success());
-    let status = exits_within(&mut foreground, Duration::from_secs(20));
-    assert!(
-        status.success(),
-        "`up` stopped by `down` while starting: {status}: {}",
-        up_said()
-    );
+    down_ends(&mut foreground, "`up` stopped by `down` while starting");
 }
