@@ -327,7 +327,7 @@ fn up_add_node_and_down_from_the_command_line() {
 /// busy: PING (PONG, or -LOADING before the proxy can route), then SETs and GETs
 /// of `keys` until each has been written and read back. Every reply must be a
 /// right answer: no CLUSTERDOWN, TRYAGAIN or other error.
-fn hammer_from_first_accept(port: u16, wait: Duration, prefix: &str, keys: usize) {
+fn hammer_from_first_accept(port: u16, wait: Duration, prefix: &str, keys: usize, up_said: &dyn Fn() -> String) {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = std::time::Instant::now() + wait;
     let mut conn = loop {
@@ -335,7 +335,11 @@ fn hammer_from_first_accept(port: u16, wait: Duration, prefix: &str, keys: usize
             drop(stream);
             break Resp::connect(addr);
         }
-        assert!(std::time::Instant::now() < deadline, "the proxy never accepted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy never accepted; up said: {}",
+            up_said()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     // A PING right away: PONG, or -LOADING before the proxy can route.
@@ -353,7 +357,11 @@ fn hammer_from_first_accept(port: u16, wait: Duration, prefix: &str, keys: usize
             Frame::Error(e) if e.starts_with("LOADING ") => std::thread::sleep(Duration::from_millis(10)),
             other => panic!("PING answered {other:?}"),
         }
-        assert!(std::time::Instant::now() < deadline, "PING never said PONG");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PING never said PONG; up said: {}",
+            up_said()
+        );
     }
     for i in 0..keys {
         assert_eq!(
@@ -429,7 +437,7 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
 
     // First start: hammer from the first accept.
     let mut foreground = up();
-    hammer_from_first_accept(port, Duration::from_secs(120), "first:", 20);
+    hammer_from_first_accept(port, Duration::from_secs(120), "first:", 20, &up_said);
     let pids = member_pids();
     assert_eq!(pids.len(), 5, "placement, three nodes and a proxy");
     // `down` from another shell ends the foreground `up` too.
@@ -438,7 +446,7 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
 
     // A full restart: the same from the first accept, and the data is there.
     let mut foreground = up();
-    hammer_from_first_accept(port, Duration::from_secs(120), "second:", 5);
+    hammer_from_first_accept(port, Duration::from_secs(120), "second:", 5, &up_said);
     let mut conn = Resp::connect(([127, 0, 0, 1], port).into());
     for i in 0..20 {
         assert_eq!(conn.cmd(&format!("GET first:{i}")), Frame::bulk(format!("v{i}")));
