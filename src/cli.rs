@@ -824,14 +824,17 @@ async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> R
                     }
                     Err(e) => return Err(e),
                 };
-                let Some(line) = step.first() else { break };
+                let Some(line) = step.first() else {
+                    println!("{taken} steps; balanced");
+                    return Ok(());
+                };
                 println!("{line}");
                 if line.starts_with("failed") {
                     return Err(anyhow!("rebalance stopped after {taken} steps"));
                 }
                 taken += 1;
             }
-            println!("{taken} steps; balanced");
+            println!("{taken} steps; stopped at --max-steps, not balanced yet");
             Ok(())
         }
         CtlCommand::Status { json } => {
