@@ -154,30 +154,11 @@ impl Endpoint {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        let unknown = |reason: String| CallError::Unknown { addr, reason };
-        let exchange = async {
-            let conn = self.connection(addr).await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| {
-                self.connections
-                    .remove_if(&addr, |_, c| c.stable_id() == conn.stable_id());
-                CallError::NotSent {
-                    addr,
-                    reason: e.to_string(),
-                }
-            })?;
-            send.write_all(&wire::encode(request))
-                .await
-                .map_err(|e| unknown(e.to_string()))?;
-            send.finish().map_err(|e| unknown(e.to_string()))?;
-            let bytes = recv
-                .read_to_end(MAX_MESSAGE)
-                .await
-                .map_err(|e| unknown(e.to_string()))?;
-            wire::decode(&bytes).map_err(|e| unknown(e.to_string()))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| unknown(format!("timed out after {timeout:?}")))?
+        let answer = self.call_on_stream(addr, &wire::encode(request), timeout).await?;
+        wire::decode(&answer).map_err(|e| CallError::Unknown {
+            addr,
+            reason: e.to_string(),
+        })
     }
 
     /// Sends `request` to `addr` over the link to that peer (a one-call stream when
@@ -193,19 +174,41 @@ impl Endpoint {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        let bytes = wire::encode(request);
-        if bytes.len() > LINK_MAX_REQUEST {
-            return self.call(addr, request, timeout).await;
-        }
         let unknown = |reason: String| CallError::Unknown { addr, reason };
-        let answer = tokio::time::timeout(timeout, async { self.link(addr).await?.call(&bytes).await })
-            .await
-            .map_err(|_| unknown(format!("timed out after {timeout:?}")))??;
+        let bytes = wire::encode(request);
+        let answer = if bytes.len() > LINK_MAX_REQUEST {
+            self.call_on_stream(addr, &bytes, timeout).await?
+        } else {
+            tokio::time::timeout(timeout, async { self.link(addr).await?.call(&bytes).await })
+                .await
+                .map_err(|_| unknown(format!("timed out after {timeout:?}")))??
+        };
         wire::decode(&answer).map_err(|e| unknown(e.to_string()))
     }
 
-    /// The live link to `addr`, opened (with its reader and writer tasks) when
-    /// there is none.
+    /// One exchange of encoded messages on a one-call stream of its own.
+    async fn call_on_stream(&self, addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let unknown = |reason: String| CallError::Unknown { addr, reason };
+        let exchange = async {
+            let conn = self.connection(addr).await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| {
+                self.connections
+                    .remove_if(&addr, |_, c| c.stable_id() == conn.stable_id());
+                CallError::NotSent {
+                    addr,
+                    reason: e.to_string(),
+                }
+            })?;
+            send.write_all(request).await.map_err(|e| unknown(e.to_string()))?;
+            send.finish().map_err(|e| unknown(e.to_string()))?;
+            recv.read_to_end(MAX_MESSAGE).await.map_err(|e| unknown(e.to_string()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| unknown(format!("timed out after {timeout:?}")))?
+    }
+
+    /// The live link to `addr`, opened (with its reader task) when there is none.
     async fn link(&self, addr: SocketAddr) -> Result<Arc<Link>, CallError> {
         let live = |links: &DashMap<SocketAddr, Arc<Link>>| {
             links.get(&addr).filter(|link| !link.failed()).map(|link| link.clone())
