@@ -20,20 +20,27 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 ticks=$(getconf CLK_TCK)
 # Sum of utime+stime (clock ticks) of the given pids.
 cpu_ticks() { local t=0; for p in "$@"; do set -- $(sed 's/^.*) //' "/proc/$p/stat"); t=$(( t + ${12} + ${13} )); done; echo $t; }
-measure() { # label port pids...
+measure() { # label port pids... [-- proxy pids]: with a proxy part, its share is printed too
   local label=$1 p=$2; shift 2
-  local before after
-  before=$(cpu_ticks "$@")
+  local all=() proxy=() before after proxy_before=0 proxy_after=0
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do all+=("$1"); shift; done
+  [ "${1:-}" = "--" ] && shift && proxy=("$@") && all+=("$@")
+  before=$(cpu_ticks "${all[@]}")
+  [ ${#proxy[@]} -gt 0 ] && proxy_before=$(cpu_ticks "${proxy[@]}")
   "$target/redraft-bench" run --target "127.0.0.1:$p" --mix "$mix" -c 50 -P "$pipeline" --duration "$secs" \
     --keys 100000 --json "$work/$label.json" >/dev/null
-  after=$(cpu_ticks "$@")
-  python3 - "$label" "$work/$label.json" "$before" "$after" "$ticks" <<'PY'
+  after=$(cpu_ticks "${all[@]}")
+  [ ${#proxy[@]} -gt 0 ] && proxy_after=$(cpu_ticks "${proxy[@]}")
+  python3 - "$label" "$work/$label.json" "$before" "$after" "$ticks" "$proxy_before" "$proxy_after" <<'PY'
 import json, sys
-label, path, before, after, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+label, path = sys.argv[1], sys.argv[2]
+before, after, ticks, proxy_before, proxy_after = map(int, sys.argv[3:8])
 r = json.load(open(path))[0]
-ops = r["requests"]
-cpu_us = (after - before) / ticks * 1e6
-print(f"{label:10s} {r['throughput']:>10,.0f} req/s  {cpu_us / max(ops, 1):7.1f} µs CPU/op  errors {r['errors']}")
+ops = max(r["requests"], 1)
+cpu_us = (after - before) / ticks * 1e6 / ops
+proxy_us = (proxy_after - proxy_before) / ticks * 1e6 / ops
+split = f"  (proxy {proxy_us:.1f}, the rest {cpu_us - proxy_us:.1f})" if proxy_after else ""
+print(f"{label:10s} {r['throughput']:>10,.0f} req/s  {cpu_us:7.1f} µs CPU/op{split}  errors {r['errors']}")
 PY
 }
 cleanup() {
@@ -46,7 +53,7 @@ echo "## $mix P$pipeline, 50 connections, ${secs}s per run, $rounds rounds; up a
 for round in $(seq "$rounds"); do
   rport=$(port); base=$(( 20000 + RANDOM % 12000 ))
   "$target/redraft" up --dir "$work/redraft" --port "$rport" --base-port "$base" --detach "$@" >/dev/null
-  pids=$(python3 -c 'import json,sys; u=json.load(open(sys.argv[1])); print(" ".join(str(m["pid"]) for k in ("placement","nodes","proxy") for m in u[k]))' "$work/redraft/up.json")
+  pids=$(python3 -c 'import json,sys; u=json.load(open(sys.argv[1])); print(" ".join(str(m["pid"]) for k in ("placement","nodes") for m in u[k]), "--", " ".join(str(m["pid"]) for m in u["proxy"]))' "$work/redraft/up.json")
   "$target/redraft-bench" run --target "127.0.0.1:$rport" --mix set -c 50 -P 16 --duration 2 --keys 100000 >/dev/null
   # shellcheck disable=SC2086
   measure "redraft" "$rport" $pids

@@ -176,7 +176,7 @@ struct PlacementArgs {
     #[arg(long, default_value_t = 3)]
     initial_nodes: usize,
     /// Shards per node at bootstrap.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 1)]
     shards_per_node: u32,
     /// Shards at bootstrap in all (overrides --shards-per-node).
     #[arg(long, default_value_t = 0)]

@@ -52,7 +52,7 @@ pub struct UpArgs {
     /// Placement-driver members (1, or 3 to survive the loss of one).
     #[arg(long, default_value_t = 1)]
     pub placement_replicas: u16,
-    /// Shards created at bootstrap (default: 4 per node).
+    /// Shards created at bootstrap (default: 1 per node).
     #[arg(long)]
     pub shards: Option<u32>,
     /// `always` or `interval=<ms>`.
@@ -126,7 +126,7 @@ pub struct Cluster {
     pub nodes: Vec<MemberSpec>,
     /// Proxies.
     pub proxy: Vec<MemberSpec>,
-    /// Shards created at bootstrap (0: 4 per node).
+    /// Shards created at bootstrap (0: the placement driver's default, 1 per node).
     pub shards: u32,
     /// Fsync policy of the nodes.
     pub fsync: String,

@@ -474,23 +474,20 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
     // After a full restart the placement driver learns the new leaders from the
     // nodes' heartbeats within a few seconds.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !ctl(&["ctl", "status", "--dir", folder]).contains("shards 12 (12 with a leader)") {
+    while !ctl(&["ctl", "status", "--dir", folder]).contains("shards 3 (3 with a leader)") {
         assert!(std::time::Instant::now() < deadline, "leaders never published");
         std::thread::sleep(Duration::from_millis(200));
     }
     let shards: Vec<serde_json::Value> =
         serde_json::from_str(&ctl(&["ctl", "--dir", folder, "shards", "--json"])).unwrap();
-    assert_eq!(shards.len(), 12);
+    assert_eq!(shards.len(), 3);
     let routing: serde_json::Value = serde_json::from_str(&ctl(&["ctl", "--dir", folder, "routing"])).unwrap();
     assert_eq!(routing["vnodes"].as_array().unwrap().len(), 1024);
     // `ctl top`, one screen on a fixed-size terminal backend.
     let screen = ctl(&[
         "ctl", "--dir", folder, "top", "--once", "--width", "110", "--height", "30",
     ]);
-    assert!(
-        screen.contains("nodes 3/3 up  shards 12 (12 with a leader)"),
-        "{screen}"
-    );
+    assert!(screen.contains("nodes 3/3 up  shards 3 (3 with a leader)"), "{screen}");
     let node_rows: Vec<&str> = screen
         .lines()
         .filter(|l| l.contains("127.0.0.1:") && l.contains(" up "))
@@ -500,7 +497,7 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
         // Replicas and leaders, then figures from the node's /metrics: operations
         // per second (0 when idle) and disk use; a write p99 only with writes.
         let cells: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(cells[4], "12", "every node holds a replica of every shard: {row}");
+        assert_eq!(cells[4], "3", "every node holds a replica of every shard: {row}");
         assert!(cells[6].parse::<f64>().is_ok(), "operations per second: {row}");
         assert!(row.trim_end_matches(['│', ' ']).ends_with('B'), "disk use: {row}");
     }
@@ -509,7 +506,7 @@ fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
         .filter(|l| l.split_whitespace().nth(1).is_some_and(|c| c.parse::<u64>().is_ok()))
         .filter(|l| l.contains(",") && !l.contains("127.0.0.1"))
         .count();
-    assert_eq!(shard_rows, 12, "{screen}");
+    assert_eq!(shard_rows, 3, "{screen}");
     let shard = shards[0]["id"].as_u64().unwrap().to_string();
     let leader = shards[0]["leader"].as_u64().unwrap();
     let other = shards[0]["replicas"]

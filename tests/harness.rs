@@ -62,17 +62,23 @@ impl TestCluster {
 
     /// Three nodes and a proxy started with `proxy_args`.
     pub fn start_with_proxy_args(proxy_args: &[&str]) -> TestCluster {
-        Self::start_all(3, 1, &[], &[], proxy_args)
+        Self::start_all(3, 1, 6, &[], &[], proxy_args)
+    }
+
+    /// `nodes` nodes and `shards` shards at bootstrap (the others start 6).
+    pub fn start_with_shards(nodes: u16, shards: u32) -> TestCluster {
+        Self::start_all(nodes, 1, shards, &[], &[], &[])
     }
 
     /// Like [`TestCluster::start_with`], with extra arguments for the PD members.
     pub fn start_configured(nodes: u16, placement: u16, node_args: &[&str], placement_args: &[&str]) -> TestCluster {
-        Self::start_all(nodes, placement, node_args, placement_args, &[])
+        Self::start_all(nodes, placement, 6, node_args, placement_args, &[])
     }
 
     fn start_all(
         nodes: u16,
         placement: u16,
+        shards: u32,
         node_args: &[&str],
         placement_args: &[&str],
         proxy_args: &[&str],
@@ -90,7 +96,7 @@ impl TestCluster {
         {
             member.http = Some(SocketAddr::from(([127, 0, 0, 1], free_port())));
         }
-        cluster.shards = 6;
+        cluster.shards = shards;
         cluster.node_args = node_args.iter().map(|s| s.to_string()).collect();
         cluster.placement_args = placement_args.iter().map(|s| s.to_string()).collect();
         cluster.proxy_args = proxy_args.iter().map(|s| s.to_string()).collect();

@@ -1,5 +1,5 @@
 //! The scheduler: a node joining under load receives replicas and leaders until
-//! counts are even; a decommissioned node is drained; a shard splits and two
+//! counts are even (with one shard per node, after a split made for it); a decommissioned node is drained; a shard splits and two
 //! merge under load; the placement driver's leader dies during a rebalance; no
 //! client notices any of it.
 
@@ -198,6 +198,51 @@ fn fourth_node_joins_under_load_and_replicas_even_out() {
         (balanced_at - join_at).as_secs_f64()
     );
     eprintln!("SET (count, p99, max) before: {before:?}; during the moves: {during:?}");
+    load.finish(&cluster, false);
+}
+
+/// One shard per node (the default): a fourth node cannot lead anything until
+/// a shard splits, so the placement driver splits the busiest shard and the
+/// leader balancing hands the new shard to it.
+#[test]
+fn fourth_node_joining_one_shard_per_node_leads_a_shard_split_for_it() {
+    let mut cluster = TestCluster::start_with_shards(3, 3);
+    let load = Load::start(&cluster);
+    std::thread::sleep(Duration::from_secs(2));
+    let joined = cluster.add_node();
+    let join_at = Instant::now();
+    let deadline = join_at + Duration::from_secs(120);
+    let (table, counts) = loop {
+        let counts: Vec<_> = node_counts(&cluster).into_iter().filter(|c| c.3 == "up").collect();
+        let table = crate::harness::routing_table(&cluster);
+        let replicas: Vec<u64> = counts.iter().map(|c| c.1).collect();
+        let even = replicas
+            .iter()
+            .max()
+            .zip(replicas.iter().min())
+            .is_some_and(|(a, b)| a - b <= 1);
+        if counts.len() == 4 && table.shards.len() == 4 && even && counts.iter().all(|c| c.2 == 1) {
+            break (table, counts);
+        }
+        if Instant::now() > deadline {
+            cluster.dump_logs();
+            panic!(
+                "no shard for {joined} after 120 s: {counts:?}, shards {:?}",
+                table.shards.keys()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let split: Vec<_> = table
+        .shards
+        .values()
+        .filter_map(|s| s.split_from.map(|p| (p, s.id)))
+        .collect();
+    assert_eq!(split.len(), 1, "one split: {split:?}");
+    eprintln!(
+        "{joined} leads a shard {:.1} s after joining; split (parent, child) {split:?}; (node, replicas, leaders, state) {counts:?}",
+        join_at.elapsed().as_secs_f64()
+    );
     load.finish(&cluster, false);
 }
 

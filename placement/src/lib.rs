@@ -146,6 +146,10 @@ const LOAD_WINDOW: Duration = Duration::from_secs(10);
 const LOAD_MIN_SPAN: Duration = Duration::from_secs(5);
 /// A shard (or a shard just split off) is not split again sooner than this.
 const SPLIT_COOLDOWN: Duration = Duration::from_secs(60);
+/// While shards are fewer than nodes, a shard taking at least this many Raft
+/// entries per second is split to spread; an idle one is left whole, as a
+/// node without load gains nothing from leading.
+const SPREAD_MIN_ENTRIES_PER_SEC: f64 = 5.0;
 
 struct Pd {
     raft: PdRaft,
@@ -436,22 +440,50 @@ impl Pd {
     }
 
     /// A shard to split automatically, with the reason: one whose data outgrew
-    /// `split_bytes`, or whose write rate stayed above `split_writes_per_sec`.
+    /// `split_bytes`, or whose write rate stayed above `split_writes_per_sec`,
+    /// or, while there are fewer shards than nodes that could lead one, the
+    /// busiest shard that takes writes: its new half gets a leader on a node
+    /// that led nothing (the leader balancing moves it there), so the nodes
+    /// that join a cluster of one shard per node share its load.
     fn split_candidate(&self, table: &RoutingTable) -> Option<(ShardId, String)> {
         let soft = self.soft.lock().expect("soft state lock");
         let cooling = |s: &ShardId| soft.split_at.get(s).is_some_and(|t| t.elapsed() < SPLIT_COOLDOWN);
-        table
-            .shards
-            .keys()
-            .filter(|s| !cooling(s) && table.vnodes_of(**s).len() >= 2)
-            .find_map(|shard| {
-                let load = load_of(soft.load.get(shard)?)?;
-                if self.split_bytes > 0 && load.bytes > self.split_bytes {
-                    return Some((*shard, format!("{} bytes on disk", load.bytes)));
-                }
-                let rate = load.entries_per_sec;
-                (self.split_writes_per_sec > 0 && load.span >= LOAD_MIN_SPAN && rate > self.split_writes_per_sec as f64)
-                    .then(|| (*shard, format!("{rate:.0} writes/s")))
+        let splittable = || {
+            table
+                .shards
+                .keys()
+                .filter(|s| !cooling(s) && table.vnodes_of(**s).len() >= 2)
+                .filter_map(|shard| Some((*shard, load_of(soft.load.get(shard)?)?)))
+        };
+        let busy_or_big = splittable().find_map(|(shard, load)| {
+            if self.split_bytes > 0 && load.bytes > self.split_bytes {
+                return Some((shard, format!("{} bytes on disk", load.bytes)));
+            }
+            let rate = load.entries_per_sec;
+            (self.split_writes_per_sec > 0 && load.span >= LOAD_MIN_SPAN && rate > self.split_writes_per_sec as f64)
+                .then(|| (shard, format!("{rate:.0} writes/s")))
+        });
+        if busy_or_big.is_some() {
+            return busy_or_big;
+        }
+        let leading_capable = table
+            .nodes
+            .iter()
+            .filter(|(id, info)| info.state == redraft_common::routing::NodeState::Up && soft.is_live(id))
+            .count();
+        if table.shards.len() >= leading_capable {
+            return None;
+        }
+        splittable()
+            .filter(|(_, load)| load.span >= LOAD_MIN_SPAN && load.entries_per_sec >= SPREAD_MIN_ENTRIES_PER_SEC)
+            .max_by(|a, b| a.1.entries_per_sec.total_cmp(&b.1.entries_per_sec))
+            .map(|(shard, load)| {
+                let why = format!(
+                    "{} shards for {leading_capable} nodes; {:.0} entries/s to spread",
+                    table.shards.len(),
+                    load.entries_per_sec
+                );
+                (shard, why)
             })
     }
 
