@@ -12,9 +12,10 @@
 #      (CURVE_SECONDS per point and target, default 5);
 #   6. the idle cost of 1,000 and 5,000 shards per node, with and without
 #      quiescence (redraft-bench idle);
-#   7. a 3-member etcd (Debian's etcd-server, installed by setup.sh) on
-#      loopback ports: puts and linearizable gets against SET and GET P1 of the
-#      same cluster, each pair run back to back (ETCD_SECONDS each, default 10).
+#   7. scripts/vs-etcd.sh: a 3-member etcd (Debian's etcd-server, installed by
+#      setup.sh) on loopback ports, puts and linearizable gets against SET and
+#      GET P1 of a fresh cluster, each pair back to back with CPU per operation
+#      (ETCD_SECONDS each, default 10).
 # Usage: scripts/bench.sh [requests per run, default 100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +28,7 @@ mkdir -p "$out"
 work=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rport=$(port); mport=$(port); aport=$(port); base=$(( 20000 + RANDOM % 12000 ))
-etcd_pids=()
 cleanup() {
-  for pid in "${etcd_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   "$target/redraft" down --dir "$work/redraft" >/dev/null 2>&1 || true
   redis-cli -p "$mport" shutdown nosave >/dev/null 2>&1 || true
   redis-cli -p "$aport" shutdown nosave >/dev/null 2>&1 || true
@@ -86,30 +85,6 @@ echo "## idle cost (3 nodes, each hosting a replica of every shard)"
 "$target/redraft-bench" idle --shards 1000,5000 --json "$out/idle-quiesced.json"
 "$target/redraft-bench" idle --shards 1000,5000 --node-arg=--quiesce-after-secs=0 --json "$out/idle-ticking.json"
 
-echo "## etcd 3.4, 3 members on loopback (the reference with Redraft's guarantees)"
-etcd_secs="${ETCD_SECONDS:-10}"
-peers=""; clients=""
-declare -a eclient epeer
-for i in 1 2 3; do eclient[$i]=$(port); epeer[$i]=$(port); done
-for i in 1 2 3; do peers+="e$i=http://127.0.0.1:${epeer[$i]},"; clients+="http://127.0.0.1:${eclient[$i]},"; done
-for i in 1 2 3; do
-  etcd --name "e$i" --data-dir "$work/etcd-$i" \
-    --listen-client-urls "http://127.0.0.1:${eclient[$i]}" --advertise-client-urls "http://127.0.0.1:${eclient[$i]}" \
-    --listen-peer-urls "http://127.0.0.1:${epeer[$i]}" --initial-advertise-peer-urls "http://127.0.0.1:${epeer[$i]}" \
-    --initial-cluster "${peers%,}" --initial-cluster-state new --initial-cluster-token redraft-bench \
-    --log-level error >"$work/etcd-$i.log" 2>&1 &
-  etcd_pids+=($!)
-done
-sleep 3
-for mix in set get; do
-  "$target/redraft-bench" run --target "127.0.0.1:$rport" --mix "$mix" -c 50 -P 1 --duration "$etcd_secs" \
-    --json "$work/redraft-$mix.json" >/dev/null
-  "$target/redraft-bench" etcd --endpoints "${clients%,}" --mix "$mix" -c 50 --grpc-connections 10 \
-    --duration "$etcd_secs" --json "$work/etcd-$mix.json"
-  python3 - "$mix" "$work/redraft-$mix.json" "$work/etcd-$mix.json" <<'PY'
-import json, sys
-mix, redraft, etcd = sys.argv[1], json.load(open(sys.argv[2]))[0], json.load(open(sys.argv[3]))
-print(f"{mix.upper()} P1 c=50: redraft {redraft['throughput']:,.0f} req/s, etcd {etcd['throughput']:,.0f} req/s: "
-      f"{redraft['throughput'] / etcd['throughput']:.2f}x etcd")
-PY
-done
+# A fresh cluster of each, so the long runs above do not weigh on either side.
+"$target/redraft" down --dir "$work/redraft" >/dev/null
+./scripts/vs-etcd.sh "${ETCD_SECONDS:-10}" 1
