@@ -353,6 +353,13 @@ fn scan_walks_every_shard_and_multi_key_commands_stay_in_one() {
         panic!()
     };
     assert_eq!(keys.len(), 20);
+    // A pattern that makes a recursive glob matcher exponential is answered
+    // like any other (it used to stall a node into `TRYAGAIN`).
+    conn.cmd(&format!("SET {} x", "a".repeat(60)));
+    let hostile = format!("KEYS {}b", "a*".repeat(20));
+    assert_eq!(conn.cmd(&hostile), Frame::Array(Vec::new()));
+    let (hostile_scan, _) = scan_all(&mut conn, &format!(" MATCH {}a COUNT 1000", "a*".repeat(20)));
+    assert_eq!(hostile_scan.into_iter().collect::<Vec<_>>(), vec!["a".repeat(60)]);
     assert!(matches!(conn.cmd("RANDOMKEY"), Frame::Bulk(_)));
 
     // Two keys in different shards: CROSSSLOT, and nothing changes.

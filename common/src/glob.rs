@@ -1,68 +1,69 @@
-//! Redis's glob-style pattern matching (`stringmatchlen`), for KEYS, SCAN MATCH
-//! and the collection scans: `*`, `?`, `[abc]`, `[^a]`, `[a-z]` and `\` escapes,
-//! on bytes, case-sensitive.
+//! Redis's glob-style pattern matching (`stringmatchlen`), for KEYS, SCAN MATCH,
+//! the collection scans, PSUBSCRIBE and ACL key and channel patterns: `*`, `?`,
+//! `[abc]`, `[^a]`, `[a-z]` and `\` escapes, on bytes, case-sensitive.
+//!
+//! COST. Every element but `*` consumes exactly one byte, so when the text
+//! stops matching only the most recent `*` needs to take one more byte: an
+//! earlier `*` could only give the later one less to do. The matcher keeps that
+//! one backtrack point instead of recursing per `*`, so a match costs at most
+//! (pattern length + 1) x (text length + 1) steps whatever the pattern. A
+//! recursive matcher is exponential on patterns like `a*a*a*...a*b`, which a
+//! client must not be able to send to stall a node.
 
 /// Whether `text` matches `pattern`.
 pub fn matches(pattern: &[u8], text: &[u8]) -> bool {
-    match_from(pattern, text, 0)
+    matches_counting(pattern, text).0
 }
 
-/// Deepest `*` nesting explored, as Redis bounds it against pathological patterns.
-const MAX_NESTING: usize = 1000;
-
-fn match_from(mut p: &[u8], mut s: &[u8], nesting: usize) -> bool {
-    if nesting > MAX_NESTING {
-        return false;
-    }
-    while let Some(&c) = p.first() {
-        match c {
-            b'*' => {
-                while p.len() > 1 && p[1] == b'*' {
-                    p = &p[1..];
-                }
-                if p.len() == 1 {
-                    return true;
-                }
-                for start in 0..=s.len() {
-                    if match_from(&p[1..], &s[start..], nesting + 1) {
-                        return true;
-                    }
-                }
-                return false;
-            }
-            b'?' => {
-                if s.is_empty() {
-                    return false;
-                }
-                s = &s[1..];
-            }
-            b'[' => {
-                let Some(&ch) = s.first() else { return false };
-                let (matched, rest) = class(&p[1..], ch);
-                if !matched {
-                    return false;
-                }
-                p = rest;
-                s = &s[1..];
+/// [`matches`], with the number of pattern elements it compared (for the bound
+/// test).
+fn matches_counting(pattern: &[u8], text: &[u8]) -> (bool, usize) {
+    let mut steps = 0;
+    let (mut p, mut s) = (0, 0);
+    // After the last `*` seen: where the pattern resumes, and the text
+    // position that `*` has consumed up to.
+    let mut backtrack: Option<(usize, usize)> = None;
+    while s < text.len() {
+        steps += 1;
+        if let Some(&c) = pattern.get(p) {
+            if c == b'*' {
+                p += 1;
+                backtrack = Some((p, s));
                 continue;
             }
-            b'\\' if p.len() >= 2 => {
-                if s.first() != Some(&p[1]) {
-                    return false;
-                }
-                p = &p[1..];
-                s = &s[1..];
-            }
-            _ => {
-                if s.first() != Some(&c) {
-                    return false;
-                }
-                s = &s[1..];
+            if let Some(next) = one_byte(pattern, p, text[s]) {
+                p = next;
+                s += 1;
+                continue;
             }
         }
-        p = &p[1..];
+        match backtrack.as_mut() {
+            Some((resume, consumed)) => {
+                *consumed += 1;
+                p = *resume;
+                s = *consumed;
+            }
+            None => return (false, steps),
+        }
     }
-    s.is_empty()
+    while pattern.get(p) == Some(&b'*') {
+        p += 1;
+    }
+    (p == pattern.len(), steps)
+}
+
+/// Matches `ch` against the (non-`*`) element of `pattern` at `p`; the position
+/// after the element when it matched.
+fn one_byte(pattern: &[u8], p: usize, ch: u8) -> Option<usize> {
+    match pattern[p] {
+        b'?' => Some(p + 1),
+        b'[' => {
+            let (matched, rest) = class(&pattern[p + 1..], ch);
+            matched.then(|| pattern.len() - rest.len())
+        }
+        b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == ch).then_some(p + 2),
+        c => (c == ch).then_some(p + 1),
+    }
 }
 
 /// Matches `ch` against a class whose body starts at `p` (after `[`); returns
@@ -100,7 +101,7 @@ fn class(mut p: &[u8], ch: u8) -> (bool, &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::matches;
+    use super::{matches, matches_counting};
 
     #[test]
     fn redis_glob_rules() {
@@ -124,6 +125,29 @@ mod tests {
             ("a*b*c", "abxbxc", true),
             ("a*b*c", "abxbx", false),
             ("[", "x", false),
+            ("", "", true),
+            ("", "a", false),
+            ("a", "", false),
+            ("**", "", true),
+            ("a**", "a", true),
+            ("*a", "ba", true),
+            ("*a", "ab", false),
+            ("*?", "", false),
+            ("*?*", "x", true),
+            ("a*", "a", true),
+            ("*b*", "abc", true),
+            ("*c", "abcbc", true),
+            ("a*bc", "abcbc", true),
+            ("a*b?d", "axbxbcd", true),
+            ("[a-c]*[x-z]", "bqqz", true),
+            ("[a-c]*[x-z]", "bqqa", false),
+            ("[\\]]x", "]x", true),
+            ("[abc", "b", true),
+            ("h[^a-z]llo", "h1llo", true),
+            ("\\", "\\", true),
+            ("a\\", "a\\", true),
+            ("\\?", "?", true),
+            ("\\?", "x", false),
         ];
         for (pattern, text, want) in cases {
             assert_eq!(
@@ -131,6 +155,29 @@ mod tests {
                 *want,
                 "{pattern} ~ {text}"
             );
+        }
+    }
+
+    /// Patterns that make a recursive matcher exponential take at most
+    /// (pattern + 1) x (text + 1) steps here, matched or not.
+    #[test]
+    fn cost_is_bounded_by_pattern_times_text() {
+        let hostile = format!("{}b", "a*".repeat(20));
+        let long_a = "a".repeat(200);
+        for (pattern, text, want) in [
+            (hostile.as_str(), long_a.as_str(), false),
+            (hostile.as_str(), &format!("{long_a}b"), true),
+            ("*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*c", long_a.as_str(), false),
+            (
+                "*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*[b]",
+                long_a.as_str(),
+                false,
+            ),
+        ] {
+            let (matched, steps) = matches_counting(pattern.as_bytes(), text.as_bytes());
+            assert_eq!(matched, want, "{pattern} ~ {} bytes", text.len());
+            let bound = (pattern.len() + 1) * (text.len() + 1);
+            assert!(steps <= bound, "{pattern}: {steps} steps, bound {bound}");
         }
     }
 }
