@@ -111,6 +111,76 @@ fn replies_match_redis_server_byte_for_byte() {
         "replies differ from redis-server:\n{}",
         differences.join("\n")
     );
+    // Exchanges where a command has no reply (CLIENT REPLY OFF and SKIP) or
+    // several (unsubscribing), compared as the bytes of a whole pipeline.
+    let exchanges: &[&[&str]] = &[
+        &[
+            "CLIENT REPLY OFF",
+            "SET cr 1",
+            "GET cr",
+            "CLIENT REPLY SKIP",
+            "CLIENT REPLY ON",
+            "GET cr",
+            "CLIENT REPLY SKIP",
+            "GET cr",
+            "CLIENT REPLY SKIP",
+            "CLIENT REPLY SKIP",
+            "PING",
+            "CLIENT REPLY BAD",
+            "CLIENT REPLY",
+        ],
+        &[
+            "PSUBSCRIBE x* y*",
+            "PUNSUBSCRIBE x*",
+            "PUNSUBSCRIBE",
+            "PUNSUBSCRIBE",
+            "SUBSCRIBE c1 c2",
+            "UNSUBSCRIBE c1",
+            "UNSUBSCRIBE",
+        ],
+    ];
+    for commands in exchanges {
+        let (a, b) = (
+            raw_exchange(cluster.proxy(), commands),
+            raw_exchange(([127, 0, 0, 1], port).into(), commands),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&a),
+            String::from_utf8_lossy(&b),
+            "{commands:?}: ours, then redis-server's"
+        );
+    }
+}
+
+/// Sends `commands` as one pipeline on a new connection, then `ECHO` of a
+/// marker, and returns every byte received up to the marker's reply.
+fn raw_exchange(addr: std::net::SocketAddr, commands: &[&str]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let marker = "end-of-exchange";
+    let mut request = Vec::new();
+    for command in commands.iter().copied().chain([format!("ECHO {marker}").as_str()]) {
+        let args: Vec<&str> = command.split(' ').collect();
+        request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+    }
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.write_all(&request).unwrap();
+    let end = format!("${}\r\n{marker}\r\n", marker.len());
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !received.ends_with(end.as_bytes()) {
+        let n = conn.read(&mut chunk).expect("the marker's reply arrives");
+        assert!(
+            n > 0,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&chunk[..n]);
+    }
+    received
 }
 
 #[test]

@@ -57,6 +57,8 @@ pub enum ExpireCondition {
     IfGreater,
     /// LT: only when the new expiry is less (no expiry counts as infinite).
     IfLess,
+    /// LT XX: only when the key has an expiry and the new one is less.
+    IfExpiryAndLess,
 }
 
 /// What GETEX does to the key's expiry.
@@ -115,6 +117,9 @@ pub enum ReadOp {
     /// read, in order, from the same applied state, each with its own reply and
     /// its own ownership check (answered as a `NodeResponse::Batch`). Never nested.
     Many(Vec<ReadOp>),
+    /// EXPIRETIME (`millis: false`) or PEXPIRETIME: the key's absolute expiry
+    /// as a Unix time, -1 without one, -2 without the key.
+    ExpireTime { key: Bytes, millis: bool },
 }
 
 /// A write, replicated through the shard's Raft log.
@@ -237,6 +242,7 @@ impl ReadOp {
             | ReadOp::StrLen { key }
             | ReadOp::GetRange { key, .. }
             | ReadOp::Ttl { key, .. }
+            | ReadOp::ExpireTime { key, .. }
             | ReadOp::Type { key } => vec![key],
             ReadOp::MGet { keys } | ReadOp::Exists { keys } | ReadOp::Revisions { keys } => {
                 keys.iter().map(|k| &k[..]).collect()

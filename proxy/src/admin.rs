@@ -245,9 +245,8 @@ pub fn categories(name: &str) -> Vec<&'static str> {
         "flushall" | "flushdb" | "keys" => all.extend(["keyspace", "dangerous", "slow"]),
         "config" | "acl" | "cluster" | "client" | "info" | "leader" => all = vec!["admin", "dangerous", "slow"],
         "dbsize" | "scan" | "randomkey" | "del" | "unlink" | "exists" | "touch" | "type" | "expire" | "pexpire"
-        | "expireat" | "pexpireat" | "ttl" | "pttl" | "persist" | "rename" | "renamenx" | "copy" | "object" => {
-            all.extend(["keyspace", "fast"])
-        }
+        | "expireat" | "pexpireat" | "ttl" | "pttl" | "expiretime" | "pexpiretime" | "persist" | "rename"
+        | "renamenx" | "copy" | "object" => all.extend(["keyspace", "fast"]),
         _ if kind == "connection" => all = vec!["connection", "fast"],
         _ => all.extend([kind, "fast"]),
     }

@@ -158,6 +158,8 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("pexpireat", -3),
     ("ttl", 2),
     ("pttl", 2),
+    ("expiretime", 2),
+    ("pexpiretime", 2),
     ("persist", 2),
     ("type", 2),
 ];
@@ -448,6 +450,13 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
                 millis: name == "pttl",
             },
         ),
+        "expiretime" | "pexpiretime" => read(
+            &a[1],
+            ReadOp::ExpireTime {
+                key: key(),
+                millis: name == "pexpiretime",
+            },
+        ),
         "persist" => write(&a[1], WriteOp::Persist { key: key() }),
         "type" => read(&a[1], ReadOp::Type { key: key() }),
         _ => unknown_command(a),
@@ -607,6 +616,7 @@ fn parse_expire(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
     let condition = match (nx, xx, gt, lt) {
         (true, ..) => ExpireCondition::IfNoExpiry,
         (_, _, true, _) => ExpireCondition::IfGreater,
+        (_, true, _, true) => ExpireCondition::IfExpiryAndLess,
         (_, _, _, true) => ExpireCondition::IfLess,
         (_, true, ..) => ExpireCondition::IfExpiry,
         _ => ExpireCondition::Always,

@@ -54,12 +54,16 @@ where
             read = socket.read(&mut chunk) => read?,
             _ = session.client.killed.notified() => return Ok(()),
             Some(message) = next_message(&mut session.pubsub.inbox) => {
+                // CLIENT REPLY OFF silences messages too, as in Redis.
+                let silenced = session.replies == crate::session::ReplyMode::Off;
                 push(&mut out, &message, session.resp3);
                 // Whatever else has arrived goes in the same write.
                 while let Some(more) = session.pubsub.inbox.as_mut().and_then(|i| i.try_recv().ok()) {
                     push(&mut out, &more, session.resp3);
                 }
-                socket.write_all(&out).await?;
+                if !silenced {
+                    socket.write_all(&out).await?;
+                }
                 out.clear();
                 continue;
             }
@@ -138,7 +142,8 @@ async fn settle(shared: &Shared, session: &mut Session, batch: &[(&'static str, 
 
 /// Runs a batch as described in the module docs; returns the replies in order,
 /// each with whether it is encoded as RESP3, and whether the connection ends
-/// (QUIT, or CLIENT KILL of itself; later commands are not run).
+/// (QUIT, or CLIENT KILL of itself; later commands are not run). Replies that
+/// CLIENT REPLY OFF or SKIP silence are left out.
 async fn run_batch(
     shared: &Shared,
     session: &mut Session,
@@ -146,6 +151,7 @@ async fn run_batch(
 ) -> (Vec<(Frame, bool)>, bool) {
     let mut replies: Vec<Option<Frame>> = Vec::with_capacity(batch.len());
     let mut resp3 = Vec::with_capacity(batch.len());
+    let mut silenced = Vec::with_capacity(batch.len());
     let mut lanes: BTreeMap<ShardId, Vec<(usize, &'static str, Command)>> = BTreeMap::new();
     let mut quit = false;
     // One look at the users per batch (ACL changes reach the table between
@@ -155,6 +161,15 @@ async fn run_batch(
         let i = replies.len();
         replies.push(None);
         resp3.push(session.resp3);
+        // Silenced: a command after CLIENT REPLY SKIP, or one that runs and
+        // leaves the connection in OFF (CLIENT REPLY ON itself answers).
+        use crate::session::ReplyMode;
+        let skipped = session.replies == ReplyMode::SkipNext;
+        if skipped {
+            session.replies = ReplyMode::On;
+        }
+        let was_off = session.replies == ReplyMode::Off;
+        silenced.push(skipped || was_off);
         session.touch(name);
         // A command the connection may not run is refused (and, inside MULTI,
         // aborts the transaction, as in Redis).
@@ -209,6 +224,7 @@ async fn run_batch(
                 drain(shared, &mut lanes, &mut replies).await;
                 let (frame, after) = session::run(&shared.router, session, name, &args).await;
                 replies[i] = answered(frame);
+                silenced[i] = skipped || (was_off && session.replies == ReplyMode::Off);
                 // HELLO answers in the protocol it selects.
                 resp3[i] = session.resp3;
                 table = shared.router.table();
@@ -234,7 +250,9 @@ async fn run_batch(
         replies
             .into_iter()
             .zip(resp3)
-            .map(|(r, resp3)| (r.expect("every command answered"), resp3))
+            .zip(silenced)
+            .filter(|(_, silenced)| !silenced)
+            .map(|((r, resp3), _)| (r.expect("every command answered"), resp3))
             .collect(),
         quit,
     )

@@ -276,6 +276,8 @@ fn confirmation(verb: &str, name: Option<&[u8]>, count: i64) -> Frame {
 }
 
 const VERBS: [&str; 3] = ["subscribe", "psubscribe", "ssubscribe"];
+/// Redis's names in unsubscribe confirmations (`punsubscribe`, not `unpsubscribe`).
+const UNSUBSCRIBE_VERBS: [&str; 3] = ["unsubscribe", "punsubscribe", "sunsubscribe"];
 
 async fn subscribe(pubsub: &Arc<PubSub>, session: &mut Session, kind: Kind, names: &[Bytes]) -> Result<Frame, Error> {
     let client = session.client.id;
@@ -308,14 +310,14 @@ async fn subscribe(pubsub: &Arc<PubSub>, session: &mut Session, kind: Kind, name
 
 async fn unsubscribe(pubsub: &Arc<PubSub>, session: &mut Session, kind: Kind, names: &[Bytes]) -> Result<Frame, Error> {
     let client = session.client.id;
-    let verb = format!("un{}", VERBS[kind.index()]);
+    let verb = UNSUBSCRIBE_VERBS[kind.index()];
     let names: Vec<Bytes> = if names.is_empty() {
         session.pubsub.names[kind.index()].iter().cloned().collect()
     } else {
         names.to_vec()
     };
     if names.is_empty() {
-        return Ok(confirmation(&verb, None, session.pubsub.count(kind)));
+        return Ok(confirmation(verb, None, session.pubsub.count(kind)));
     }
     {
         let mut local = pubsub.local();
@@ -332,7 +334,7 @@ async fn unsubscribe(pubsub: &Arc<PubSub>, session: &mut Session, kind: Kind, na
     let mut replies = Vec::with_capacity(names.len());
     for name in &names {
         session.pubsub.names[kind.index()].remove(name);
-        replies.push(confirmation(&verb, Some(name), session.pubsub.count(kind)));
+        replies.push(confirmation(verb, Some(name), session.pubsub.count(kind)));
     }
     Ok(Frame::Replies(replies))
 }

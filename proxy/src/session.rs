@@ -88,7 +88,21 @@ pub struct Session {
     /// Whether it has authenticated (or needs not: the default user has no
     /// password).
     pub authenticated: bool,
+    /// CLIENT REPLY: whether replies (and Pub/Sub messages) are sent.
+    pub replies: ReplyMode,
     hub: Arc<crate::pubsub::PubSub>,
+}
+
+/// CLIENT REPLY's modes, as Redis has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ReplyMode {
+    /// Every reply is sent.
+    #[default]
+    On,
+    /// No reply is sent until CLIENT REPLY ON (which answers OK).
+    Off,
+    /// The next command's reply is not sent.
+    SkipNext,
 }
 
 impl Session {
@@ -127,6 +141,7 @@ impl Session {
             hub: hub.clone(),
             user: "default".into(),
             authenticated,
+            replies: ReplyMode::On,
         }
     }
 
@@ -324,6 +339,8 @@ const CLIENT_HELP: &[&str] = &[
     "    Protect the current client connection from eviction.",
     "NO-TOUCH (ON|OFF)",
     "    Will not touch LRU/LFU stats when this mode is on.",
+    "REPLY (ON|OFF|SKIP)",
+    "    Control the replies sent to the current connection.",
     "SETINFO <option> <value>",
     "    Set client meta attr. Options are: LIB-NAME, LIB-VER.",
     "SETNAME <name>",
@@ -358,6 +375,24 @@ fn client(session: &mut Session, args: &[Vec<u8>]) -> (Frame, After) {
             Err(e) => e,
         },
         "kill" if args.len() >= 3 => return kill(session, &args[2..]),
+        // OFF and SKIP are not answered; ON answers OK even after OFF.
+        "reply" if arity(3) => match args[2].to_ascii_lowercase().as_slice() {
+            b"on" => {
+                session.replies = ReplyMode::On;
+                Frame::ok()
+            }
+            b"off" => {
+                session.replies = ReplyMode::Off;
+                Frame::Replies(Vec::new())
+            }
+            b"skip" => {
+                if session.replies != ReplyMode::Off {
+                    session.replies = ReplyMode::SkipNext;
+                }
+                Frame::Replies(Vec::new())
+            }
+            _ => error("ERR syntax error"),
+        },
         "no-evict" | "no-touch" if arity(3) => match on_off(&args[2]) {
             Ok(_) => Frame::ok(),
             Err(e) => e,
@@ -387,7 +422,7 @@ fn client(session: &mut Session, args: &[Vec<u8>]) -> (Frame, After) {
             }
         }
         "help" if arity(2) => Frame::Array(CLIENT_HELP.iter().map(|l| Frame::Simple(l.to_string())).collect()),
-        "id" | "getname" | "setname" | "info" | "kill" | "no-evict" | "no-touch" | "setinfo" | "help" => {
+        "id" | "getname" | "setname" | "info" | "kill" | "no-evict" | "no-touch" | "reply" | "setinfo" | "help" => {
             wrong_arity(&format!("client|{sub}"))
         }
         _ => error(format!(

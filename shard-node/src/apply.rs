@@ -328,6 +328,15 @@ impl<'a> Keyspace<'a> {
                     Frame::Integer(if *millis { left } else { (left + 500) / 1000 })
                 }
             },
+            ReadOp::ExpireTime { key, millis } => match self.load(&self.storage_key(key)?) {
+                None => Frame::Integer(-2),
+                Some(v) if v.expires_at == 0 => Frame::Integer(-1),
+                Some(v) => Frame::Integer(if *millis {
+                    v.expires_at as i64
+                } else {
+                    (v.expires_at / 1000) as i64
+                }),
+            },
             ReadOp::Type { key } => Frame::Simple(
                 self.load(&self.storage_key(key)?)
                     .map_or("none", |v| v.kind.name())
@@ -619,6 +628,7 @@ impl<'a> Keyspace<'a> {
             ExpireCondition::IfExpiry => current.is_some(),
             ExpireCondition::IfGreater => current.is_some_and(|c| deadline > c),
             ExpireCondition::IfLess => current.is_none_or(|c| deadline < c),
+            ExpireCondition::IfExpiryAndLess => current.is_some_and(|c| deadline < c),
         };
         if !allowed {
             return Frame::Integer(0);
