@@ -184,11 +184,25 @@ fn three_placement_members_survive_the_loss_of_the_leader() {
     assert_eq!(conn.cmd("SET after pd-kill"), Frame::ok());
 }
 
+/// Runs `redraft down` on a folder when dropped, so a test that fails half-way
+/// leaves no member of its cluster running.
+struct DownOnDrop<'a>(&'a std::path::Path);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_redraft"))
+            .args(["down", "--dir"])
+            .arg(self.0)
+            .output();
+    }
+}
+
 /// `redraft up --detach`, `redraft up add-node` and `redraft down` as a user runs
 /// them: the new node receives replicas, `up.json` lists it, `down` stops all.
 #[test]
 fn up_add_node_and_down_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
+    let _down = DownOnDrop(dir.path());
     let exe = env!("CARGO_BIN_EXE_redraft");
     let port = crate::harness::free_port();
     // Below both Linux's ephemeral ports (32768 and up, which outgoing
@@ -381,6 +395,7 @@ fn hammer_from_first_accept(port: u16, wait: Duration, prefix: &str, keys: usize
 #[test]
 fn early_clients_get_answers_and_up_and_down_work_as_a_pair() {
     let dir = tempfile::tempdir().unwrap();
+    let _down = DownOnDrop(dir.path());
     let exe = env!("CARGO_BIN_EXE_redraft");
     let port = crate::harness::free_port();
     // Beside `up_add_node_and_down_from_the_command_line`'s ports (base + 0..5,
