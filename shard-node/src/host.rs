@@ -699,6 +699,12 @@ impl Host {
                     // A client's pipelined reads: one barrier, one answer each, in order.
                     match &read {
                         ReadOp::Many(reads) => NodeResponse::Batch(reads.iter().map(answer).collect()),
+                        // Reads that walk the whole shard give this worker's
+                        // other tasks (Raft groups, links) to another thread
+                        // meanwhile, so a big KEYS never delays a heartbeat.
+                        ReadOp::Keys { .. } | ReadOp::DbSize | ReadOp::Scan { .. } | ReadOp::RandomKey { .. } => {
+                            tokio::task::block_in_place(|| answer(&read))
+                        }
                         read => answer(read),
                     }
                 }
