@@ -572,4 +572,23 @@ fn acl_users_and_requirepass_apply_on_every_proxy() {
     }
     admin.send(&[b"CONFIG", b"SET", b"requirepass", b""]);
     assert_eq!(admin.read(), Some(Frame::ok()));
+
+    // CONFIG SET is remembered for the cluster: the other proxy answers alike.
+    admin.send(&[b"CONFIG", b"SET", b"save", b"", b"appendonly", b"no"]);
+    assert_eq!(admin.read(), Some(Frame::ok()));
+    assert_eq!(admin.cmd("CONFIG SET hash-max-ziplist-value 10"), Frame::ok());
+    let mut third = Resp::connect(second);
+    let got = third.cmd("CONFIG GET *a*e*");
+    let Frame::Array(items) = got else { panic!("{got:?}") };
+    let pairs: std::collections::BTreeMap<String, String> = items
+        .chunks(2)
+        .map(|p| match p {
+            [Frame::Bulk(k), Frame::Bulk(v)] => (String::from_utf8_lossy(k).into(), String::from_utf8_lossy(v).into()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(pairs["save"], "");
+    assert_eq!(pairs["appendonly"], "no");
+    assert_eq!(pairs["hash-max-listpack-value"], "10");
+    assert_eq!(pairs["hash-max-ziplist-value"], "10");
 }

@@ -138,6 +138,10 @@ pub enum PdRequest {
     /// seconds later). Soft state of the leader, like heartbeats; a node that
     /// never returns is replaced as a dead one is.
     Leaving { node_id: NodeId },
+    /// CONFIG SET: remember these `(parameter, value)` pairs for the cluster.
+    SetConfig { pairs: Vec<(String, String)> },
+    /// CONFIG GET: the parameters set for the cluster.
+    Config,
 }
 
 /// What a shard's leader reports about it with each heartbeat.
@@ -203,6 +207,8 @@ pub enum PdResponse {
     Done(Vec<String>),
     /// A count (ACL DELUSER).
     Count(u64),
+    /// The CONFIG parameters set for the cluster.
+    Config(Vec<(String, String)>),
 }
 
 /// Error decoding a message.

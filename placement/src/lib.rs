@@ -667,6 +667,12 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
             Ok(other) => PdResponse::Error(format!("unexpected reply {other:?}")),
             Err(answer) => answer,
         },
+        PdRequest::SetConfig { pairs } => match pd.propose(PdCommand::SetConfig { pairs }).await {
+            Ok(PdReply::Done) => PdResponse::Ack,
+            Ok(other) => PdResponse::Error(format!("unexpected reply {other:?}")),
+            Err(answer) => answer,
+        },
+        PdRequest::Config => PdResponse::Config(pd.store.state().config.into_iter().collect()),
         PdRequest::Merge { from, into } => recorded(&pd, PdCommand::BeginMerge { from, into }).await,
         PdRequest::MoveReplica { shard, from, to } => {
             let _one_step = pd.operating.lock().await;

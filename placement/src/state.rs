@@ -43,6 +43,8 @@ pub enum PdCommand {
     SetUser { name: String, rules: Vec<String> },
     /// ACL DELUSER.
     DeleteUsers { names: Vec<String> },
+    /// CONFIG SET: `(parameter, value)` pairs, checked by the proxy.
+    SetConfig { pairs: Vec<(String, String)> },
 }
 
 /// A split or merge decided but not yet published. Kept in the replicated state so
@@ -93,6 +95,10 @@ pub struct PdState {
     /// it). A new PD leader resumes them (every step is idempotent).
     #[serde(default)]
     pub moves: BTreeMap<ShardId, (NodeId, NodeId)>,
+    /// CONFIG parameters operators set (`redraft_proxy::config`): remembered
+    /// for the cluster, so every proxy answers CONFIG GET alike.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
 }
 
 impl PdState {
@@ -146,6 +152,10 @@ impl PdState {
                 }
                 Err(e) => PdReply::Refused(e),
             },
+            PdCommand::SetConfig { pairs } => {
+                self.config.extend(pairs.iter().cloned());
+                PdReply::Done
+            }
             PdCommand::DeleteUsers { names } => match self.table.users.delete(names) {
                 Ok(removed) => {
                     self.table.version += 1;

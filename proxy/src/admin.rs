@@ -21,11 +21,11 @@ fn bulk(text: impl Into<String>) -> Frame {
     Frame::Bulk(text.into().into_bytes())
 }
 
-fn error(text: impl Into<String>) -> Frame {
+pub(crate) fn error(text: impl Into<String>) -> Frame {
     Frame::Error(text.into())
 }
 
-fn unknown_subcommand(command: &str, sub: &[u8]) -> Frame {
+pub(crate) fn unknown_subcommand(command: &str, sub: &[u8]) -> Frame {
     error(format!(
         "ERR unknown subcommand '{}'. Try {} HELP.",
         String::from_utf8_lossy(sub),
@@ -33,7 +33,7 @@ fn unknown_subcommand(command: &str, sub: &[u8]) -> Frame {
     ))
 }
 
-fn wrong_arity(command: &str) -> Frame {
+pub(crate) fn wrong_arity(command: &str) -> Frame {
     error(format!("ERR wrong number of arguments for '{command}' command"))
 }
 
@@ -113,93 +113,6 @@ pub fn cluster(args: &[Vec<u8>], laddr: SocketAddr) -> Frame {
             String::from_utf8_lossy(sub).to_ascii_lowercase()
         )),
         _ => unknown_subcommand("cluster", sub),
-    }
-}
-
-/// CONFIG parameters and their values (`port` and `bind` come from the listener).
-fn parameters(laddr: SocketAddr) -> Vec<(&'static str, String)> {
-    let fixed = [
-        ("appendfsync", "always"),
-        ("appendonly", "yes"),
-        ("cluster-enabled", "no"),
-        ("databases", "1"),
-        ("hash-max-listpack-entries", "128"),
-        ("hz", "10"),
-        ("io-threads", "1"),
-        ("lua-time-limit", "5000"),
-        ("maxmemory", "0"),
-        ("maxmemory-policy", "noeviction"),
-        ("notify-keyspace-events", ""),
-        ("proto-max-bulk-len", "536870912"),
-        ("protected-mode", "no"),
-        ("replica-read-only", "yes"),
-        ("requirepass", ""),
-        ("save", ""),
-        ("set-max-intset-entries", "512"),
-        ("slowlog-log-slower-than", "10000"),
-        ("slowlog-max-len", "128"),
-        ("tcp-keepalive", "300"),
-        ("timeout", "0"),
-        ("zset-max-listpack-entries", "128"),
-    ];
-    let mut all: Vec<(&'static str, String)> = fixed.iter().map(|(k, v)| (*k, v.to_string())).collect();
-    all.push(("bind", laddr.ip().to_string()));
-    all.push(("maxclients", crate::MAX_CLIENTS.to_string()));
-    all.push(("port", laddr.port().to_string()));
-    all.sort();
-    all
-}
-
-/// CONFIG <subcommand>.
-pub fn config(args: &[Vec<u8>], laddr: SocketAddr) -> Frame {
-    let Some(sub) = args.get(1) else {
-        return wrong_arity("config");
-    };
-    match sub.to_ascii_lowercase().as_slice() {
-        b"get" if args.len() >= 3 => {
-            let all = parameters(laddr);
-            let found = all
-                .into_iter()
-                .filter(|(name, _)| {
-                    args[2..]
-                        .iter()
-                        .any(|p| redraft_common::glob::matches(&p.to_ascii_lowercase(), name.as_bytes()))
-                })
-                .map(|(name, value)| (bulk(name), bulk(value)))
-                .collect();
-            Frame::Map(found)
-        }
-        b"set" if args.len() >= 4 && args.len().is_multiple_of(2) => {
-            let name = String::from_utf8_lossy(&args[2]).to_ascii_lowercase();
-            if parameters(laddr).iter().any(|(p, _)| *p == name) {
-                error(format!(
-                    "ERR CONFIG SET failed (possibly related to argument '{name}') - can't set immutable config"
-                ))
-            } else {
-                error(format!(
-                    "ERR Unknown option or number of arguments for CONFIG SET - '{name}'"
-                ))
-            }
-        }
-        b"resetstat" if args.len() == 2 => Frame::ok(),
-        b"rewrite" if args.len() == 2 => error("ERR The server is running without a config file"),
-        b"help" if args.len() == 2 => Frame::Array(
-            [
-                "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-                "GET <pattern>",
-                "SET <directive> <value>",
-                "RESETSTAT",
-                "REWRITE",
-                "HELP",
-            ]
-            .iter()
-            .map(|l| Frame::Simple(l.to_string()))
-            .collect(),
-        ),
-        b"get" | b"set" | b"resetstat" | b"rewrite" | b"help" => {
-            wrong_arity(&format!("config|{}", String::from_utf8_lossy(sub).to_ascii_lowercase()))
-        }
-        _ => unknown_subcommand("config", sub),
     }
 }
 
@@ -492,23 +405,5 @@ mod tests {
         let Frame::Array(fields) = &entry[0] else { panic!() };
         assert_eq!(fields[1], Frame::Integer(-4));
         assert_eq!(fields[2], Frame::Set(vec![Frame::Simple("write".into())]));
-    }
-
-    #[test]
-    fn config_get_matches_globs_and_set_refuses() {
-        let addr: SocketAddr = "127.0.0.1:6379".parse().unwrap();
-        let args = |s: &str| s.split(' ').map(|a| a.as_bytes().to_vec()).collect::<Vec<_>>();
-        assert_eq!(
-            config(&args("CONFIG GET maxmemory*"), addr),
-            Frame::Map(vec![
-                (bulk("maxmemory"), bulk("0")),
-                (bulk("maxmemory-policy"), bulk("noeviction")),
-            ])
-        );
-        assert_eq!(
-            config(&args("CONFIG GET port"), addr),
-            Frame::Map(vec![(bulk("port"), bulk("6379"))])
-        );
-        assert!(matches!(config(&args("CONFIG SET nosuch 1"), addr), Frame::Error(e) if e.contains("Unknown option")));
     }
 }

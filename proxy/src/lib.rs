@@ -19,6 +19,7 @@
 pub mod acl;
 pub mod admin;
 pub mod cmd;
+pub mod config;
 pub mod connection;
 pub mod info;
 pub mod metrics;

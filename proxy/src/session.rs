@@ -190,7 +190,7 @@ pub async fn run(router: &crate::route::Router, session: &mut Session, name: &st
     let reply = match name {
         "cluster" => crate::admin::cluster(args, session.local_addr()),
         "config" if is_set_requirepass(args) => crate::acl::set_requirepass(router, &args[3]).await,
-        "config" => crate::admin::config(args, session.local_addr()),
+        "config" => crate::config::execute(router, args, session.local_addr()).await,
         "acl" => crate::acl::execute(router, session, args).await,
         _ => return execute(session, args, &router.table().users),
     };
