@@ -47,7 +47,10 @@ fn encoding(value: &Value, all_integers: bool) -> &'static str {
         Kind::String if value.payload.len() <= 44 => "embstr",
         Kind::String => "raw",
         Kind::List => "quicklist",
-        Kind::Hash | Kind::ZSet if len <= 128 => "listpack",
+        // Redis 7.0's compiled defaults: hash-max-listpack-entries 512,
+        // zset-max-listpack-entries 128 (element sizes are not tracked).
+        Kind::Hash if len <= 512 => "listpack",
+        Kind::ZSet if len <= 128 => "listpack",
         Kind::Hash => "hashtable",
         Kind::ZSet => "skiplist",
         Kind::Set if len <= 512 && all_integers => "intset",
