@@ -441,7 +441,11 @@ impl<'a> Keyspace<'a> {
             WriteOp::IncrByFloat { delta, .. } => self.incr_by_float(skeys[0].clone(), *delta),
             WriteOp::Append { value, .. } => match self.string(&skeys[0]) {
                 Ok(existing) => {
+                    // Redis edits an existing string in place (`raw`); a new
+                    // one is encoded like SET's.
+                    let edited = existing.is_some();
                     let mut v = existing.unwrap_or_else(|| Value::string(Vec::new(), 0));
+                    v.edited = edited;
                     if v.payload.len() as u64 + value.len() as u64 > MAX_STRING {
                         return Ok(Frame::error(
                             "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
@@ -465,6 +469,7 @@ impl<'a> Keyspace<'a> {
                         v.payload.resize(offset + value.len(), 0);
                     }
                     v.payload[offset..offset + value.len()].copy_from_slice(value);
+                    v.edited = true;
                     let len = v.payload.len() as i64;
                     self.store(skeys[0].clone(), &v);
                     Frame::Integer(len)

@@ -263,6 +263,7 @@ impl Keyspace<'_> {
                 expires_at: collection.expires_at,
                 revision: 0,
                 payload: collection.meta.encode(),
+                edited: false,
             };
             self.store(skey.to_vec(), &value);
         }

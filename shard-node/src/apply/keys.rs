@@ -39,6 +39,7 @@ fn encoding(value: &Value, all_integers: bool) -> &'static str {
         crate::storage::CollectionMeta::decode(&value.payload).len
     };
     match value.kind {
+        Kind::String if value.edited => "raw",
         Kind::String
             if value.payload.len() <= 20 && redraft_common::ops::parse_strict_i64(&value.payload).is_some() =>
         {

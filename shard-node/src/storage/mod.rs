@@ -269,10 +269,16 @@ pub struct Value {
     pub revision: u64,
     /// The payload (the string's bytes).
     pub payload: Vec<u8>,
+    /// A string that APPEND or SETRANGE edited in place, which Redis keeps in
+    /// its `raw` encoding (OBJECT ENCODING) until it is replaced.
+    pub edited: bool,
 }
 
 /// Bytes before a value's payload.
 const HEADER: usize = 17;
+
+/// Bit of the kind byte that marks an edited string ([`Value::edited`]).
+const EDITED: u8 = 0x80;
 
 impl Value {
     /// A string value.
@@ -282,6 +288,7 @@ impl Value {
             expires_at,
             revision: 0,
             payload,
+            edited: false,
         }
     }
 
@@ -298,7 +305,7 @@ impl Value {
     /// Storage encoding with another revision (the entry storing it).
     pub fn encode_at(&self, revision: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + self.payload.len());
-        out.push(self.kind as u8);
+        out.push(self.kind as u8 | if self.edited { EDITED } else { 0 });
         out.extend_from_slice(&self.expires_at.to_be_bytes());
         out.extend_from_slice(&revision.to_be_bytes());
         out.extend_from_slice(&self.payload);
@@ -311,7 +318,7 @@ impl Value {
     /// On a malformed value: storage corruption must stop the node rather than let
     /// it diverge from its peers.
     pub fn decode(bytes: &[u8]) -> Value {
-        let kind = bytes.first().and_then(|&b| Kind::from_byte(b));
+        let kind = bytes.first().and_then(|&b| Kind::from_byte(b & !EDITED));
         let kind = match kind {
             Some(kind) if bytes.len() >= HEADER => kind,
             _ => panic!("corrupt value in data column family"),
@@ -321,6 +328,7 @@ impl Value {
             expires_at: u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")),
             revision: u64::from_be_bytes(bytes[9..17].try_into().expect("8 bytes")),
             payload: bytes[HEADER..].to_vec(),
+            edited: bytes[0] & EDITED != 0,
         }
     }
 }
@@ -328,6 +336,19 @@ impl Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edited_string_keeps_its_mark_and_its_kind() {
+        let mut v = Value::string(b"1234".to_vec(), 99);
+        assert!(!Value::decode(&v.encode()).edited);
+        v.edited = true;
+        let back = Value::decode(&v.encode());
+        assert!(back.edited);
+        assert_eq!(
+            (back.kind, back.expires_at, back.payload),
+            (Kind::String, 99, b"1234".to_vec())
+        );
+    }
 
     #[test]
     fn vnode_ranges_are_contiguous_and_ordered() {
