@@ -211,6 +211,11 @@ impl scheduler::Cluster for Pd {
             Err(answer) => Err(anyhow::anyhow!("placement write failed: {answer:?}")),
         }
     }
+
+    fn leader_moved(&self, shard: ShardId, node: NodeId) {
+        let mut soft = self.soft.lock().expect("soft state lock");
+        self.set_leader_hints(&mut soft, node, [shard]);
+    }
 }
 
 /// Scheduler period: one step per tick.
@@ -427,8 +432,13 @@ impl Pd {
                 samples.pop_front();
             }
         }
+        self.set_leader_hints(&mut soft, node, leaders);
+    }
+
+    /// Records that `node` leads `shards`; publishes the hints when one changed.
+    fn set_leader_hints(&self, soft: &mut Soft, node: NodeId, shards: impl IntoIterator<Item = ShardId>) {
         let mut changed = false;
-        for shard in leaders {
+        for shard in shards {
             if soft.leaders.insert(shard, node) != Some(node) {
                 changed = true;
             }
@@ -739,6 +749,10 @@ impl scheduler::Cluster for Balancing<'_> {
 
     async fn propose(&self, command: PdCommand) -> Result<PdReply> {
         scheduler::Cluster::propose(self.0, command).await
+    }
+
+    fn leader_moved(&self, shard: ShardId, node: NodeId) {
+        scheduler::Cluster::leader_moved(self.0, shard, node)
     }
 }
 

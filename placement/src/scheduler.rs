@@ -56,6 +56,10 @@ pub trait Cluster: Send + Sync {
     fn in_flight(&self) -> InFlight;
     /// Proposes a placement command through the PD's log.
     fn propose(&self, command: PdCommand) -> impl std::future::Future<Output = Result<PdReply>> + Send;
+    /// `node` now leads `shard` (a leadership move succeeded): the leader hint
+    /// changes at once, before the heartbeats report it, so the next plan
+    /// starts from it.
+    fn leader_moved(&self, shard: ShardId, node: NodeId);
 }
 
 /// The step the scheduler wants to take next, if any.
@@ -552,8 +556,9 @@ async fn execute_move(cluster: &impl Cluster, endpoint: &Endpoint, table: &Routi
         }
         Step::Lead { shard, to } => {
             tracing::info!(shard_id = shard, to, "moving leadership");
-            if let Err(e) = transfer_leadership(endpoint, table, *shard, *to).await {
-                tracing::warn!(shard_id = shard, to, error = %e, "leadership move failed");
+            match transfer_leadership(endpoint, table, *shard, *to).await {
+                Ok(()) => cluster.leader_moved(*shard, *to),
+                Err(e) => tracing::warn!(shard_id = shard, to, error = %e, "leadership move failed"),
             }
         }
         Step::Reshape(_) => bail!("a reshape is not a move"),
