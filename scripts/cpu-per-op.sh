@@ -16,10 +16,9 @@ mix="${1:-set}"; pipeline="${2:-1}"; secs="${3:-10}"; rounds="${4:-3}"
 shift $(( $# < 4 ? $# : 4 )); [ "${1:-}" = "--" ] && shift
 target="${CARGO_TARGET_DIR:-target}/debug"
 work=$(mktemp -d)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/measure-lib.sh
+. scripts/measure-lib.sh
 ticks=$(getconf CLK_TCK)
-# Sum of utime+stime (clock ticks) of the given pids.
-cpu_ticks() { local t=0; for p in "$@"; do set -- $(sed 's/^.*) //' "/proc/$p/stat"); t=$(( t + ${12} + ${13} )); done; echo $t; }
 measure() { # label port pids... [-- proxy pids]: with a proxy part, its share is printed too
   local label=$1 p=$2; shift 2
   local all=() proxy=() before after proxy_before=0 proxy_after=0
@@ -51,10 +50,8 @@ cleanup() {
 trap cleanup EXIT
 echo "## $mix P$pipeline, 50 connections, ${secs}s per run, $rounds rounds; up args: ${*:-none}"
 for round in $(seq "$rounds"); do
-  rport=$(port); base=$(( 20000 + RANDOM % 12000 ))
-  "$target/redraft" up --dir "$work/redraft" --port "$rport" --base-port "$base" --detach "$@" >/dev/null
-  pids=$(python3 -c 'import json,sys; u=json.load(open(sys.argv[1])); print(" ".join(str(m["pid"]) for k in ("placement","nodes") for m in u[k]), "--", " ".join(str(m["pid"]) for m in u["proxy"]))' "$work/redraft/up.json")
-  "$target/redraft-bench" run --target "127.0.0.1:$rport" --mix set -c 50 -P 16 --duration 2 --keys 100000 >/dev/null
+  up_warm "$work/redraft" "$@"
+  pids="$(member_pids "$work/redraft" placement nodes) -- $(member_pids "$work/redraft" proxy)"
   # shellcheck disable=SC2086
   measure "redraft" "$rport" $pids
   "$target/redraft" down --dir "$work/redraft" >/dev/null

@@ -17,8 +17,8 @@ shift $(( $# < 2 ? $# : 2 )); [ "${1:-}" = "--" ] && shift
 command -v etcd >/dev/null || ./scripts/setup.sh etcd-server
 target="${CARGO_TARGET_DIR:-target}/debug"
 work=$(mktemp -d)
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ticks() { local t=0; for p in "$@"; do set -- $(sed 's/^.*) //' "/proc/$p/stat"); t=$(( t + ${12} + ${13} )); done; echo $t; }
+# shellcheck source=scripts/measure-lib.sh
+. scripts/measure-lib.sh
 etcd_pids=()
 cleanup() {
   for pid in "${etcd_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -38,10 +38,8 @@ PY
 }
 echo "## Redraft against etcd 3.4 (3 members each), ${secs}s per run, $rounds round(s); up args: ${*:-none}"
 for round in $(seq "$rounds"); do
-  rport=$(port); base=$(( 20000 + RANDOM % 12000 ))
-  "$target/redraft" up --dir "$work/redraft" --port "$rport" --base-port "$base" --detach "$@" >/dev/null
-  pids=$(python3 -c 'import json,sys; u=json.load(open(sys.argv[1])); print(" ".join(str(m["pid"]) for k in ("placement","nodes","proxy") for m in u[k]))' "$work/redraft/up.json")
-  "$target/redraft-bench" run --target "127.0.0.1:$rport" --mix set -c 50 -P 16 --duration 2 --keys 100000 >/dev/null
+  up_warm "$work/redraft" "$@"
+  pids=$(member_pids "$work/redraft" placement nodes proxy)
   peers=""; clients=""; eclient=(); epeer=(); etcd_pids=()
   for i in 1 2 3; do eclient[$i]=$(port); epeer[$i]=$(port); done
   for i in 1 2 3; do peers+="e$i=http://127.0.0.1:${epeer[$i]},"; clients+="http://127.0.0.1:${eclient[$i]},"; done

@@ -134,17 +134,23 @@ fn describe_user(user: &User) -> Frame {
     ])
 }
 
-/// Records a change at the placement driver, then fetches the table so this
-/// proxy applies it to the next command already.
-async fn record(router: &Router, request: PdRequest) -> Result<PdResponse, Frame> {
+/// Asks the placement driver; its refusal or absence as a Redis error.
+pub(crate) async fn ask_placement(router: &Router, request: &PdRequest) -> Result<PdResponse, Frame> {
     let answer = router
         .placement()
-        .call(&request, std::time::Duration::from_secs(10))
+        .call(request, std::time::Duration::from_secs(10))
         .await
         .map_err(|e| error(format!("CLUSTERDOWN placement driver unreachable: {e:#}")))?;
     if let PdResponse::Error(text) = answer {
         return Err(error(text));
     }
+    Ok(answer)
+}
+
+/// Records a change at the placement driver, then fetches the table so this
+/// proxy applies it to the next command already.
+async fn record(router: &Router, request: PdRequest) -> Result<PdResponse, Frame> {
+    let answer = ask_placement(router, &request).await?;
     router.refresh().await;
     Ok(answer)
 }

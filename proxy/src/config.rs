@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use redraft_common::resp::Frame;
 use redraft_common::wire::{PdRequest, PdResponse};
 
+use crate::acl::ask_placement;
 use crate::admin::{error, unknown_subcommand, wrong_arity};
 use crate::route::Router;
 
@@ -326,15 +327,10 @@ pub async fn execute(router: &Router, args: &[Vec<u8>], laddr: SocketAddr) -> Fr
             Err(e) => e,
         },
         b"set" if args.len() >= 4 && args.len().is_multiple_of(2) => match checked(&args[2..]) {
-            Ok(pairs) => match router
-                .placement()
-                .call(&PdRequest::SetConfig { pairs }, std::time::Duration::from_secs(10))
-                .await
-            {
+            Ok(pairs) => match ask_placement(router, &PdRequest::SetConfig { pairs }).await {
                 Ok(PdResponse::Ack) => Frame::ok(),
-                Ok(PdResponse::Error(text)) => error(text),
                 Ok(other) => error(format!("ERR unexpected placement answer {other:?}")),
-                Err(e) => error(format!("CLUSTERDOWN placement driver unreachable: {e:#}")),
+                Err(e) => e,
             },
             Err(e) => e,
         },
@@ -367,14 +363,9 @@ pub async fn execute(router: &Router, args: &[Vec<u8>], laddr: SocketAddr) -> Fr
 
 /// The values the cluster's operators set (the placement driver keeps them).
 async fn cluster_values(router: &Router) -> Result<BTreeMap<String, String>, Frame> {
-    match router
-        .placement()
-        .call(&PdRequest::Config, std::time::Duration::from_secs(10))
-        .await
-    {
-        Ok(PdResponse::Config(pairs)) => Ok(pairs.into_iter().collect()),
-        Ok(other) => Err(error(format!("ERR unexpected placement answer {other:?}"))),
-        Err(e) => Err(error(format!("CLUSTERDOWN placement driver unreachable: {e:#}"))),
+    match ask_placement(router, &PdRequest::Config).await? {
+        PdResponse::Config(pairs) => Ok(pairs.into_iter().collect()),
+        other => Err(error(format!("ERR unexpected placement answer {other:?}"))),
     }
 }
 
@@ -388,9 +379,9 @@ fn get(patterns: &[Vec<u8>], set: &BTreeMap<String, String>, laddr: SocketAddr) 
                 .iter()
                 .filter_map(|(alias, name)| lookup(name).map(|(name, default, _)| (*alias, *name, *default))),
         );
+    let lowered: Vec<Vec<u8>> = patterns.iter().map(|p| p.to_ascii_lowercase()).collect();
     let mut found = Vec::new();
     for (shown, name, default) in names {
-        let lowered: Vec<Vec<u8>> = patterns.iter().map(|p| p.to_ascii_lowercase()).collect();
         if lowered
             .iter()
             .any(|p| redraft_common::glob::matches(p, shown.as_bytes()))
