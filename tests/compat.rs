@@ -48,6 +48,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("keys", include_str!("scripts/keys.txt")),
     ("transactions", include_str!("scripts/transactions.txt")),
     ("acl", include_str!("scripts/acl.txt")),
+    ("blocking", include_str!("scripts/blocking.txt")),
 ];
 
 /// A reply's bytes, with an unordered array's items sorted (`pairs`: in pairs).

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod blocking;
 mod cluster;
 mod compat;
 mod durability;

@@ -72,6 +72,73 @@ pub enum GetExChange {
     Persist,
 }
 
+/// How a blocked client pops from the first of its keys that has something.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PopKind {
+    /// BLPOP (`left`), BRPOP: one element, answered `[key, element]`.
+    List { left: bool },
+    /// BLMPOP: up to `count` elements, answered `[key, [elements]]`.
+    ListMany { left: bool, count: u64 },
+    /// BLMOVE, BRPOPLPUSH: one element moved onto `dest`, answered as the element.
+    Move {
+        dest: Bytes,
+        from_left: bool,
+        to_left: bool,
+    },
+    /// BZPOPMIN (`min`), BZPOPMAX: answered `[key, member, score]`.
+    ZSet { min: bool },
+    /// BZMPOP: up to `count` members, answered `[key, [[member, score], ...]]`.
+    ZSetMany { min: bool, count: u64 },
+}
+
+impl PopKind {
+    /// Redis's reply when the client's timeout passes with nothing popped:
+    /// the null array, for every blocking pop (BLMOVE too).
+    pub fn timed_out(&self) -> crate::resp::Frame {
+        crate::resp::Frame::NullArray
+    }
+
+    /// Redis's reply when there is nothing to pop inside MULTI, where the
+    /// command does not block: BLMOVE's is LMOVE's null bulk string.
+    pub fn nothing_now(&self) -> crate::resp::Frame {
+        match self {
+            PopKind::Move { .. } => crate::resp::Frame::Null,
+            _ => crate::resp::Frame::NullArray,
+        }
+    }
+}
+
+/// A blocking pop: `keys` (all in one shard) tried in order, the first that has
+/// something popped as `kind` says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedPop {
+    pub keys: Vec<Bytes>,
+    pub kind: PopKind,
+}
+
+impl BlockedPop {
+    /// Every key the pop may touch: its source keys, then a move's destination.
+    pub fn keys(&self) -> Vec<&[u8]> {
+        let mut keys: Vec<&[u8]> = self.keys.iter().map(|k| &k[..]).collect();
+        if let PopKind::Move { dest, .. } = &self.kind {
+            keys.push(dest);
+        }
+        keys
+    }
+}
+
+/// One blocked client in a [`WriteOp::ServeBlocked`] entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedClient {
+    /// The client's registration id, chosen by its proxy; the shard remembers
+    /// what it popped for it under this id for a while (see shard-node `blocking`).
+    pub id: u64,
+    pub pop: BlockedPop,
+    /// First attempt: an error (WRONGTYPE) is the client's answer, as when Redis
+    /// runs the command; later attempts pass over a key of the wrong type.
+    pub first: bool,
+}
+
 /// A read, served by the leader after a linearizability check.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ReadOp {
@@ -196,6 +263,13 @@ pub enum WriteOp {
     /// each with its own reply and its own ownership check. Built by shard nodes
     /// from a batch of requests; never nested.
     Many(Vec<WriteOp>),
+    /// A blocking pop run once, without blocking (BLPOP and friends inside
+    /// MULTI, as Redis runs them): the popped reply, or the command's null.
+    PopFirst(BlockedPop),
+    /// Blocked clients served in their blocking order (proposed by the shard's
+    /// leader): for each, the reply of the first of its keys that had
+    /// something, or `$-1` when none had. Replies with the array of those.
+    ServeBlocked(Vec<BlockedClient>),
 }
 
 /// One operation on one shard.
@@ -281,6 +355,8 @@ impl WriteOp {
                 .map(|(k, _)| &k[..])
                 .chain(ops.iter().flat_map(ShardOp::keys))
                 .collect(),
+            WriteOp::PopFirst(pop) => pop.keys(),
+            WriteOp::ServeBlocked(clients) => clients.iter().flat_map(|c| c.pop.keys()).collect(),
             WriteOp::FlushAll | WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } => vec![],
         }
     }

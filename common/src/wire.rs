@@ -66,6 +66,23 @@ pub enum NodeRequest {
     /// `to` campaigns). `Reply(+OK)` once `to` leads, `NotLeader` when this node
     /// does not lead, `Unknown` when the transfer did not happen.
     TransferLeader { shard: ShardId, to: NodeId },
+    /// A blocked client's pop (BLPOP, BLMOVE, BZPOPMIN, ...), to `shard`'s
+    /// leader: served in blocking order from the first of its keys that has
+    /// something, within `timeout_ms` (0: no limit). `Reply` of the popped
+    /// answer, `Reply(Null)` when the time passed; `NotLeader`, `WrongShard`
+    /// and `Unknown` as for `Exec`. `retry` when an earlier attempt of the
+    /// same `waiter` may have popped: the leader first looks up what it popped.
+    Block {
+        shard: ShardId,
+        pop: crate::ops::BlockedPop,
+        waiter: u64,
+        timeout_ms: u64,
+        retry: bool,
+    },
+    /// Drops a blocked client's registration (it disconnected, or CLIENT
+    /// UNBLOCK): its `Block` call is answered `Reply(Null)` unless it was
+    /// being served. `Reply(:1)` when it was registered, else `:0`.
+    Unblock { shard: ShardId, waiter: u64 },
 }
 
 /// A shard node's answer.

@@ -71,6 +71,26 @@ pub enum Command {
     /// Pub/Sub: (P|S)SUBSCRIBE, (P|S)UNSUBSCRIBE, PUBLISH, SPUBLISH, PUBSUB; run
     /// by the connection.
     PubSub(Vec<Bytes>),
+    /// A blocking pop (BLPOP, BLMOVE, BZPOPMIN, ...), run by the connection;
+    /// `timeout_ms` 0 waits without limit.
+    Blocking {
+        pop: redraft_common::ops::BlockedPop,
+        timeout_ms: u64,
+    },
+}
+
+impl Command {
+    /// The command as MULTI queues it: a blocking pop runs once, without
+    /// blocking, as Redis runs it inside a transaction.
+    pub fn in_transaction(self) -> Command {
+        match self {
+            Command::Blocking { pop, .. } => Command::SameShard {
+                keys: pop.keys().into_iter().map(<[u8]>::to_vec).collect(),
+                op: ShardOp::Write(WriteOp::PopFirst(pop)),
+            },
+            other => other,
+        }
+    }
 }
 
 fn err(text: impl Into<String>) -> Command {
@@ -162,6 +182,14 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("pexpiretime", 2),
     ("persist", 2),
     ("type", 2),
+    ("blpop", -3),
+    ("brpop", -3),
+    ("brpoplpush", 4),
+    ("blmove", 6),
+    ("blmpop", -5),
+    ("bzpopmin", -3),
+    ("bzpopmax", -3),
+    ("bzmpop", -5),
 ];
 
 fn keyed(key: &[u8], op: ShardOp) -> Command {
@@ -459,6 +487,9 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
         ),
         "persist" => write(&a[1], WriteOp::Persist { key: key() }),
         "type" => read(&a[1], ReadOp::Type { key: key() }),
+        "blpop" | "brpop" | "brpoplpush" | "blmove" | "blmpop" | "bzpopmin" | "bzpopmax" | "bzmpop" => {
+            crate::blocking::parse(name, a)?
+        }
         _ => unknown_command(a),
     })
 }
@@ -733,7 +764,9 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
     Ok(match command {
         Command::Local(frame) | Command::Rejected(frame) => frame,
         Command::Quit => Frame::ok(),
-        Command::Transaction(_) | Command::PubSub(_) => Frame::error("ERR this command runs on its connection"),
+        Command::Transaction(_) | Command::PubSub(_) | Command::Blocking { .. } => {
+            Frame::error("ERR this command runs on its connection")
+        }
         Command::Info(section) => {
             let keys = match sum_over_shards(router, ShardOp::Read(ReadOp::DbSize)).await {
                 Ok(Frame::Integer(n)) => Some(n),

@@ -98,7 +98,27 @@ where
                 settled = settle(&shared, &mut session, &batch).await;
             }
             let more = batch.len() == MAX_BATCH;
-            let (replies, quit) = run_batch(&shared, &mut session, batch).await;
+            let blocking = batch.iter().any(|(_, _, c)| matches!(c, Command::Blocking { .. }));
+            let run = run_batch(&shared, &mut session, batch);
+            let (replies, quit) = if blocking {
+                // A blocked client that disconnects is unblocked (its
+                // registration dropped), as in Redis; what it sends meanwhile
+                // waits in the buffer.
+                tokio::pin!(run);
+                loop {
+                    tokio::select! {
+                        done = &mut run => break done,
+                        read = socket.read(&mut chunk) => match read {
+                            Ok(0) | Err(_) => return Ok(()),
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        },
+                    }
+                }
+            } else {
+                run.await
+            };
+            // Requests that arrived while a client was blocked are run next.
+            let more = more || (blocking && !buf.is_empty());
             for (reply, resp3) in &replies {
                 push(&mut out, reply, *resp3);
             }
@@ -217,7 +237,13 @@ async fn run_batch(
                 replies[i] = Some(observed(name, started, frame));
             }
             command if session.transaction.in_multi() => {
-                replies[i] = answered(session.transaction.queue(name, command));
+                replies[i] = answered(session.transaction.queue(name, command.in_transaction()));
+            }
+            Command::Blocking { pop, timeout_ms } => {
+                drain(shared, &mut lanes, &mut replies).await;
+                let started = std::time::Instant::now();
+                let frame = crate::blocking::wait(&shared.router, &session.client, pop, timeout_ms).await;
+                replies[i] = Some(observed(name, started, frame));
             }
             Command::Local(frame) | Command::Rejected(frame) => replies[i] = answered(frame),
             Command::Session(args) => {

@@ -18,6 +18,7 @@
 
 pub mod acl;
 pub mod admin;
+pub mod blocking;
 pub mod cmd;
 pub mod config;
 pub mod connection;

@@ -414,6 +414,123 @@ impl Router {
     }
 }
 
+/// What one registration of a blocked client with its shard's leader came to.
+#[derive(Debug)]
+pub enum BlockAttempt {
+    /// Popped: the client's answer.
+    Popped(Frame),
+    /// The registration's time passed with nothing popped.
+    TimedOut,
+    /// Not registered or no longer (no leader, leader changed, node
+    /// unreachable): register again, with `retry` when the attempt may have
+    /// popped something for the client.
+    Again { may_have_popped: bool },
+    /// A split or merge moved a key: route again.
+    Moved,
+}
+
+impl Router {
+    /// Registers blocked client `waiter` with `shard`'s leader for at most
+    /// `timeout_ms` (see shard-node `blocking`). `attempt` counts the
+    /// attempts so far, to go round the replicas when no leader is known.
+    pub async fn block_once(
+        &self,
+        shard: ShardId,
+        pop: &redraft_common::ops::BlockedPop,
+        waiter: u64,
+        timeout_ms: u64,
+        retry: bool,
+        attempt: usize,
+    ) -> BlockAttempt {
+        let table = self.table();
+        if table.is_bootstrapped() && !table.shards.contains_key(&shard) {
+            return BlockAttempt::Moved;
+        }
+        let target = self.pick_target(&table, shard, attempt);
+        let Some((node, addr)) = target.and_then(|n| Some((n, table.addr_of(n)?.parse().ok()?))) else {
+            self.refresh().await;
+            return BlockAttempt::Again { may_have_popped: false };
+        };
+        let request = NodeRequest::Block {
+            shard,
+            pop: pop.clone(),
+            waiter,
+            timeout_ms,
+            retry,
+        };
+        let limit = Duration::from_millis(timeout_ms) + CALL_TIMEOUT;
+        match self
+            .endpoint()
+            .call_linked::<_, NodeResponse>(addr, &request, limit)
+            .await
+        {
+            Ok(NodeResponse::Reply(Frame::Null)) => {
+                self.leaders.insert(shard, node);
+                BlockAttempt::TimedOut
+            }
+            Ok(NodeResponse::Reply(frame)) => {
+                self.leaders.insert(shard, node);
+                BlockAttempt::Popped(frame)
+            }
+            Ok(NodeResponse::NotLeader { leader: Some(leader) }) if leader != node => {
+                retried("not_leader");
+                self.leaders.insert(shard, leader);
+                BlockAttempt::Again { may_have_popped: false }
+            }
+            Ok(NodeResponse::WrongShard { .. }) => {
+                retried("wrong_shard");
+                self.refresh().await;
+                BlockAttempt::Moved
+            }
+            Ok(NodeResponse::Unknown(reason)) => {
+                tracing::debug!(
+                    shard_id = shard,
+                    reason,
+                    "blocked client's outcome unknown; registering again"
+                );
+                BlockAttempt::Again { may_have_popped: true }
+            }
+            Ok(other) => {
+                retried(if matches!(other, NodeResponse::NoShard) {
+                    "no_shard"
+                } else {
+                    "not_leader"
+                });
+                self.leaders.remove(&shard);
+                if matches!(other, NodeResponse::NoShard) {
+                    self.refresh().await;
+                }
+                BlockAttempt::Again { may_have_popped: false }
+            }
+            Err(e) => {
+                retried("unreachable");
+                self.leaders.remove(&shard);
+                self.suspect(node);
+                BlockAttempt::Again {
+                    may_have_popped: matches!(e, CallError::Unknown { .. }),
+                }
+            }
+        }
+    }
+
+    /// Drops blocked client `waiter`'s registration with `shard`'s leader (it
+    /// disconnected, or CLIENT UNBLOCK); best effort.
+    pub async fn unblock(&self, shard: ShardId, waiter: u64) {
+        let table = self.table();
+        let Some(addr) = self
+            .pick_target(&table, shard, 0)
+            .and_then(|n| table.addr_of(n)?.parse().ok())
+        else {
+            return;
+        };
+        let request = NodeRequest::Unblock { shard, waiter };
+        let _ = self
+            .endpoint()
+            .call_linked::<_, NodeResponse>(addr, &request, CALL_TIMEOUT)
+            .await;
+    }
+}
+
 /// Logs why a write is answered "may have been applied": the one answer a
 /// client cannot act on safely, so operators should see each one and its cause.
 fn unknown_outcome(shard: ShardId, reason: &str) {

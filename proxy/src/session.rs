@@ -32,6 +32,12 @@ pub struct Client {
     state: Mutex<ClientState>,
     /// Woken by CLIENT KILL: the connection closes.
     pub killed: Notify,
+    /// Whether it waits in a blocking command (CLIENT UNBLOCK acts only then).
+    pub blocked: std::sync::atomic::AtomicBool,
+    /// Woken by CLIENT UNBLOCK: the blocking command ends.
+    pub unblock: Notify,
+    /// CLIENT UNBLOCK ... ERROR: the command ends with an error, not a timeout.
+    pub unblock_error: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -130,6 +136,9 @@ impl Session {
                 last_active: Instant::now(),
             }),
             killed: Notify::new(),
+            blocked: Default::default(),
+            unblock: Notify::new(),
+            unblock_error: Default::default(),
         });
         clients.all.insert(id, client.clone());
         Session {
@@ -345,6 +354,8 @@ const CLIENT_HELP: &[&str] = &[
     "    Set client meta attr. Options are: LIB-NAME, LIB-VER.",
     "SETNAME <name>",
     "    Assign the name <name> to the current connection.",
+    "UNBLOCK <clientid> [TIMEOUT|ERROR]",
+    "    Unblock the specified blocked client.",
     "HELP",
     "    Print this help.",
 ];
@@ -375,6 +386,7 @@ fn client(session: &mut Session, args: &[Vec<u8>]) -> (Frame, After) {
             Err(e) => e,
         },
         "kill" if args.len() >= 3 => return kill(session, &args[2..]),
+        "unblock" if args.len() == 3 || args.len() == 4 => unblock(session, &args[2..]),
         // OFF and SKIP are not answered; ON answers OK even after OFF.
         "reply" if arity(3) => match args[2].to_ascii_lowercase().as_slice() {
             b"on" => {
@@ -422,15 +434,40 @@ fn client(session: &mut Session, args: &[Vec<u8>]) -> (Frame, After) {
             }
         }
         "help" if arity(2) => Frame::Array(CLIENT_HELP.iter().map(|l| Frame::Simple(l.to_string())).collect()),
-        "id" | "getname" | "setname" | "info" | "kill" | "no-evict" | "no-touch" | "reply" | "setinfo" | "help" => {
-            wrong_arity(&format!("client|{sub}"))
-        }
+        "id" | "getname" | "setname" | "info" | "kill" | "no-evict" | "no-touch" | "reply" | "setinfo" | "help"
+        | "unblock" => wrong_arity(&format!("client|{sub}")),
         _ => error(format!(
             "ERR unknown subcommand '{}'. Try CLIENT HELP.",
             String::from_utf8_lossy(&args[1])
         )),
     };
     (reply, After::Continue)
+}
+
+/// CLIENT UNBLOCK id [TIMEOUT|ERROR]: ends a blocking command of a client of
+/// this proxy; `:1` when that client was blocked.
+fn unblock(session: &Session, args: &[Vec<u8>]) -> Frame {
+    use std::sync::atomic::Ordering;
+    let Some(id) = redraft_common::ops::parse_strict_i64(&args[0]) else {
+        return error("ERR value is not an integer or out of range");
+    };
+    let as_error = match args.get(1).map(|a| a.to_ascii_lowercase()) {
+        None => false,
+        Some(reason) if reason == b"timeout" => false,
+        Some(reason) if reason == b"error" => true,
+        Some(_) => return error("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR"),
+    };
+    let target = u64::try_from(id)
+        .ok()
+        .and_then(|id| session.clients.all.get(&id).map(|c| c.clone()));
+    match target {
+        Some(client) if client.blocked.load(Ordering::Relaxed) => {
+            client.unblock_error.store(as_error, Ordering::Relaxed);
+            client.unblock.notify_one();
+            Frame::Integer(1)
+        }
+        _ => Frame::Integer(0),
+    }
 }
 
 fn list(session: &Session, options: &[Vec<u8>]) -> Result<String, Frame> {

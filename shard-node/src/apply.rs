@@ -27,6 +27,7 @@ use crate::storage::{
     data_key, element_prefix, key_records, prefix_end, vnode_end, vnode_start, ElementHints, Kind, Value,
 };
 
+mod blocking;
 mod collections;
 mod hash;
 mod keys;
@@ -62,6 +63,8 @@ pub struct Keyspace<'a> {
     revision: u64,
     /// Which virtual nodes may hold collection elements (`None`: assume all).
     hints: Option<&'a ElementHints>,
+    /// Blocked clients served by this view: entry time, id, what they got.
+    served: Vec<(u64, u64, Frame)>,
 }
 
 impl<'a> Keyspace<'a> {
@@ -78,6 +81,7 @@ impl<'a> Keyspace<'a> {
             now_ms,
             revision: 0,
             hints: None,
+            served: Vec::new(),
         }
     }
 
@@ -492,6 +496,8 @@ impl<'a> Keyspace<'a> {
                 Frame::ok()
             }
             WriteOp::Command { args, seed } => self.command(args, *seed, true),
+            WriteOp::PopFirst(pop) => self.pop_first(pop, true).unwrap_or_else(|| pop.kind.nothing_now()),
+            WriteOp::ServeBlocked(clients) => self.serve_blocked(clients),
             WriteOp::Transaction { watched, ops } => {
                 for (key, revision) in watched {
                     if self.revision_of(&self.storage_key(key)?) != *revision {

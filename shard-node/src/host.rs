@@ -53,7 +53,8 @@ use openraft::{BasicNode, Config};
 use redraft_common::ids::{NodeId, ShardId, VnodeId};
 use redraft_common::keys::Ring;
 use redraft_common::now_ms;
-use redraft_common::ops::{ReadOp, ShardOp, WriteOp};
+use redraft_common::ops::{BlockedPop, ReadOp, ShardOp, WriteOp};
+use redraft_common::resp::Frame;
 use redraft_common::routing::RoutingTable;
 use redraft_common::transport::Endpoint;
 use redraft_common::wire::{self, NodeResponse, ShardLoad};
@@ -61,6 +62,7 @@ use redraft_raft_storage::engine::{CF_DATA, CF_META};
 use redraft_raft_storage::Engine;
 
 use crate::apply::{Keyspace, NotOwned};
+use crate::blocking::Blocked;
 use crate::metrics;
 use crate::proposals::{self, Proposals};
 use crate::raft::state_machine::{self, group_meta_key, GroupRecord, Ownership, Reshaped, ShardStateMachine};
@@ -117,6 +119,8 @@ pub struct Group {
     /// This replica's read lease as leader, and when it last heard from one as
     /// a follower.
     pub lease: Arc<Lease>,
+    /// Clients blocked on the shard's keys, while this replica leads.
+    pub blocked: Arc<Blocked>,
     /// The term this node was last seen leading in, and when it was first seen
     /// doing so: no earlier than the start of its leader lease in that term.
     leading: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
@@ -339,6 +343,7 @@ impl Host {
     async fn open_group(&self, shard: ShardId, record: &GroupRecord) -> Result<Arc<Group>> {
         let ring = self.ring(record.vnode_count);
         let owned = Ownership::new(record.vnodes.iter().copied());
+        let blocked = Arc::new(Blocked::default());
         let sm = ShardStateMachine::open(
             shard,
             self.node_id,
@@ -348,6 +353,7 @@ impl Host {
             self.snapshot_dir.join(shard.to_string()),
             Some(self.reshapes.clone()),
             Some(self.element_hints.clone()),
+            Some(blocked.clone()),
         )?;
         let lease = Arc::new(Lease::for_election_timeout(self.leader_lease()));
         let network = GroupNetwork::<_, NodeWire>::new(shard, self.links.clone()).with_lease(lease.clone());
@@ -367,6 +373,7 @@ impl Host {
             proposals: Proposals::default(),
             reads: ReadBarrier::default(),
             lease,
+            blocked,
             leading: std::sync::Mutex::new(None),
             transfer: tokio::sync::Mutex::new(()),
         });
@@ -715,6 +722,67 @@ impl Host {
         }
     }
 
+    /// A blocked client's pop (see [`crate::blocking`]): answered when a
+    /// `ServeBlocked` entry pops something for it, with `$-1` once
+    /// `timeout_ms` (0: none) has passed, or `NotLeader` when this node stops
+    /// leading. With `retry`, what an earlier attempt of the same client
+    /// popped, if the log says one did.
+    pub async fn block(
+        &self,
+        shard: ShardId,
+        pop: BlockedPop,
+        waiter: u64,
+        timeout_ms: u64,
+        retry: bool,
+    ) -> NodeResponse {
+        let Some(group) = self.group(shard) else {
+            return NodeResponse::NoShard;
+        };
+        if let Some(refused) = self.refused_client(&group) {
+            return refused;
+        }
+        self.wake(shard, &group);
+        if retry {
+            // Every entry committed before this node's term is applied here
+            // once a read may be served.
+            if let Err(refused) = self.confirm_read(&group).await {
+                return refused;
+            }
+            if let Some(reply) = crate::raft::state_machine::served_reply(&self.engine, shard, waiter) {
+                return NodeResponse::Reply(reply);
+            }
+        }
+        let (mut answer, start) = group.blocked.register(waiter, pop);
+        if start {
+            tokio::spawn(crate::blocking::serve(
+                group.blocked.clone(),
+                group.raft.clone(),
+                group.proposals.clone(),
+                self.node_id,
+            ));
+        }
+        let answer = if timeout_ms == 0 {
+            answer.await
+        } else {
+            match tokio::time::timeout(Duration::from_millis(timeout_ms), &mut answer).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    group.blocked.unblock(waiter);
+                    answer.await
+                }
+            }
+        };
+        answer.unwrap_or_else(|_| NodeResponse::Unknown(format!("shard {shard} stopped serving blocked clients")))
+    }
+
+    /// Drops blocked client `waiter` of `shard` (see [`Blocked::unblock`]).
+    pub fn unblock(&self, shard: ShardId, waiter: u64) -> NodeResponse {
+        let Some(group) = self.group(shard) else {
+            return NodeResponse::NoShard;
+        };
+        NodeResponse::Reply(Frame::Integer(group.blocked.unblock(waiter) as i64))
+    }
+
     /// Stops the replica of `shard` and deletes its log, data and metadata.
     async fn remove_group(&self, shard: ShardId) -> Result<()> {
         let Some((_, group)) = self.groups.remove(&shard) else {
@@ -733,6 +801,7 @@ impl Host {
             group.ring.clone(),
             group.owned.clone(),
             self.snapshot_dir.join(shard.to_string()),
+            None,
             None,
             None,
         )?;
@@ -1008,7 +1077,8 @@ impl Host {
             .collect()
     }
 
-    fn answer(outcome: proposals::Outcome) -> NodeResponse {
+    /// A proposal's outcome as the node's answer to its caller.
+    pub(crate) fn answer(outcome: proposals::Outcome) -> NodeResponse {
         match outcome {
             Ok(ShardResponse::Reply(frame)) => NodeResponse::Reply(frame),
             Ok(ShardResponse::WrongShard) => NodeResponse::WrongShard { version: 0 },

@@ -16,6 +16,7 @@
 //! background expiry of keys whose TTL passed.
 
 pub mod apply;
+pub mod blocking;
 pub mod host;
 pub mod metrics;
 pub mod proposals;
@@ -271,6 +272,14 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
     match request {
         NodeRequest::Raft { group, kind, payload } => NodeResponse::Raft(host.raft_rpc(group, kind, &payload).await),
         NodeRequest::Exec { shard, op, .. } => host.exec(shard, op).await,
+        NodeRequest::Block {
+            shard,
+            pop,
+            waiter,
+            timeout_ms,
+            retry,
+        } => host.block(shard, pop, waiter, timeout_ms, retry).await,
+        NodeRequest::Unblock { shard, waiter } => host.unblock(shard, waiter),
         NodeRequest::Campaign { shard, handed_over } => host.campaign(shard, handed_over).await,
         NodeRequest::TransferLeader { shard, to } => host.transfer_leader(shard, to).await,
         NodeRequest::AddLearner { shard, node, addr } => host.add_learner(shard, node, addr).await,

@@ -67,6 +67,39 @@ pub fn group_meta_key(group: ShardId, item: &str) -> Vec<u8> {
 }
 
 const APPLIED: &str = "applied";
+/// Prefix of the records of served blocked clients: `served/<time><id>`.
+const SERVED: &str = "served/";
+/// How long what a blocked client was served is kept for its proxy to ask again.
+pub const SERVED_KEPT_MS: u64 = 60_000;
+
+fn served_key(group: ShardId, at_ms: u64, id: u64) -> Vec<u8> {
+    let mut key = group_meta_key(group, SERVED);
+    key.extend_from_slice(&at_ms.to_be_bytes());
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// What this replica's state machine recorded as served to blocked client
+/// `id` of `group` in the last [`SERVED_KEPT_MS`], if anything.
+pub fn served_reply(engine: &Engine, group: ShardId, id: u64) -> Option<Frame> {
+    let prefix = group_meta_key(group, SERVED);
+    let mut end = prefix.clone();
+    end.push(0xFF);
+    let mut options = rocksdb::ReadOptions::default();
+    options.set_iterate_upper_bound(end);
+    let iter = engine.db().iterator_cf_opt(
+        engine.cf(CF_META),
+        options,
+        rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+    );
+    for item in iter {
+        let (key, value) = item.ok()?;
+        if key.len() == prefix.len() + 16 && key[prefix.len() + 8..] == id.to_be_bytes() {
+            return wire::decode(&value).ok();
+        }
+    }
+    None
+}
 const MEMBERSHIP: &str = "membership";
 const SNAPSHOT: &str = "snapshot";
 const INSTALLING: &str = "installing";
@@ -177,6 +210,10 @@ pub struct ShardStateMachine {
     events: Option<tokio::sync::mpsc::UnboundedSender<Reshaped>>,
     /// The node's element hints (`None`: every overwrite reads the old record).
     hints: Option<Arc<ElementHints>>,
+    /// The group's blocked clients, woken by the keys applied writes change.
+    blocked: Option<Arc<crate::blocking::Blocked>>,
+    /// Entry time of the last sweep of old served-client records.
+    served_swept_at: u64,
 }
 
 impl ShardStateMachine {
@@ -194,6 +231,7 @@ impl ShardStateMachine {
         snapshot_dir: PathBuf,
         events: Option<tokio::sync::mpsc::UnboundedSender<Reshaped>>,
         hints: Option<Arc<ElementHints>>,
+        blocked: Option<Arc<crate::blocking::Blocked>>,
     ) -> anyhow::Result<ShardStateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let sm = ShardStateMachine {
@@ -206,6 +244,8 @@ impl ShardStateMachine {
             incoming: None,
             events,
             hints,
+            blocked,
+            served_swept_at: 0,
         };
         if let Some(record) = sm.read_meta::<GroupRecord>(RECORD) {
             sm.owned.set(record.vnodes.into_iter().collect());
@@ -223,6 +263,31 @@ impl ShardStateMachine {
 
     fn put_meta<T: serde::Serialize>(&self, batch: &mut WriteBatch, item: &str, value: &T) {
         put_group_meta(&self.engine, batch, self.group, item, value);
+    }
+
+    /// Stores what blocked clients were served, by registration id, and every
+    /// so often forgets records older than [`SERVED_KEPT_MS`]: a proxy that lost
+    /// a served client's answer in a leader change asks for it within seconds.
+    fn remember_served(
+        engine: &Engine,
+        group: ShardId,
+        swept_at: &mut u64,
+        batch: &mut WriteBatch,
+        served: Vec<(u64, u64, Frame)>,
+    ) {
+        let Some(newest) = served.iter().map(|(at, _, _)| *at).max() else {
+            return;
+        };
+        let meta = engine.cf(CF_META);
+        for (at, id, reply) in served {
+            batch.put_cf(meta, served_key(group, at, id), wire::encode(&reply));
+        }
+        if newest >= *swept_at + SERVED_KEPT_MS / 6 {
+            let from = group_meta_key(group, SERVED);
+            let to = served_key(group, newest.saturating_sub(SERVED_KEPT_MS), 0);
+            batch.delete_range_cf(meta, &from, &to);
+            *swept_at = newest;
+        }
     }
 
     /// The vnodes this replica owns.
@@ -587,6 +652,9 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
                             WriteOp::Many(ops) => ShardResponse::Many(ops.iter().map(&mut write).collect()),
                             op => write(op),
                         });
+                        if let Some(blocked) = self.blocked.as_ref().filter(|b| b.any()) {
+                            blocked.changed(crate::blocking::woken_keys(&request.op));
+                        }
                     }
                     EntryPayload::Membership(m) => {
                         tracing::info!(shard_id = self.group, index = entry.log_id.index, membership = %m, "membership changed");
@@ -595,7 +663,9 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
                     }
                 }
             }
+            let served = keyspace.take_served();
             let mut batch = keyspace.into_batch();
+            Self::remember_served(&self.engine, self.group, &mut self.served_swept_at, &mut batch, served);
             if last.is_some() {
                 self.put_meta(&mut batch, APPLIED, &last);
             }
@@ -703,6 +773,7 @@ mod tests {
                 dir.path().join("snap"),
                 None,
                 Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
+                None,
             )
             .expect("open state machine");
             Ok((dir, engine.log_store(7), sm))
@@ -763,6 +834,7 @@ mod tests {
             dir.path().join("snap"),
             Some(events),
             Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
+            None,
         )
         .expect("open state machine");
         (engine, sm, reshaped)
@@ -837,6 +909,7 @@ mod tests {
             dir.path().join("snap"),
             None,
             Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
+            None,
         )
         .expect("reopen");
         assert_eq!(reopened.owned().get().len(), 8);
