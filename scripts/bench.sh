@@ -15,7 +15,9 @@
 #   7. scripts/vs-etcd.sh: a 3-member etcd (Debian's etcd-server, installed by
 #      setup.sh) on loopback ports, puts and linearizable gets against SET and
 #      GET P1 of a fresh cluster, each pair back to back with CPU per operation
-#      (ETCD_SECONDS each, default 10).
+#      (ETCD_SECONDS each, default 10);
+#   8. scripts/queue-bench.sh: a job queue (RPUSH producers, BLPOP consumers)
+#      against redis-server in both modes (QUEUE_JOBS jobs, default 30,000).
 # Usage: scripts/bench.sh [requests per run, default 100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,3 +90,6 @@ echo "## idle cost (3 nodes, each hosting a replica of every shard)"
 # A fresh cluster of each, so the long runs above do not weigh on either side.
 "$target/redraft" down --dir "$work/redraft" >/dev/null
 ./scripts/vs-etcd.sh "${ETCD_SECONDS:-10}" 1
+
+echo "## job queue: RPUSH producers and BLPOP consumers"
+./scripts/queue-bench.sh "${QUEUE_JOBS:-30000}" 1
