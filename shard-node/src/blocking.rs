@@ -135,28 +135,35 @@ impl Blocked {
 
     /// Registers client `id` behind those already blocked; its answer comes on
     /// the receiver. Whether the caller must start the serving task (it is not
-    /// running). An id registered already is unblocked first.
+    /// running). An id registered already (its proxy lost the call and asks
+    /// again) keeps its place, and its answer, even one being served, comes
+    /// on the new receiver.
     pub fn register(&self, id: u64, pop: BlockedPop) -> (oneshot::Receiver<NodeResponse>, bool) {
-        self.unblock(id);
         let (tx, rx) = oneshot::channel();
         let mut state = self.state();
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        for key in pop.keys.iter() {
-            *state.watched.entry(key.clone()).or_default() += 1;
+        if let Some(&seq) = state.seq_of.get(&id) {
+            let waiter = state.waiters.get_mut(&seq).expect("registered waiter");
+            waiter.reply = Some(tx);
+            waiter.dropped = false;
+        } else {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            for key in pop.keys.iter() {
+                *state.watched.entry(key.clone()).or_default() += 1;
+            }
+            state.seq_of.insert(id, seq);
+            state.waiters.insert(
+                seq,
+                Waiter {
+                    id,
+                    pop,
+                    first: true,
+                    reply: Some(tx),
+                    in_flight: false,
+                    dropped: false,
+                },
+            );
         }
-        state.seq_of.insert(id, seq);
-        state.waiters.insert(
-            seq,
-            Waiter {
-                id,
-                pop,
-                first: true,
-                reply: Some(tx),
-                in_flight: false,
-                dropped: false,
-            },
-        );
         self.any.store(true, Ordering::Relaxed);
         let start = !state.serving;
         state.serving = true;
@@ -383,6 +390,28 @@ mod tests {
         assert!(!blocked.unblock(2));
         assert!(matches!(blocked.next(), Next::Done));
         assert!(!blocked.any());
+    }
+
+    #[tokio::test]
+    async fn a_client_registered_again_keeps_its_place_and_gets_the_answer() {
+        let blocked = Blocked::default();
+        let (_old, _) = blocked.register(1, blpop(&["q"]));
+        let (_b, _) = blocked.register(2, blpop(&["q"]));
+        let Next::Serve(clients) = blocked.next() else {
+            panic!("first attempt")
+        };
+        // Its proxy lost the call while the entry was under way and asks again.
+        let (mut again, start) = blocked.register(1, blpop(&["q"]));
+        assert!(!start);
+        let got = Frame::Array(vec![Frame::bulk("q"), Frame::bulk("x")]);
+        blocked.settle(
+            &clients,
+            NodeResponse::Reply(Frame::Array(vec![got.clone(), Frame::Null])),
+        );
+        assert!(matches!(again.try_recv().unwrap(), NodeResponse::Reply(f) if f == got));
+        assert!(!blocked.unblock(1), "served and gone");
+        assert!(blocked.unblock(2));
+        assert!(matches!(blocked.next(), Next::Done));
     }
 
     #[tokio::test]
