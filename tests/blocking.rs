@@ -126,10 +126,7 @@ fn a_disconnected_or_unblocked_client_takes_nothing() {
 fn redis_py_job_queue_takes_every_job_once_through_leader_changes() {
     let cluster = TestCluster::start(3);
     let mut child = queue_script(&cluster, "1500", "strict");
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "started");
+    let out = queue_started(&mut child);
     let table = routing_table(&cluster);
     let ring = redraft_common::keys::Ring::new(table.vnode_count);
     let shard = table.shard_of(ring.vnode_of(b"{jobs}:queue")).expect("queue's shard");
@@ -147,12 +144,7 @@ fn redis_py_job_queue_takes_every_job_once_through_leader_changes() {
         moves += cluster.transfer_leader(shard, to) as usize;
     }
     assert!(moves >= 1, "no leadership move happened");
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "job queue failed:\n{rest}\n{err}");
+    let rest = queue_finished(child, out);
     assert!(
         rest.contains("taken 1500 of 1500 pushed (0 uncertain), repeated 0, missing 0"),
         "{rest}"
@@ -166,10 +158,7 @@ fn redis_py_job_queue_takes_every_job_once_through_leader_changes() {
 fn job_queue_survives_kill_9_of_its_shard_leader() {
     let mut cluster = TestCluster::start(3);
     let mut child = queue_script(&cluster, "1500", "tolerant");
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "started");
+    let out = queue_started(&mut child);
     std::thread::sleep(Duration::from_millis(1500));
     let table = routing_table(&cluster);
     let ring = redraft_common::keys::Ring::new(table.vnode_count);
@@ -179,12 +168,7 @@ fn job_queue_survives_kill_9_of_its_shard_leader() {
     cluster.kill9(&name);
     std::thread::sleep(Duration::from_secs(3));
     cluster.restart(&name);
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "job queue failed:\n{rest}\n{err}");
+    let rest = queue_finished(child, out);
     assert!(rest.contains("repeated 0, missing 0, left in queue 0"), "{rest}");
 }
 
@@ -205,4 +189,24 @@ fn queue_script(cluster: &TestCluster, jobs: &str, mode: &str) -> std::process::
         .stderr(Stdio::piped())
         .spawn()
         .expect("redis-py virtualenv (scripts/test.sh creates it)")
+}
+
+/// The script's output once its workers block.
+fn queue_started(child: &mut std::process::Child) -> std::io::BufReader<std::process::ChildStdout> {
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "started");
+    out
+}
+
+/// Waits for the script, which must succeed; the rest of its output.
+fn queue_finished(mut child: std::process::Child, mut out: std::io::BufReader<std::process::ChildStdout>) -> String {
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "job queue failed:\n{rest}\n{err}");
+    rest
 }
