@@ -144,7 +144,7 @@ fn redis_py_job_queue_takes_every_job_once_through_leader_changes() {
         moves += cluster.transfer_leader(shard, to) as usize;
     }
     assert!(moves >= 1, "no leadership move happened");
-    let rest = queue_finished(child, out);
+    let rest = queue_finished(child, out, &cluster);
     assert!(
         rest.contains("taken 1500 of 1500 pushed (0 uncertain), repeated 0, missing 0"),
         "{rest}"
@@ -168,7 +168,7 @@ fn job_queue_survives_kill_9_of_its_shard_leader() {
     cluster.kill9(&name);
     std::thread::sleep(Duration::from_secs(3));
     cluster.restart(&name);
-    let rest = queue_finished(child, out);
+    let rest = queue_finished(child, out, &cluster);
     assert!(rest.contains("repeated 0, missing 0, left in queue 0"), "{rest}");
 }
 
@@ -201,12 +201,38 @@ fn queue_started(child: &mut std::process::Child) -> std::io::BufReader<std::pro
 }
 
 /// Waits for the script, which must succeed; the rest of its output.
-fn queue_finished(mut child: std::process::Child, mut out: std::io::BufReader<std::process::ChildStdout>) -> String {
+fn queue_finished(
+    mut child: std::process::Child,
+    mut out: std::io::BufReader<std::process::ChildStdout>,
+    cluster: &TestCluster,
+) -> String {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     let status = child.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(status.success(), "job queue failed:\n{rest}\n{err}");
+    if !status.success() {
+        cluster.dump_logs();
+        // Every log line that names a job the queue lost.
+        let lost: Vec<&str> = rest
+            .split(|c: char| c == '\'' || c == '"')
+            .filter(|w| w.starts_with("job-"))
+            .collect();
+        for name in cluster.member_names() {
+            if let Ok(dir) = std::env::var("REDRAFT_KEEP_LOGS") {
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(format!("{dir}/{name}.log"), cluster.log_of(&name));
+            }
+            for line in cluster.log_of(&name).lines() {
+                if lost
+                    .iter()
+                    .any(|job| line.contains(&format!("\\\"{job}\\\"")) || line.contains(job))
+                {
+                    eprintln!("{name}: {line}");
+                }
+            }
+        }
+        panic!("job queue failed:\n{rest}\n{err}");
+    }
     rest
 }

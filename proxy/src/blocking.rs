@@ -246,6 +246,13 @@ pub async fn wait(router: &Arc<Router>, client: &Client, pop: BlockedPop, timeou
             }
         };
         registration.armed = false;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let shown = match &outcome {
+                BlockAttempt::Popped(frame) => String::from_utf8_lossy(&frame.to_bytes()).into_owned(),
+                other => format!("{other:?}"),
+            };
+            tracing::debug!(waiter, outcome = ?shown, retry, "blocked client's attempt");
+        }
         match outcome {
             BlockAttempt::Popped(frame) => return frame,
             BlockAttempt::TimedOut => (retry, attempt) = (false, 0),

@@ -226,6 +226,7 @@ impl Blocked {
         let replies = match outcome {
             NodeResponse::Reply(Frame::Array(replies)) if replies.len() == clients.len() => replies,
             failed => {
+                tracing::debug!(?failed, clients = clients.len(), "serving entry failed");
                 // Nothing known per client: each one's proxy asks again.
                 for client in clients {
                     if let Some(seq) = state.seq_of.get(&client.id).copied() {
@@ -239,8 +240,10 @@ impl Blocked {
         };
         for (client, reply) in clients.iter().zip(replies) {
             let Some(seq) = state.seq_of.get(&client.id).copied() else {
+                tracing::warn!(waiter = client.id, reply = ?String::from_utf8_lossy(&reply.to_bytes()), "served a blocked client no longer registered");
                 continue;
             };
+            tracing::debug!(waiter = client.id, reply = ?String::from_utf8_lossy(&reply.to_bytes()), "blocked client's entry applied");
             let waiter = state.waiters.get_mut(&seq).expect("registered waiter");
             waiter.in_flight = false;
             waiter.first = false;

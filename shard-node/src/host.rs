@@ -749,8 +749,18 @@ impl Host {
                 return refused;
             }
             if let Some(reply) = crate::raft::state_machine::served_reply(&self.engine, shard, waiter) {
+                tracing::info!(
+                    shard_id = shard,
+                    waiter,
+                    "blocked client asked again for what it was served"
+                );
                 return NodeResponse::Reply(reply);
             }
+            tracing::info!(
+                shard_id = shard,
+                waiter,
+                "blocked client asked again; nothing was served to it"
+            );
         }
         let (mut answer, start) = group.blocked.register(waiter, pop);
         if start {

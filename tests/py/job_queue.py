@@ -29,7 +29,10 @@ errors = []
 
 
 def worker():
-    r = redis.Redis(port=port, decode_responses=True)
+    # redis-py 8 gives up on a reply after 5 s by default and sends the
+    # command again on a new connection: an element popped for the abandoned
+    # connection is lost, as with Redis. Workers wait as long as it takes.
+    r = redis.Redis(port=port, decode_responses=True, socket_timeout=None)
     while not done.is_set():
         try:
             item = r.brpop(queue, timeout=1)

@@ -15,7 +15,6 @@ use crate::engine::handler::following_handler::FollowingHandler;
 use crate::engine::handler::leader_handler::LeaderHandler;
 use crate::engine::handler::log_handler::LogHandler;
 use crate::engine::handler::replication_handler::ReplicationHandler;
-use crate::engine::handler::replication_handler::SendNone;
 use crate::engine::handler::server_state_handler::ServerStateHandler;
 use crate::engine::handler::snapshot_handler::SnapshotHandler;
 use crate::engine::handler::vote_handler::VoteHandler;
@@ -154,17 +153,16 @@ where C: RaftTypeConfig
             self.state.membership_state.effective().is_voter(&self.config.id)
         );
 
-        // Previously it is a leader. restore it as leader at once
-        if self.state.is_leader(&self.config.id) {
-            self.vote_handler().update_internal_server_state();
-
-            let mut rh = self.replication_handler();
-
-            // Restore the progress about the local log
-            rh.update_local_progress(rh.state.last_log_id().cloned());
-
-            rh.initiate_replication(SendNone::False);
-
+        // Previously it was a leader: campaign in a new term instead of leading
+        // on in the old one. A leader replicates entries before its own copy is
+        // durable, so after a crash its log may lack entries that followers
+        // hold; leading on in the same term would append different entries at
+        // the same (term, index), which followers would take for the ones they
+        // have. A new term makes every such entry a conflict that the new
+        // leader's log resolves.
+        if self.state.is_leader(&self.config.id) && self.state.membership_state.effective().is_voter(&self.config.id) {
+            self.state.server_state = ServerState::Follower;
+            self.elect();
             return;
         }
 
