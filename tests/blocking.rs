@@ -214,20 +214,14 @@ fn queue_finished(
     if !status.success() {
         cluster.dump_logs();
         // Every log line that names a job the queue lost.
-        let lost: Vec<&str> = rest
-            .split(|c: char| c == '\'' || c == '"')
-            .filter(|w| w.starts_with("job-"))
-            .collect();
+        let lost: Vec<&str> = rest.split(['\'', '"']).filter(|w| w.starts_with("job-")).collect();
         for name in cluster.member_names() {
             if let Ok(dir) = std::env::var("REDRAFT_KEEP_LOGS") {
                 let _ = std::fs::create_dir_all(&dir);
                 let _ = std::fs::write(format!("{dir}/{name}.log"), cluster.log_of(&name));
             }
             for line in cluster.log_of(&name).lines() {
-                if lost
-                    .iter()
-                    .any(|job| line.contains(&format!("\\\"{job}\\\"")) || line.contains(job))
-                {
+                if lost.iter().any(|job| line.contains(job)) {
                     eprintln!("{name}: {line}");
                 }
             }
