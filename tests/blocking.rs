@@ -96,6 +96,19 @@ fn a_disconnected_or_unblocked_client_takes_nothing() {
         "not blocked yet"
     );
     block(&mut e, "BLPOP {k}u 0");
+    let Frame::Bulk(list) = c.cmd("CLIENT LIST") else {
+        panic!("CLIENT LIST")
+    };
+    let line = String::from_utf8_lossy(&list)
+        .lines()
+        .find(|l| l.starts_with(&format!("id={id} ")))
+        .map(str::to_string)
+        .expect("blocked client listed");
+    assert!(line.contains(" flags=b ") && line.contains(" cmd=blpop "), "{line}");
+    let Frame::Bulk(info) = c.cmd("INFO clients") else {
+        panic!("INFO")
+    };
+    assert!(String::from_utf8_lossy(&info).contains("blocked_clients:1\r\n"));
     assert_eq!(c.cmd(&format!("CLIENT UNBLOCK {id}")), Frame::Integer(1));
     assert_eq!(e.read().unwrap(), Frame::NullArray);
     block(&mut e, "BZPOPMAX {k}u 0");

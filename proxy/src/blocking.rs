@@ -190,9 +190,18 @@ impl Drop for Registration {
 /// Marks the client blocked (CLIENT UNBLOCK finds it) while it waits.
 struct BlockedMark<'a>(&'a Client);
 
+impl<'a> BlockedMark<'a> {
+    fn new(client: &'a Client) -> Self {
+        client.blocked.store(true, Ordering::Relaxed);
+        crate::metrics::BLOCKED_CLIENTS.inc();
+        BlockedMark(client)
+    }
+}
+
 impl Drop for BlockedMark<'_> {
     fn drop(&mut self) {
         self.0.blocked.store(false, Ordering::Relaxed);
+        crate::metrics::BLOCKED_CLIENTS.dec();
     }
 }
 
@@ -203,8 +212,7 @@ pub async fn wait(router: &Arc<Router>, client: &Client, pop: BlockedPop, timeou
     let waiter: u64 = rand::random();
     let (mut retry, mut attempt) = (false, 0usize);
     client.unblock_error.store(false, Ordering::Relaxed);
-    client.blocked.store(true, Ordering::Relaxed);
-    let _mark = BlockedMark(client);
+    let _mark = BlockedMark::new(client);
     loop {
         let shard = match shard_of(router, &pop) {
             Ok(shard) => shard,

@@ -41,9 +41,10 @@ pub fn render(router: &Router, section: Option<&str>, keys: Option<i64>) -> Stri
     if wanted("clients") {
         let _ = write!(
             s,
-            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\n\r\n",
             stats.connected,
-            crate::MAX_CLIENTS
+            crate::MAX_CLIENTS,
+            stats.blocked
         );
     }
     if wanted("stats") {

@@ -31,6 +31,11 @@ pub static COMMAND_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!("redraft_proxy_connections", "Open client connections").expect("metric registers once")
 });
+/// Clients waiting in a blocking command (BLPOP, BLMOVE, BZPOPMIN, ...).
+pub static BLOCKED_CLIENTS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("redraft_proxy_blocked_clients", "Clients waiting in a blocking command")
+        .expect("metric registers once")
+});
 /// Client connections accepted.
 pub static CONNECTIONS_ACCEPTED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
@@ -62,6 +67,7 @@ pub fn init() {
     LazyLock::force(&COMMAND_SECONDS);
     LazyLock::force(&CONNECTIONS);
     LazyLock::force(&CONNECTIONS_ACCEPTED);
+    LazyLock::force(&BLOCKED_CLIENTS);
     LazyLock::force(&ROUTING_VERSION);
 }
 
@@ -69,6 +75,8 @@ pub fn init() {
 pub struct Snapshot {
     /// Open connections.
     pub connected: i64,
+    /// Clients waiting in a blocking command.
+    pub blocked: i64,
     /// Connections accepted.
     pub accepted: u64,
     /// Commands processed.
@@ -89,6 +97,7 @@ pub fn snapshot() -> Snapshot {
     };
     Snapshot {
         connected: CONNECTIONS.get(),
+        blocked: BLOCKED_CLIENTS.get(),
         accepted: CONNECTIONS_ACCEPTED.get(),
         commands: total(&COMMANDS),
         retries: total(&RETRIES),

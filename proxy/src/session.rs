@@ -60,7 +60,7 @@ impl Client {
     fn describe(&self) -> String {
         let s = self.state().clone();
         format!(
-            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 \
+            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi=-1 \
              qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r \
              cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
@@ -69,6 +69,11 @@ impl Client {
             s.name,
             self.connected.elapsed().as_secs(),
             s.last_active.elapsed().as_secs(),
+            if self.blocked.load(std::sync::atomic::Ordering::Relaxed) {
+                "b"
+            } else {
+                "N"
+            },
             s.last_command,
             s.user,
             s.resp,
