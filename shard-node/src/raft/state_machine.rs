@@ -113,6 +113,10 @@ const RESHAPED: &str = "reshaped";
 /// Key of the snapshot record carrying the owned vnodes. Data keys start with a
 /// vnode id below `u16::MAX`, so this key never collides with one.
 const OWNERSHIP_RECORD: &[u8] = b"\xff\xffowned";
+/// Key of the snapshot record carrying what blocked clients were served lately
+/// (`served/<time><id>` suffixes and answers), so a replica installed from a
+/// snapshot can still answer a proxy that asks again. Outside every vnode too.
+const SERVED_RECORD: &[u8] = b"\xff\xffserved";
 
 /// How long an `Absorb` waits between looks at the retired shard's progress.
 const ABSORB_POLL: Duration = Duration::from_millis(10);
@@ -477,6 +481,15 @@ impl ShardStateMachine {
                 return Ok(());
             }
             anyhow::ensure!(owned.is_some(), "snapshot without an ownership record");
+            if key == SERVED_RECORD {
+                let prefix = group_meta_key(self.group, SERVED);
+                for (suffix, answer) in wire::decode::<Vec<(Vec<u8>, Vec<u8>)>>(value)? {
+                    let mut key = prefix.clone();
+                    key.extend_from_slice(&suffix);
+                    batch.put_cf(meta_cf, key, answer);
+                }
+                return Ok(());
+            }
             if let Some(hints) = &self.hints {
                 hints.mark(key);
             }
@@ -551,6 +564,21 @@ impl ShardStateMachine {
         let path = self.snapshot_dir.join(&name);
         let mut writer = SnapshotWriter::create(&path)?;
         writer.record(OWNERSHIP_RECORD, &wire::encode(&owned))?;
+        let served_prefix = group_meta_key(self.group, SERVED);
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(group_meta_key(self.group, "served0"));
+        let mut served: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for item in snap.iterator_cf_opt(
+            self.engine.cf(CF_META),
+            opts,
+            IteratorMode::From(&served_prefix, rocksdb::Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            served.push((key[served_prefix.len()..].to_vec(), value.to_vec()));
+        }
+        if !served.is_empty() {
+            writer.record(SERVED_RECORD, &wire::encode(&served))?;
+        }
         for &vnode in &owned {
             let mut opts = ReadOptions::default();
             opts.set_iterate_upper_bound(vnode_end(vnode));
@@ -871,6 +899,46 @@ mod tests {
             },
             other => panic!("unexpected replies {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn what_a_blocked_client_was_served_is_kept_and_travels_in_snapshots() {
+        use redraft_common::ops::{BlockedClient, BlockedPop, PopKind};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (engine, mut sm, _) = state_machine(&dir).await;
+        let push = WriteOp::Command {
+            args: vec![b"RPUSH".to_vec(), b"q".to_vec(), b"job".to_vec()],
+            seed: 0,
+        };
+        let client = |id| BlockedClient {
+            id,
+            pop: BlockedPop {
+                keys: vec![b"q".to_vec()],
+                kind: PopKind::List { left: true },
+            },
+            first: false,
+        };
+        sm.apply([write(1, push)]).await.expect("apply");
+        let replies = sm
+            .apply([write(2, WriteOp::ServeBlocked(vec![client(41), client(42)]))])
+            .await
+            .expect("apply");
+        let got = Frame::Array(vec![Frame::bulk("q"), Frame::bulk("job")]);
+        assert!(
+            matches!(&replies[..], [ShardResponse::Reply(Frame::Array(a))] if a[..] == [got.clone(), Frame::Null]),
+            "{replies:?}"
+        );
+        assert_eq!(served_reply(&engine, 7, 41), Some(got.clone()));
+        assert_eq!(served_reply(&engine, 7, 42), None, "not served");
+        // A replica installed from a snapshot knows it too.
+        let snapshot = sm.build_snapshot().await.expect("build");
+        let other = tempfile::tempdir().expect("temp dir");
+        let (other_engine, mut installed, _) = state_machine(&other).await;
+        let mut file = installed.begin_receiving_snapshot().await.expect("receive");
+        let mut from = tokio::fs::File::from_std(snapshot.snapshot.into_std().await);
+        tokio::io::copy(&mut from, &mut *file).await.expect("copy");
+        installed.install_snapshot(&snapshot.meta, file).await.expect("install");
+        assert_eq!(served_reply(&other_engine, 7, 41), Some(got));
     }
 
     #[tokio::test]
