@@ -211,6 +211,9 @@ pub async fn wait(router: &Arc<Router>, client: &Client, pop: BlockedPop, timeou
     let deadline = (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms));
     let waiter: u64 = rand::random();
     let (mut retry, mut attempt) = (false, 0usize);
+    // A CLIENT UNBLOCK that raced with the end of an earlier blocking command
+    // left a wake-up behind: it is not for this one.
+    let _ = futures::FutureExt::now_or_never(client.unblock.notified());
     client.unblock_error.store(false, Ordering::Relaxed);
     let _mark = BlockedMark::new(client);
     loop {
