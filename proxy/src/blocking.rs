@@ -20,7 +20,7 @@ use redraft_common::ops::{parse_strict_i64, BlockedPop, PopKind};
 use redraft_common::resp::Frame;
 
 use crate::cmd::{Command, SYNTAX};
-use crate::reply::{self, Error};
+use crate::reply;
 use crate::route::{BlockAttempt, Router};
 use crate::session::Client;
 
@@ -156,19 +156,6 @@ pub fn parse(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
     })
 }
 
-/// The shard of every key of `pop`, or CROSSSLOT.
-fn shard_of(router: &Router, pop: &BlockedPop) -> Result<ShardId, Error> {
-    let shards: std::collections::BTreeSet<ShardId> = pop
-        .keys()
-        .into_iter()
-        .map(|k| router.shard_of(k))
-        .collect::<Result<_, _>>()?;
-    match (shards.first(), shards.len()) {
-        (Some(&shard), 1) => Ok(shard),
-        _ => Err(Error::CrossSlot),
-    }
-}
-
 /// Drops the registration of a wait that was abandoned (the client
 /// disconnected) while a registration was out.
 struct Registration {
@@ -217,7 +204,7 @@ pub async fn wait(router: &Arc<Router>, client: &Client, pop: BlockedPop, timeou
     client.unblock_error.store(false, Ordering::Relaxed);
     let _mark = BlockedMark::new(client);
     loop {
-        let shard = match shard_of(router, &pop) {
+        let shard = match crate::cmd::one_shard(router, pop.keys()) {
             Ok(shard) => shard,
             Err(e) => return reply::to_frame(&e),
         };

@@ -974,6 +974,16 @@ async fn random_key(router: &Router) -> Result<Frame, Error> {
     Ok(Frame::Null)
 }
 
+/// The one shard that owns all of `keys`, or CROSSSLOT.
+pub(crate) fn one_shard<'k>(router: &Router, keys: impl IntoIterator<Item = &'k [u8]>) -> Result<ShardId, Error> {
+    let shards: std::collections::BTreeSet<ShardId> =
+        keys.into_iter().map(|k| router.shard_of(k)).collect::<Result<_, _>>()?;
+    match (shards.first(), shards.len()) {
+        (Some(&shard), 1) => Ok(shard),
+        _ => Err(Error::CrossSlot),
+    }
+}
+
 /// Runs `op`, whose `keys` must all be in one shard, on that shard: CROSSSLOT
 /// when they are not, checked again whenever a split or merge moved a key
 /// (the shard re-checks ownership when it applies, and nothing ran).
@@ -981,11 +991,7 @@ pub(crate) async fn in_one_shard(router: &Router, keys: &[Bytes], op: ShardOp) -
     let deadline = std::time::Instant::now() + crate::route::RETRY_DEADLINE;
     let mut pause = crate::route::MOVED_PAUSE;
     loop {
-        let shards: std::collections::BTreeSet<ShardId> =
-            keys.iter().map(|k| router.shard_of(k)).collect::<Result<_, _>>()?;
-        let (Some(&shard), 1) = (shards.first(), shards.len()) else {
-            return Err(Error::CrossSlot);
-        };
+        let shard = one_shard(router, keys.iter().map(|k| &k[..]))?;
         match router.exec(shard, op.clone()).await {
             Err(Error::Moved(shard)) if std::time::Instant::now() >= deadline => return Err(Error::TryAgain(shard)),
             Err(Error::Moved(_)) => {

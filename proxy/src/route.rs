@@ -12,6 +12,7 @@
 //! unknown, never retried: retrying `INCR` would apply it twice. Reads are always
 //! safe to retry. Retries stop at [`RETRY_DEADLINE`].
 
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -266,6 +267,12 @@ impl Router {
             .or_else(|| info.replicas.get(attempt % n).copied())
     }
 
+    /// [`Router::pick_target`] with the node's address.
+    fn target_addr(&self, table: &RoutingTable, shard: ShardId, attempt: usize) -> Option<(NodeId, SocketAddr)> {
+        let node = self.pick_target(table, shard, attempt)?;
+        Some((node, table.addr_of(node)?.parse().ok()?))
+    }
+
     /// Runs `op`, whose keys all route with `key`, on the shard owning `key`:
     /// when a split or merge moved the key, routes it again under the newer
     /// table (the shard answered before applying anything) until the deadline.
@@ -337,10 +344,8 @@ impl Router {
                 // Merged away since the caller chose it: nothing ran; route again.
                 return Err(Error::Moved(shard));
             }
-            let target = self.pick_target(&table, shard, attempt);
-            let addr = target.and_then(|n| table.addr_of(n)).and_then(|a| a.parse().ok());
             let mut backoff = true;
-            if let (Some(node), Some(addr)) = (target, addr) {
+            if let Some((node, addr)) = self.target_addr(&table, shard, attempt) {
                 let request = NodeRequest::Exec {
                     shard,
                     version: table.version,
@@ -446,8 +451,7 @@ impl Router {
         if table.is_bootstrapped() && !table.shards.contains_key(&shard) {
             return BlockAttempt::Moved;
         }
-        let target = self.pick_target(&table, shard, attempt);
-        let Some((node, addr)) = target.and_then(|n| Some((n, table.addr_of(n)?.parse().ok()?))) else {
+        let Some((node, addr)) = self.target_addr(&table, shard, attempt) else {
             self.refresh().await;
             return BlockAttempt::Again { may_have_popped: false };
         };
@@ -517,10 +521,7 @@ impl Router {
     /// disconnected, or CLIENT UNBLOCK); best effort.
     pub async fn unblock(&self, shard: ShardId, waiter: u64) {
         let table = self.table();
-        let Some(addr) = self
-            .pick_target(&table, shard, 0)
-            .and_then(|n| table.addr_of(n)?.parse().ok())
-        else {
+        let Some((_, addr)) = self.target_addr(&table, shard, 0) else {
             return;
         };
         let request = NodeRequest::Unblock { shard, waiter };

@@ -683,15 +683,23 @@ impl Host {
         led
     }
 
-    /// Runs one routed operation.
-    pub async fn exec(&self, shard: ShardId, op: ShardOp) -> NodeResponse {
-        let Some(group) = self.group(shard) else {
-            return NodeResponse::NoShard;
-        };
+    /// The replica of `shard` for a client's request, woken if it was idle;
+    /// `NoShard`, or the refusal of a stopping node, instead.
+    fn client_group(&self, shard: ShardId) -> Result<Arc<Group>, NodeResponse> {
+        let group = self.group(shard).ok_or(NodeResponse::NoShard)?;
         if let Some(refused) = self.refused_client(&group) {
-            return refused;
+            return Err(refused);
         }
         self.wake(shard, &group);
+        Ok(group)
+    }
+
+    /// Runs one routed operation.
+    pub async fn exec(&self, shard: ShardId, op: ShardOp) -> NodeResponse {
+        let group = match self.client_group(shard) {
+            Ok(group) => group,
+            Err(refused) => return refused,
+        };
         match op {
             ShardOp::Read(read) => match self.confirm_read(&group).await {
                 Err(refused) => refused,
@@ -735,13 +743,10 @@ impl Host {
         timeout_ms: u64,
         retry: bool,
     ) -> NodeResponse {
-        let Some(group) = self.group(shard) else {
-            return NodeResponse::NoShard;
+        let group = match self.client_group(shard) {
+            Ok(group) => group,
+            Err(refused) => return refused,
         };
-        if let Some(refused) = self.refused_client(&group) {
-            return refused;
-        }
-        self.wake(shard, &group);
         if retry {
             // Every entry committed before this node's term is applied here
             // once a read may be served.
@@ -1070,14 +1075,10 @@ impl Host {
     /// Runs writes to `shard` in one Raft entry, in order, together with other
     /// concurrent writes; their answers in order.
     pub async fn exec_writes(&self, shard: ShardId, ops: Vec<WriteOp>) -> Vec<NodeResponse> {
-        let n = ops.len();
-        let Some(group) = self.group(shard) else {
-            return vec![NodeResponse::NoShard; n];
+        let group = match self.client_group(shard) {
+            Ok(group) => group,
+            Err(refused) => return vec![refused; ops.len()],
         };
-        if let Some(refused) = self.refused_client(&group) {
-            return vec![refused; n];
-        }
-        self.wake(shard, &group);
         group
             .proposals
             .submit(&group.raft, ops)

@@ -13,11 +13,30 @@ use redraft_common::resp::Frame;
 
 use super::Keyspace;
 
-fn end(left: bool) -> &'static [u8] {
-    if left {
-        b"LEFT"
-    } else {
-        b"RIGHT"
+fn side(first: bool, yes: &str, no: &str) -> Vec<u8> {
+    if first { yes } else { no }.as_bytes().to_vec()
+}
+
+/// The list or sorted-set command that pops for `kind`, as its name and the
+/// arguments after the key.
+fn pop_command(kind: &PopKind) -> (Vec<u8>, Vec<Vec<u8>>) {
+    match kind {
+        PopKind::List { left } => (side(*left, "LPOP", "RPOP"), vec![]),
+        PopKind::ListMany { left, count } => (side(*left, "LPOP", "RPOP"), vec![count.to_string().into_bytes()]),
+        PopKind::Move {
+            dest,
+            from_left,
+            to_left,
+        } => (
+            b"LMOVE".to_vec(),
+            vec![
+                dest.clone(),
+                side(*from_left, "LEFT", "RIGHT"),
+                side(*to_left, "LEFT", "RIGHT"),
+            ],
+        ),
+        PopKind::ZSet { min } => (side(*min, "ZPOPMIN", "ZPOPMAX"), vec![]),
+        PopKind::ZSetMany { min, count } => (side(*min, "ZPOPMIN", "ZPOPMAX"), vec![count.to_string().into_bytes()]),
     }
 }
 
@@ -27,47 +46,12 @@ impl Keyspace<'_> {
     /// when `errors`, else that key is passed over. The caller has checked
     /// that the shard owns every key.
     pub(super) fn pop_first(&mut self, pop: &BlockedPop, errors: bool) -> Option<Frame> {
+        let (name, rest) = pop_command(&pop.kind);
         for key in &pop.keys {
-            let (args, key_frame): (Vec<Vec<u8>>, Frame) = match &pop.kind {
-                PopKind::List { left } => (
-                    vec![pop_name(*left, b"LPOP", b"RPOP"), key.clone()],
-                    Frame::Bulk(key.clone()),
-                ),
-                PopKind::ListMany { left, count } => (
-                    vec![
-                        pop_name(*left, b"LPOP", b"RPOP"),
-                        key.clone(),
-                        count.to_string().into_bytes(),
-                    ],
-                    Frame::Bulk(key.clone()),
-                ),
-                PopKind::Move {
-                    dest,
-                    from_left,
-                    to_left,
-                } => (
-                    vec![
-                        b"LMOVE".to_vec(),
-                        key.clone(),
-                        dest.clone(),
-                        end(*from_left).to_vec(),
-                        end(*to_left).to_vec(),
-                    ],
-                    Frame::Null,
-                ),
-                PopKind::ZSet { min } => (
-                    vec![pop_name(*min, b"ZPOPMIN", b"ZPOPMAX"), key.clone()],
-                    Frame::Bulk(key.clone()),
-                ),
-                PopKind::ZSetMany { min, count } => (
-                    vec![
-                        pop_name(*min, b"ZPOPMIN", b"ZPOPMAX"),
-                        key.clone(),
-                        count.to_string().into_bytes(),
-                    ],
-                    Frame::Bulk(key.clone()),
-                ),
-            };
+            let mut args = Vec::with_capacity(2 + rest.len());
+            args.push(name.clone());
+            args.push(key.clone());
+            args.extend(rest.iter().cloned());
             let reply = self.command(&args, 0, true);
             let popped = match reply {
                 Frame::Error(_) if errors => return Some(reply),
@@ -76,6 +60,7 @@ impl Keyspace<'_> {
                 Frame::Pairs(ref pairs) if pairs.is_empty() => continue,
                 popped => popped,
             };
+            let key_frame = Frame::Bulk(key.clone());
             return Some(match (&pop.kind, popped) {
                 (PopKind::Move { .. }, element) => element,
                 (PopKind::List { .. }, element) => Frame::Array(vec![key_frame, element]),
@@ -115,13 +100,5 @@ impl Keyspace<'_> {
     /// reply)`, for the caller to store beside the batch.
     pub fn take_served(&mut self) -> Vec<(u64, u64, Frame)> {
         std::mem::take(&mut self.served)
-    }
-}
-
-fn pop_name(first: bool, yes: &[u8], no: &[u8]) -> Vec<u8> {
-    if first {
-        yes.to_vec()
-    } else {
-        no.to_vec()
     }
 }

@@ -79,18 +79,25 @@ fn served_key(group: ShardId, at_ms: u64, id: u64) -> Vec<u8> {
     key
 }
 
-/// What this replica's state machine recorded as served to blocked client
-/// `id` of `group` in the last [`SERVED_KEPT_MS`], if anything.
-pub fn served_reply(engine: &Engine, group: ShardId, id: u64) -> Option<Frame> {
+/// Where the served-client records of `group` start, and the read options
+/// that end an iteration with the last of them.
+fn served_records(group: ShardId) -> (Vec<u8>, ReadOptions) {
     let prefix = group_meta_key(group, SERVED);
     let mut end = prefix.clone();
     end.push(0xFF);
-    let mut options = rocksdb::ReadOptions::default();
+    let mut options = ReadOptions::default();
     options.set_iterate_upper_bound(end);
+    (prefix, options)
+}
+
+/// What this replica's state machine recorded as served to blocked client
+/// `id` of `group` in the last [`SERVED_KEPT_MS`], if anything.
+pub fn served_reply(engine: &Engine, group: ShardId, id: u64) -> Option<Frame> {
+    let (prefix, options) = served_records(group);
     let iter = engine.db().iterator_cf_opt(
         engine.cf(CF_META),
         options,
-        rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        IteratorMode::From(&prefix, rocksdb::Direction::Forward),
     );
     for item in iter {
         let (key, value) = item.ok()?;
@@ -564,9 +571,7 @@ impl ShardStateMachine {
         let path = self.snapshot_dir.join(&name);
         let mut writer = SnapshotWriter::create(&path)?;
         writer.record(OWNERSHIP_RECORD, &wire::encode(&owned))?;
-        let served_prefix = group_meta_key(self.group, SERVED);
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_upper_bound(group_meta_key(self.group, "served0"));
+        let (served_prefix, opts) = served_records(self.group);
         let mut served: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for item in snap.iterator_cf_opt(
             self.engine.cf(CF_META),
