@@ -15,6 +15,7 @@ pub mod keys;
 pub mod link;
 pub mod node_links;
 pub mod ops;
+pub mod parse;
 pub mod pd_client;
 pub mod pubsub;
 pub mod resp;

@@ -399,6 +399,10 @@ mod tests {
             Frame::Array(vec![bulk("x"), bulk("y")])
         );
         assert_eq!(command(&args("COMMAND INFO nosuch")), Frame::Array(vec![Frame::Null]));
+        assert_eq!(
+            command(&args("COMMAND COUNT")),
+            Frame::Integer((COMMANDS.len() + redraft_common::commands::SHARD_COMMANDS.len()) as i64)
+        );
         let Frame::Array(entry) = command(&args("COMMAND INFO hset")) else {
             panic!()
         };

@@ -202,6 +202,7 @@ fn wrong_arity(command: &str) -> Frame {
 /// CLIENT, CLUSTER, CONFIG or ACL. Used for commands run at once and inside EXEC.
 pub async fn run(router: &crate::route::Router, session: &mut Session, name: &str, args: &[Vec<u8>]) -> (Frame, After) {
     let reply = match name {
+        "command" => crate::admin::command(args),
         "cluster" => crate::admin::cluster(args, session.local_addr()),
         "config" if is_set_requirepass(args) => crate::acl::set_requirepass(router, &args[3]).await,
         "config" => crate::config::execute(router, args, session.local_addr()).await,

@@ -150,59 +150,37 @@ async fn exec(
     let mut ops = Vec::new();
     let mut keys: Vec<Bytes> = watched.iter().map(|(k, _)| k.clone()).collect();
     for (name, command) in queued {
-        let op = match command {
-            Command::Keyed { key, op } => {
-                keys.push(key);
-                op
-            }
-            Command::SameShard { keys: k, op } => {
+        let op = match command.into_shard_op() {
+            Ok((k, op)) => {
                 keys.extend(k);
                 op
             }
-            Command::MGet(k) => {
-                keys.extend(k.iter().cloned());
-                ShardOp::Read(ReadOp::MGet { keys: k })
-            }
-            Command::MSet(pairs) => {
-                keys.extend(pairs.iter().map(|p| p.0.clone()));
-                ShardOp::Write(WriteOp::MSet { pairs })
-            }
-            Command::MSetNx(pairs) => {
-                keys.extend(pairs.iter().map(|p| p.0.clone()));
-                ShardOp::Write(WriteOp::MSetNx { pairs })
-            }
-            Command::Count { keys: k, write } => {
-                keys.extend(k.iter().cloned());
-                if write {
-                    ShardOp::Write(WriteOp::Del { keys: k })
-                } else {
-                    ShardOp::Read(ReadOp::Exists { keys: k })
+            Err(command) => match command {
+                Command::Session(args) => {
+                    slots.push(Slot::Session(args, name));
+                    continue;
                 }
-            }
-            Command::Session(args) => {
-                slots.push(Slot::Session(args, name));
-                continue;
-            }
-            Command::Leader(key) => {
-                slots.push(Slot::Ready(
-                    router.describe_key(&key).unwrap_or_else(|e| reply::to_frame(&e)),
-                ));
-                continue;
-            }
-            Command::Local(frame) | Command::Rejected(frame) => {
-                slots.push(Slot::Ready(frame));
-                continue;
-            }
-            Command::Quit => {
-                slots.push(Slot::Ready(Frame::ok()));
-                continue;
-            }
-            other => {
-                slots.push(Slot::Ready(Frame::error(format!(
-                    "ERR cannot run {other:?} in a transaction"
-                ))));
-                continue;
-            }
+                Command::Leader(key) => {
+                    slots.push(Slot::Ready(
+                        router.describe_key(&key).unwrap_or_else(|e| reply::to_frame(&e)),
+                    ));
+                    continue;
+                }
+                Command::Local(frame) | Command::Rejected(frame) => {
+                    slots.push(Slot::Ready(frame));
+                    continue;
+                }
+                Command::Quit => {
+                    slots.push(Slot::Ready(Frame::ok()));
+                    continue;
+                }
+                other => {
+                    slots.push(Slot::Ready(Frame::error(format!(
+                        "ERR cannot run {other:?} in a transaction"
+                    ))));
+                    continue;
+                }
+            },
         };
         slots.push(Slot::Shard(ops.len()));
         ops.push(op);
