@@ -140,20 +140,10 @@ fn redis_py_job_queue_takes_every_job_once_through_leader_changes() {
     let cluster = TestCluster::start(3);
     let mut child = queue_script(&cluster, "1500", "strict");
     let out = queue_started(&mut child);
-    let table = routing_table(&cluster);
-    let ring = redraft_common::keys::Ring::new(table.vnode_count);
-    let shard = table.shard_of(ring.vnode_of(b"{jobs}:queue")).expect("queue's shard");
     let mut moves = 0;
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(1200));
-        let table = routing_table(&cluster);
-        let info = &table.shards[&shard];
-        let to = info
-            .replicas
-            .iter()
-            .copied()
-            .find(|&r| Some(r) != info.leader)
-            .expect("another replica");
+        let (shard, to) = cluster.shard_and_follower(b"{jobs}:queue");
         moves += cluster.transfer_leader(shard, to) as usize;
     }
     assert!(moves >= 1, "no leadership move happened");

@@ -49,7 +49,28 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("transactions", include_str!("scripts/transactions.txt")),
     ("acl", include_str!("scripts/acl.txt")),
     ("blocking", include_str!("scripts/blocking.txt")),
+    ("scripting", include_str!("scripts/scripting.txt")),
 ];
+
+/// A script line's arguments: words split at spaces, except inside double
+/// quotes, where `\n` is a newline (Lua scripts as arguments).
+fn words(line: &str) -> Vec<Vec<u8>> {
+    let (mut words, mut word, mut quoted) = (Vec::new(), Vec::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted && chars.peek() == Some(&'n') => {
+                chars.next();
+                word.push(b'\n');
+            }
+            ' ' if !quoted => words.push(std::mem::take(&mut word)),
+            c => word.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
+    words.push(word);
+    words
+}
 
 /// A reply's bytes, with an unordered array's items sorted (`pairs`: in pairs).
 fn comparable(reply: Frame, order: Order) -> String {
@@ -95,7 +116,8 @@ fn replies_match_redis_server_byte_for_byte() {
             } else {
                 (Order::AsIs, line)
             };
-            let args: Vec<&[u8]> = command.split(' ').map(str::as_bytes).collect();
+            let words = words(command);
+            let args: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
             ours.send(&args);
             theirs.send(&args);
             let (a, b) = (ours.read().unwrap(), theirs.read().unwrap());

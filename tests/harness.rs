@@ -471,6 +471,21 @@ impl TestCluster {
         .success()
     }
 
+    /// The shard of `key` and a replica of it that does not lead it.
+    pub fn shard_and_follower(&self, key: &[u8]) -> (u64, u64) {
+        let table = routing_table(self);
+        let ring = redraft_common::keys::Ring::new(table.vnode_count);
+        let shard = table.shard_of(ring.vnode_of(key)).expect("the key's shard");
+        let info = &table.shards[&shard];
+        let follower = info
+            .replicas
+            .iter()
+            .copied()
+            .find(|&r| Some(r) != info.leader)
+            .expect("a follower");
+        (shard, follower)
+    }
+
     /// The shard node that leads the shards of the most of `keys`.
     pub fn leader_of_most(&self, keys: &[String]) -> String {
         let table = routing_table(self);

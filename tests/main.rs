@@ -13,3 +13,4 @@ mod observability;
 mod placement;
 mod protocol;
 mod pubsub;
+mod scripting;

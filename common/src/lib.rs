@@ -24,6 +24,14 @@ pub mod tls;
 pub mod transport;
 pub mod wire;
 
+/// The Redis version Redraft answers as (INFO, HELLO, `redis.REDIS_VERSION`).
+pub const REDIS_VERSION: &str = "7.2.0";
+
+/// [`REDIS_VERSION`] as one number, `0x00MMmmpp` (`redis.REDIS_VERSION_NUM`).
+pub const fn redis_version_num() -> i64 {
+    0x07_02_00
+}
+
 /// Milliseconds since the Unix epoch on this host's wall clock.
 ///
 /// Leaders stamp every write with this value; replicas decide TTL expiry from the

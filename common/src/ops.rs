@@ -139,6 +139,29 @@ pub struct BlockedClient {
     pub first: bool,
 }
 
+/// A Lua script (EVAL and friends) run atomically by the shard that owns its
+/// `keys`. The body travels with every call (in the Raft entry for a write), so
+/// each replica runs exactly what the leader ran, whatever scripts it has seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Script {
+    /// The Lua source.
+    pub body: Bytes,
+    /// `KEYS`: every key the script may touch, all in one shard.
+    pub keys: Vec<Bytes>,
+    /// `ARGV`.
+    pub args: Vec<Bytes>,
+    /// Seeds `math.random` and the random picks of the commands it calls, so
+    /// every replica makes the same choices.
+    pub seed: u64,
+}
+
+impl Script {
+    /// The SHA1 of a script's body as EVALSHA names it: 40 lowercase hex digits.
+    pub fn sha(body: &[u8]) -> String {
+        sha1_smol::Sha1::from(body).digest().to_string()
+    }
+}
+
 /// A read, served by the leader after a linearizability check.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ReadOp {
@@ -187,6 +210,8 @@ pub enum ReadOp {
     /// EXPIRETIME (`millis: false`) or PEXPIRETIME: the key's absolute expiry
     /// as a Unix time, -1 without one, -2 without the key.
     ExpireTime { key: Bytes, millis: bool },
+    /// EVAL_RO, EVALSHA_RO: a script that may only read.
+    Script(Script),
 }
 
 /// A write, replicated through the shard's Raft log.
@@ -270,6 +295,8 @@ pub enum WriteOp {
     /// leader): for each, the reply of the first of its keys that had
     /// something, or `$-1` when none had. Replies with the array of those.
     ServeBlocked(Vec<BlockedClient>),
+    /// EVAL, EVALSHA: a script run as one atomic step, on every replica.
+    Script(Script),
 }
 
 /// One operation on one shard.
@@ -323,6 +350,7 @@ impl ReadOp {
             }
             ReadOp::DbSize | ReadOp::Scan { .. } | ReadOp::Keys { .. } | ReadOp::RandomKey { .. } => vec![],
             ReadOp::Command { args, .. } => command_keys(args),
+            ReadOp::Script(script) => script.keys.iter().map(|k| &k[..]).collect(),
             ReadOp::Many(reads) => reads.iter().flat_map(ReadOp::keys).collect(),
         }
     }
@@ -350,6 +378,7 @@ impl WriteOp {
             WriteOp::Del { keys } | WriteOp::PurgeExpired { keys } => keys.iter().map(|k| &k[..]).collect(),
             WriteOp::Many(ops) => ops.iter().flat_map(WriteOp::keys).collect(),
             WriteOp::Command { args, .. } => command_keys(args),
+            WriteOp::Script(script) => script.keys.iter().map(|k| &k[..]).collect(),
             WriteOp::Transaction { watched, ops } => watched
                 .iter()
                 .map(|(k, _)| &k[..])

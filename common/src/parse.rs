@@ -7,8 +7,8 @@
 
 use crate::commands::{self, arity_ok};
 use crate::ops::{
-    parse_strict_i64, BlockedPop, Bytes, ExpireCondition, Expiry, GetExChange, PopKind, ReadOp, SetCondition, SetReply,
-    ShardOp, WriteOp,
+    parse_strict_i64, BlockedPop, Bytes, ExpireCondition, Expiry, GetExChange, PopKind, ReadOp, Script, SetCondition,
+    SetReply, ShardOp, WriteOp,
 };
 use crate::resp::Frame;
 
@@ -66,9 +66,28 @@ pub enum Command {
     /// Pub/Sub: (P|S)SUBSCRIBE, (P|S)UNSUBSCRIBE, PUBLISH, SPUBLISH, PUBSUB; run
     /// by the connection.
     PubSub(Vec<Bytes>),
+    /// EVAL, EVALSHA, EVAL_RO, EVALSHA_RO: a script run by the shard owning
+    /// `keys` (with none, the shard owning the empty key).
+    Eval {
+        source: ScriptSource,
+        keys: Vec<Bytes>,
+        args: Vec<Bytes>,
+        read_only: bool,
+        seed: u64,
+    },
     /// A blocking pop (BLPOP, BLMOVE, BZPOPMIN, ...), run by the connection;
     /// `timeout_ms` 0 waits without limit.
     Blocking { pop: BlockedPop, timeout_ms: u64 },
+}
+
+/// Where an EVAL-family command finds its script.
+#[derive(Debug, PartialEq)]
+pub enum ScriptSource {
+    /// EVAL, EVAL_RO: the body itself.
+    Body(Bytes),
+    /// EVALSHA, EVALSHA_RO: the SHA1 (lowercased) of a script loaded before;
+    /// the proxy replaces it with the body from its script cache.
+    Sha(String),
 }
 
 impl Command {
@@ -90,6 +109,26 @@ impl Command {
             ),
             Command::Count { keys, write: true } => (keys.clone(), ShardOp::Write(WriteOp::Del { keys })),
             Command::Count { keys, write: false } => (keys.clone(), ShardOp::Read(ReadOp::Exists { keys })),
+            Command::Eval {
+                source: ScriptSource::Body(body),
+                keys,
+                args,
+                read_only,
+                seed,
+            } => {
+                let script = Script {
+                    body,
+                    keys: keys.clone(),
+                    args,
+                    seed,
+                };
+                let op = if read_only {
+                    ShardOp::Read(ReadOp::Script(script))
+                } else {
+                    ShardOp::Write(WriteOp::Script(script))
+                };
+                (keys, op)
+            }
             other => return Err(other),
         })
     }
@@ -204,7 +243,21 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("bzpopmin", -3),
     ("bzpopmax", -3),
     ("bzmpop", -5),
+    ("eval", -3),
+    ("evalsha", -3),
+    ("eval_ro", -3),
+    ("evalsha_ro", -3),
+    ("script", -2),
 ];
+
+/// The arity of a command by its lowercase name, `None` when unknown.
+pub fn arity_of(name: &str) -> Option<i32> {
+    COMMANDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, arity)| arity)
+        .or_else(|| commands::lookup(name.as_bytes()).map(|c| c.arity))
+}
 
 fn keyed(key: &[u8], op: ShardOp) -> Command {
     Command::Keyed { key: key.to_vec(), op }
@@ -339,7 +392,10 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
             0 => Command::Local(Frame::ok()),
             _ => err("ERR DB index is out of range"),
         },
-        "command" | "hello" | "auth" | "client" | "cluster" | "config" | "acl" => Command::Session(a.to_vec()),
+        "command" | "hello" | "auth" | "client" | "cluster" | "config" | "acl" | "script" => {
+            Command::Session(a.to_vec())
+        }
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" => parse_eval(name, a)?,
         "leader" => Command::Leader(key()),
         "scan" => parse_scan(a)?,
         "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" | "publish"
@@ -504,6 +560,30 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
             parse_blocking(name, a)?
         }
         _ => unknown_command(a),
+    })
+}
+
+/// EVAL script|sha numkeys key... arg...
+fn parse_eval(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
+    let numkeys = int_arg(&a[2])?;
+    if numkeys < 0 {
+        return Err(err("ERR Number of keys can't be negative"));
+    }
+    if numkeys as u64 > (a.len() - 3) as u64 {
+        return Err(err("ERR Number of keys can't be greater than number of args"));
+    }
+    let split = 3 + numkeys as usize;
+    let source = if name.starts_with("evalsha") {
+        ScriptSource::Sha(String::from_utf8_lossy(&a[1]).to_ascii_lowercase())
+    } else {
+        ScriptSource::Body(a[1].clone())
+    };
+    Ok(Command::Eval {
+        source,
+        keys: a[3..split].to_vec(),
+        args: a[split..].to_vec(),
+        read_only: name.ends_with("_ro"),
+        seed: random_seed(),
     })
 }
 

@@ -129,13 +129,22 @@ fn key_positions(name: &str) -> (i64, i64, i64) {
     match name {
         "mget" | "del" | "unlink" | "exists" | "touch" => (1, -1, 1),
         "mset" | "msetnx" => (1, -1, 2),
-        _ if is_keyless(name) => (0, 0, 0),
+        _ if is_keyless(name) || is_script(name) => (0, 0, 0),
         _ => (1, 1, 1),
     }
 }
 
 /// The keys among a request's arguments (`args[0]` is the command `name`).
 pub fn keys_of<'a>(name: &str, args: &'a [Vec<u8>]) -> Vec<&'a [u8]> {
+    if is_script(name) {
+        // `script numkeys key...`: Redis's movable keys.
+        let count = args
+            .get(2)
+            .and_then(|n| redraft_common::ops::parse_strict_i64(n))
+            .unwrap_or(0)
+            .max(0) as usize;
+        return args.iter().skip(3).take(count).map(|k| &k[..]).collect();
+    }
     let (first, last, step) = key_positions(name);
     if first == 0 {
         return Vec::new();
@@ -155,6 +164,7 @@ pub fn categories(name: &str) -> Vec<&'static str> {
         "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" | "publish"
         | "spublish" | "pubsub" => all = vec!["pubsub", "slow"],
         "multi" | "exec" | "discard" | "watch" | "unwatch" => all = vec!["transaction", "fast"],
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "script" => all = vec!["slow", "scripting"],
         "flushall" | "flushdb" | "keys" => all.extend(["keyspace", "dangerous", "slow"]),
         "config" | "acl" | "cluster" | "client" | "info" | "leader" => all = vec!["admin", "dangerous", "slow"],
         "dbsize" | "scan" | "randomkey" | "del" | "unlink" | "exists" | "touch" | "type" | "expire" | "pexpire"
@@ -201,7 +211,13 @@ fn is_keyless(name: &str) -> bool {
             | "publish"
             | "spublish"
             | "pubsub"
+            | "script"
     )
+}
+
+/// EVAL and friends, whose keys follow a count.
+fn is_script(name: &str) -> bool {
+    matches!(name, "eval" | "evalsha" | "eval_ro" | "evalsha_ro")
 }
 
 fn is_write(name: &str) -> bool {

@@ -173,6 +173,12 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
                 .collect())
         }
         Command::SameShard { keys, op } => in_one_shard(router, &keys, op).await?,
+        command @ Command::Eval { .. } => match command.into_shard_op() {
+            // A script without keys runs where the empty key lives.
+            Ok((keys, op)) if keys.is_empty() => in_one_shard(router, &[Vec::new()], op).await?,
+            Ok((keys, op)) => in_one_shard(router, &keys, op).await?,
+            Err(_) => Frame::error("ERR the script was not resolved"),
+        },
         Command::Leader(key) => router.describe_key(&key)?,
         Command::Session(_) => Frame::error("ERR connection commands run on their connection"),
         Command::Scan {

@@ -83,7 +83,7 @@ where
                         consumed += used;
                         if !args.is_empty() {
                             // The arguments stay with the command for the ACL check.
-                            let command = cmd::parse(&args);
+                            let command = shared.router.scripts.resolve(cmd::parse(&args));
                             batch.push((cmd::command_name(&args[0]), args, command));
                         }
                     }

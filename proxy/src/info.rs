@@ -9,7 +9,7 @@ use crate::route::Router;
 
 /// The Redis version the proxy reports (INFO, HELLO): the command set and
 /// replies follow Redis 7.
-pub const REDIS_VERSION: &str = "7.2.0";
+pub use redraft_common::REDIS_VERSION;
 
 /// When the process started (first INFO call at the latest).
 static STARTED: OnceLock<Instant> = OnceLock::new();

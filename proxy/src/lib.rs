@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod pubsub;
 pub mod reply;
 pub mod route;
+pub mod scripts;
 pub mod session;
 pub mod transaction;
 

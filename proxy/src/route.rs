@@ -64,6 +64,8 @@ pub struct Router {
     first_table: std::sync::OnceLock<Instant>,
     /// Latched by [`Router::routable`].
     routable: std::sync::atomic::AtomicBool,
+    /// Scripts by SHA1, for EVALSHA.
+    pub scripts: crate::scripts::ScriptCache,
 }
 
 impl Router {
@@ -79,6 +81,7 @@ impl Router {
             installed: tokio::sync::watch::Sender::new(0),
             first_table: std::sync::OnceLock::new(),
             routable: std::sync::atomic::AtomicBool::new(false),
+            scripts: Default::default(),
         }
     }
 

@@ -186,7 +186,11 @@ async fn exec(
         ops.push(op);
     }
     let mut replies = Vec::new();
-    if !keys.is_empty() {
+    if !ops.is_empty() || !keys.is_empty() {
+        if keys.is_empty() {
+            // Only scripts without keys: where a lone one would run.
+            keys.push(Vec::new());
+        }
         let op = ShardOp::Write(WriteOp::Transaction { watched, ops });
         match cmd::in_one_shard(router, &keys, op).await {
             Ok(Frame::Array(r)) => replies = r,

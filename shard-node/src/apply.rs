@@ -32,6 +32,7 @@ mod collections;
 mod hash;
 mod keys;
 mod list;
+mod script;
 mod set;
 mod zset;
 
@@ -347,6 +348,7 @@ impl<'a> Keyspace<'a> {
                     .to_string(),
             ),
             ReadOp::DbSize => Frame::Integer(self.count_live() as i64),
+            ReadOp::Script(script) => self.script(script, true),
             // The host answers each read of a batch on its own.
             ReadOp::Many(_) => Frame::error("ERR a read batch cannot be nested"),
         })
@@ -498,6 +500,7 @@ impl<'a> Keyspace<'a> {
             WriteOp::Command { args, seed } => self.command(args, *seed, true),
             WriteOp::PopFirst(pop) => self.pop_first(pop, true).unwrap_or_else(|| pop.kind.nothing_now()),
             WriteOp::ServeBlocked(clients) => self.serve_blocked(clients),
+            WriteOp::Script(script) => self.script(script, false),
             WriteOp::Transaction { watched, ops } => {
                 for (key, revision) in watched {
                     if self.revision_of(&self.storage_key(key)?) != *revision {

@@ -717,9 +717,11 @@ impl Host {
                         // Reads that walk the whole shard give this worker's
                         // other tasks (Raft groups, links) to another thread
                         // meanwhile, so a big KEYS never delays a heartbeat.
-                        ReadOp::Keys { .. } | ReadOp::DbSize | ReadOp::Scan { .. } | ReadOp::RandomKey { .. } => {
-                            tokio::task::block_in_place(|| answer(&read))
-                        }
+                        ReadOp::Keys { .. }
+                        | ReadOp::DbSize
+                        | ReadOp::Scan { .. }
+                        | ReadOp::RandomKey { .. }
+                        | ReadOp::Script(_) => tokio::task::block_in_place(|| answer(&read)),
                         read => answer(read),
                     }
                 }
