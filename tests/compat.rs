@@ -7,7 +7,7 @@ use redraft_common::resp::Frame;
 
 use crate::harness::{free_port, Resp, TestCluster};
 
-struct RedisServer(Child);
+pub(crate) struct RedisServer(Child);
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
@@ -16,7 +16,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn start_redis(port: u16) -> RedisServer {
+pub(crate) fn start_redis(port: u16) -> RedisServer {
     let child = Command::new("redis-server")
         .args([
             "--port",

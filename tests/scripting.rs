@@ -112,3 +112,47 @@ fn redis_py_lock_with_a_release_script_loses_no_update() {
         "{stdout}"
     );
 }
+
+/// Functions loaded through one proxy are found through another, and FUNCTION
+/// DUMP payloads move between redis-server 7.0 and Redraft both ways.
+#[test]
+fn functions_reach_every_proxy_and_dumps_move_to_and_from_redis() {
+    let mut cluster = TestCluster::start(3);
+    let mut first = Resp::connect(cluster.proxy());
+    let library = "#!lua name=counters\n\
+                   redis.register_function('bump', function(keys, args) return redis.call('incrby', keys[1], args[1]) end)";
+    first.send(&[b"FUNCTION", b"LOAD", library.as_bytes()]);
+    assert_eq!(first.read(), Some(Frame::bulk("counters")));
+    let mut second = Resp::connect(cluster.add_proxy());
+    second.send(&[b"FCALL", b"bump", b"1", b"{c}n", b"5"]);
+    assert_eq!(second.read(), Some(Frame::Integer(5)));
+
+    let port = crate::harness::free_port();
+    let _redis = crate::compat::start_redis(port);
+    let mut redis = Resp::connect(([127, 0, 0, 1], port).into());
+    let Frame::Bulk(ours) = first.cmd("FUNCTION DUMP") else {
+        panic!("no dump")
+    };
+    redis.send(&[b"FUNCTION", b"RESTORE", &ours]);
+    assert_eq!(redis.read(), Some(Frame::ok()));
+    assert_eq!(redis.cmd("FCALL bump 1 n 2"), Frame::Integer(2));
+    redis.send(&[
+        b"FUNCTION",
+        b"LOAD",
+        b"#!lua name=fromredis\nredis.register_function('hello', function() return 'hi' end)",
+    ]);
+    assert_eq!(redis.read(), Some(Frame::bulk("fromredis")));
+    let Frame::Bulk(theirs) = redis.cmd("FUNCTION DUMP") else {
+        panic!("no dump")
+    };
+    first.send(&[b"FUNCTION", b"RESTORE", &theirs, b"REPLACE"]);
+    assert_eq!(first.read(), Some(Frame::ok()));
+    assert_eq!(second.cmd("FCALL hello 0"), Frame::bulk("hi"));
+    let mut corrupt = theirs.clone();
+    corrupt[3] ^= 0xff;
+    first.send(&[b"FUNCTION", b"RESTORE", &corrupt]);
+    assert_eq!(
+        first.read(),
+        Some(Frame::error("ERR DUMP payload version or checksum are wrong"))
+    );
+}

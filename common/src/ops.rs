@@ -153,6 +153,8 @@ pub struct Script {
     /// Seeds `math.random` and the random picks of the commands it calls, so
     /// every replica makes the same choices.
     pub seed: u64,
+    /// FCALL: the function to call; `body` is then its library's code.
+    pub function: Option<String>,
 }
 
 impl Script {

@@ -66,8 +66,9 @@ pub enum Command {
     /// Pub/Sub: (P|S)SUBSCRIBE, (P|S)UNSUBSCRIBE, PUBLISH, SPUBLISH, PUBSUB; run
     /// by the connection.
     PubSub(Vec<Bytes>),
-    /// EVAL, EVALSHA, EVAL_RO, EVALSHA_RO: a script run by the shard owning
-    /// `keys` (with none, the shard owning the empty key).
+    /// EVAL, EVALSHA, EVAL_RO, EVALSHA_RO, FCALL, FCALL_RO: a script or
+    /// function run by the shard owning `keys` (with none, the shard owning
+    /// the empty key); `read_only` runs it as a read that may not write.
     Eval {
         source: ScriptSource,
         keys: Vec<Bytes>,
@@ -88,6 +89,11 @@ pub enum ScriptSource {
     /// EVALSHA, EVALSHA_RO: the SHA1 (lowercased) of a script loaded before;
     /// the proxy replaces it with the body from its script cache.
     Sha(String),
+    /// FCALL, FCALL_RO: a function's name; the proxy replaces it with its
+    /// library ([`ScriptSource::Library`]).
+    Function(String),
+    /// A function with the code of the library that registers it.
+    Library { code: Bytes, function: String },
 }
 
 impl Command {
@@ -110,17 +116,23 @@ impl Command {
             Command::Count { keys, write: true } => (keys.clone(), ShardOp::Write(WriteOp::Del { keys })),
             Command::Count { keys, write: false } => (keys.clone(), ShardOp::Read(ReadOp::Exists { keys })),
             Command::Eval {
-                source: ScriptSource::Body(body),
+                source: source @ (ScriptSource::Body(_) | ScriptSource::Library { .. }),
                 keys,
                 args,
                 read_only,
                 seed,
             } => {
+                let (body, function) = match source {
+                    ScriptSource::Library { code, function } => (code, Some(function)),
+                    ScriptSource::Body(body) => (body, None),
+                    _ => unreachable!("matched above"),
+                };
                 let script = Script {
                     body,
                     keys: keys.clone(),
                     args,
                     seed,
+                    function,
                 };
                 let op = if read_only {
                     ShardOp::Read(ReadOp::Script(script))
@@ -248,6 +260,9 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("eval_ro", -3),
     ("evalsha_ro", -3),
     ("script", -2),
+    ("fcall", -3),
+    ("fcall_ro", -3),
+    ("function", -2),
 ];
 
 /// The arity of a command by its lowercase name, `None` when unknown.
@@ -392,10 +407,10 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
             0 => Command::Local(Frame::ok()),
             _ => err("ERR DB index is out of range"),
         },
-        "command" | "hello" | "auth" | "client" | "cluster" | "config" | "acl" | "script" => {
+        "command" | "hello" | "auth" | "client" | "cluster" | "config" | "acl" | "script" | "function" => {
             Command::Session(a.to_vec())
         }
-        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" => parse_eval(name, a)?,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => parse_eval(name, a)?,
         "leader" => Command::Leader(key()),
         "scan" => parse_scan(a)?,
         "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" | "publish"
@@ -563,7 +578,7 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
     })
 }
 
-/// EVAL script|sha numkeys key... arg...
+/// EVAL script|sha|function numkeys key... arg...
 fn parse_eval(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
     let numkeys = int_arg(&a[2])?;
     if numkeys < 0 {
@@ -575,6 +590,8 @@ fn parse_eval(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
     let split = 3 + numkeys as usize;
     let source = if name.starts_with("evalsha") {
         ScriptSource::Sha(String::from_utf8_lossy(&a[1]).to_ascii_lowercase())
+    } else if name.starts_with("fcall") {
+        ScriptSource::Function(String::from_utf8_lossy(&a[1]).into_owned())
     } else {
         ScriptSource::Body(a[1].clone())
     };

@@ -82,6 +82,10 @@ pub struct RoutingTable {
     /// learn changes through the same watch).
     #[serde(default)]
     pub users: crate::acl::Users,
+    /// Function libraries (FUNCTION LOAD), run by every shard that FCALL
+    /// reaches: published with the table like the users.
+    #[serde(default)]
+    pub functions: crate::lua::Libraries,
 }
 
 impl RoutingTable {

@@ -159,6 +159,9 @@ pub enum PdRequest {
     SetConfig { pairs: Vec<(String, String)> },
     /// CONFIG GET: the parameters set for the cluster.
     Config,
+    /// FUNCTION LOAD, DELETE, FLUSH, RESTORE (libraries already checked by
+    /// the proxy): `Ack`, or `Error` with Redis's message.
+    ChangeLibraries(crate::lua::LibraryChange),
 }
 
 /// What a shard's leader reports about it with each heartbeat.

@@ -682,6 +682,12 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
             Ok(other) => PdResponse::Error(format!("unexpected reply {other:?}")),
             Err(answer) => answer,
         },
+        PdRequest::ChangeLibraries(change) => match pd.propose(PdCommand::ChangeLibraries(change)).await {
+            Ok(PdReply::Done) => PdResponse::Ack,
+            Ok(PdReply::Refused(why)) => PdResponse::Error(why),
+            Ok(other) => PdResponse::Error(format!("unexpected reply {other:?}")),
+            Err(answer) => answer,
+        },
         PdRequest::Config => PdResponse::Config(pd.store.state().config.into_iter().collect()),
         PdRequest::Merge { from, into } => recorded(&pd, PdCommand::BeginMerge { from, into }).await,
         PdRequest::MoveReplica { shard, from, to } => {

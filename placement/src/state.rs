@@ -45,6 +45,8 @@ pub enum PdCommand {
     DeleteUsers { names: Vec<String> },
     /// CONFIG SET: `(parameter, value)` pairs, checked by the proxy.
     SetConfig { pairs: Vec<(String, String)> },
+    /// FUNCTION LOAD, DELETE, FLUSH, RESTORE.
+    ChangeLibraries(redraft_common::lua::LibraryChange),
 }
 
 /// A split or merge decided but not yet published. Kept in the replicated state so
@@ -146,6 +148,14 @@ impl PdState {
             // Command names were validated by the proxy that took the request, so
             // every PD replica applies the same rules the same way.
             PdCommand::SetUser { name, rules } => match self.table.users.set_user(name, rules, |_| true) {
+                Ok(()) => {
+                    self.table.version += 1;
+                    PdReply::Done
+                }
+                Err(e) => PdReply::Refused(e),
+            },
+            // Whole or not at all, the same on every PD replica.
+            PdCommand::ChangeLibraries(change) => match self.table.functions.apply(change) {
                 Ok(()) => {
                     self.table.version += 1;
                     PdReply::Done

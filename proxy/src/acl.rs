@@ -149,7 +149,7 @@ pub(crate) async fn ask_placement(router: &Router, request: &PdRequest) -> Resul
 
 /// Records a change at the placement driver, then fetches the table so this
 /// proxy applies it to the next command already.
-async fn record(router: &Router, request: PdRequest) -> Result<PdResponse, Frame> {
+pub(crate) async fn record(router: &Router, request: PdRequest) -> Result<PdResponse, Frame> {
     let answer = ask_placement(router, &request).await?;
     router.refresh().await;
     Ok(answer)

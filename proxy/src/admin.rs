@@ -164,7 +164,9 @@ pub fn categories(name: &str) -> Vec<&'static str> {
         "subscribe" | "unsubscribe" | "psubscribe" | "punsubscribe" | "ssubscribe" | "sunsubscribe" | "publish"
         | "spublish" | "pubsub" => all = vec!["pubsub", "slow"],
         "multi" | "exec" | "discard" | "watch" | "unwatch" => all = vec!["transaction", "fast"],
-        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "script" => all = vec!["slow", "scripting"],
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "script" | "function" => {
+            all = vec!["slow", "scripting"]
+        }
         "flushall" | "flushdb" | "keys" => all.extend(["keyspace", "dangerous", "slow"]),
         "config" | "acl" | "cluster" | "client" | "info" | "leader" => all = vec!["admin", "dangerous", "slow"],
         "dbsize" | "scan" | "randomkey" | "del" | "unlink" | "exists" | "touch" | "type" | "expire" | "pexpire"
@@ -212,12 +214,16 @@ fn is_keyless(name: &str) -> bool {
             | "spublish"
             | "pubsub"
             | "script"
+            | "function"
     )
 }
 
 /// EVAL and friends, whose keys follow a count.
 fn is_script(name: &str) -> bool {
-    matches!(name, "eval" | "evalsha" | "eval_ro" | "evalsha_ro")
+    matches!(
+        name,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
+    )
 }
 
 fn is_write(name: &str) -> bool {

@@ -83,7 +83,12 @@ where
                         consumed += used;
                         if !args.is_empty() {
                             // The arguments stay with the command for the ACL check.
-                            let command = shared.router.scripts.resolve(cmd::parse(&args));
+                            let command = match cmd::parse(&args) {
+                                eval @ Command::Eval { .. } => {
+                                    shared.router.scripts.resolve(eval, &shared.router.table())
+                                }
+                                command => command,
+                            };
                             batch.push((cmd::command_name(&args[0]), args, command));
                         }
                     }

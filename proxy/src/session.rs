@@ -204,6 +204,7 @@ pub async fn run(router: &crate::route::Router, session: &mut Session, name: &st
     let reply = match name {
         "command" => crate::admin::command(args),
         "script" => router.scripts.execute(args),
+        "function" => crate::scripts::function(router, args).await,
         "cluster" => crate::admin::cluster(args, session.local_addr()),
         "config" if is_set_requirepass(args) => crate::acl::set_requirepass(router, &args[3]).await,
         "config" => crate::config::execute(router, args, session.local_addr()).await,
