@@ -53,16 +53,17 @@ const SCRIPTS: &[(&str, &str)] = &[
 ];
 
 /// A script line's arguments: words split at spaces, except inside double
-/// quotes, where `\n` is a newline (Lua scripts as arguments).
+/// quotes, where `\n` is a newline and `\"` a quote (Lua scripts as
+/// arguments).
 fn words(line: &str) -> Vec<Vec<u8>> {
     let (mut words, mut word, mut quoted) = (Vec::new(), Vec::new(), false);
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '"' => quoted = !quoted,
-            '\\' if quoted && chars.peek() == Some(&'n') => {
-                chars.next();
-                word.push(b'\n');
+            '\\' if quoted && matches!(chars.peek(), Some('n' | '"')) => {
+                let escaped = chars.next();
+                word.push(if escaped == Some('n') { b'\n' } else { b'"' });
             }
             ' ' if !quoted => words.push(std::mem::take(&mut word)),
             c => word.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),

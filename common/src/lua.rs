@@ -30,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::ops::Script;
 use crate::resp::Frame;
 
+mod libs;
+
 /// VM instructions a run may take before it is stopped (a few seconds of
 /// interpreter work here). Counted, not timed, so replicas agree.
 pub const INSTRUCTION_BUDGET: u64 = 1_000_000_000;
@@ -265,6 +267,7 @@ fn interpreter() -> mlua::Result<Lua> {
         lua.create_function(|_, text: mlua::LuaString| Ok(Script::sha(&text.as_bytes())))?,
     )?;
     lua.globals().raw_set("redis", redis)?;
+    libs::install(&lua)?;
     lua.load(PRELUDE).set_name("=redraft").exec()?;
     Ok(lua)
 }
@@ -315,7 +318,7 @@ __library_env = function()
     end,
     __newindex = readonly,
   })
-  local allowed = {string = string, math = math, table = table}
+  local allowed = {string = string, math = math, table = table, bit = bit, cjson = cjson, cmsgpack = cmsgpack}
   local env = setmetatable({}, {
     __index = function(_, name)
       if name == 'redis' then return redis_view end
@@ -609,7 +612,14 @@ fn error_info(lua: &Lua, error: Value) -> mlua::Result<Table> {
             let table = lua.create_table()?;
             match e.downcast_ref::<RaisedError>() {
                 Some(RaisedError(text)) => table.raw_set("err", text.as_str())?,
-                None => table.raw_set("err", format!("ERR {}", plain_message(&e)))?,
+                // A library function's error names the user's line, as
+                // luaL_error does.
+                None => {
+                    let place = user_frame(lua).map_or_else(String::new, |(chunk, line)| {
+                        format!("{}:{line}: ", chunk.trim_start_matches('@'))
+                    });
+                    table.raw_set("err", format!("ERR {place}{}", plain_message(&e)))?
+                }
             }
             table
         }
@@ -619,20 +629,25 @@ fn error_info(lua: &Lua, error: Value) -> mlua::Result<Table> {
             table
         }
     };
-    // The nearest frame of the user's code, above this handler.
+    if let Some((_, line)) = user_frame(lua) {
+        info.raw_set("line", line)?;
+    }
+    Ok(info)
+}
+
+/// The chunk and current line of the nearest frame of the user's code.
+fn user_frame(lua: &Lua) -> Option<(&'static str, usize)> {
     let mut level = 1;
     while let Some((source, line)) =
         lua.inspect_stack(level, |d| (d.source().source.map(|s| s.into_owned()), d.current_line()))
     {
-        if matches!(source.as_deref(), Some(SCRIPT_CHUNK | FUNCTION_CHUNK)) {
-            if let Some(line) = line {
-                info.raw_set("line", line)?;
-            }
-            break;
+        match source.as_deref() {
+            Some(SCRIPT_CHUNK) => return line.map(|l| (SCRIPT_CHUNK, l)),
+            Some(FUNCTION_CHUNK) => return line.map(|l| (FUNCTION_CHUNK, l)),
+            _ => level += 1,
         }
-        level += 1;
     }
-    Ok(info)
+    None
 }
 
 /// The message of an error raised in Rust (the budget, memory), without
