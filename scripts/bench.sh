@@ -18,6 +18,8 @@
 #      (ETCD_SECONDS each, default 10);
 #   8. scripts/queue-bench.sh: a job queue (RPUSH producers, BLPOP consumers)
 #      against redis-server in both modes (QUEUE_JOBS jobs, default 30,000).
+#   9. scripts/script-bench.sh: EVALSHA of a five-command script against
+#      redis-server in both modes (SCRIPT_CALLS calls, default 30,000).
 # Usage: scripts/bench.sh [requests per run, default 100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,3 +95,6 @@ echo "## idle cost (3 nodes, each hosting a replica of every shard)"
 
 echo "## job queue: RPUSH producers and BLPOP consumers"
 ./scripts/queue-bench.sh "${QUEUE_JOBS:-30000}" 1
+
+echo "## scripts: EVALSHA of a five-command script"
+./scripts/script-bench.sh "${SCRIPT_CALLS:-30000}" 1

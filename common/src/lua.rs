@@ -268,8 +268,23 @@ fn interpreter() -> mlua::Result<Lua> {
     )?;
     lua.globals().raw_set("redis", redis)?;
     libs::install(&lua)?;
-    lua.load(PRELUDE).set_name("=redraft").exec()?;
+    lua.load(prelude_bytecode()).set_name("=redraft").exec()?;
     Ok(lua)
+}
+
+/// [`PRELUDE`] compiled once per process: parsing it took most of the
+/// cost of a fresh interpreter. Loading Redraft's own bytecode is safe; users'
+/// code is only ever loaded as text.
+fn prelude_bytecode() -> &'static [u8] {
+    static BYTECODE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTECODE.get_or_init(|| {
+        let lua = Lua::new_with(StdLib::NONE, LuaOptions::default()).expect("a Lua state");
+        lua.load(PRELUDE)
+            .set_name("=redraft")
+            .into_function()
+            .expect("the prelude compiles")
+            .dump(false)
+    })
 }
 
 /// Set up in every interpreter (before `redis.call`, which is Rust): Redis's
@@ -814,6 +829,19 @@ mod tests {
         assert_eq!(
             script_flags(b"#!lua flags=no-writes,allow-oom\nreturn 1"),
             Ok(vec!["no-writes".to_string(), "allow-oom".to_string()])
+        );
+        // Bytecode is refused, whether as the script or through loadstring.
+        let dumped = {
+            let lua = Lua::new();
+            lua.load("return 1").into_function().unwrap().dump(false)
+        };
+        assert!(matches!(
+            eval(&dumped, &[], &[], 1, &mut no_calls()),
+            Frame::Error(e) if e.starts_with("ERR Error compiling script")
+        ));
+        assert_eq!(
+            run("return loadstring(string.dump(function() return 1 end))"),
+            Frame::Null
         );
         // The same seed draws the same numbers.
         assert_eq!(run("return math.random(1000000)"), run("return math.random(1000000)"));
