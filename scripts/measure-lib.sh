@@ -22,3 +22,40 @@ up_warm() {
 member_pids() {
   python3 -c 'import json,sys; u=json.load(open(sys.argv[1])); print(" ".join(str(m["pid"]) for k in sys.argv[2:] for m in u[k]))' "$1/up.json" "${@:2}"
 }
+
+# versus_redis COUNT UNIT ROUND RUN [redraft up args...]: `RUN PORT` does COUNT
+# operations and prints the seconds they took. Runs it on a fresh cluster
+# (CPU of every member counted) and on a redis-server started after it with
+# appendfsync always (the durability of a Raft write), then in memory; prints
+# one line with the rates and ratios. Needs `work` and `target` set.
+versus_redis() {
+  local count=$1 unit=$2 round=$3 run=$4; shift 4
+  local ticks pids before secs after rate cpu mode p rpid always memory
+  ticks=$(getconf CLK_TCK)
+  up_warm "$work/c$round" "$@"
+  pids=$(member_pids "$work/c$round" placement nodes proxy)
+  before=$(cpu_ticks $pids)
+  secs=$("$run" "$rport")
+  after=$(cpu_ticks $pids)
+  "$target/redraft" down --dir "$work/c$round" >/dev/null
+  rate=$(python3 -c "print(round($count / $secs))")
+  cpu=$(python3 -c "print(round(($after - $before) / $ticks * 1e6 / $count, 1))")
+  for mode in always memory; do
+    p=$(port)
+    if [ $mode = always ]; then
+      redis-server --port "$p" --save '' --appendonly yes --appendfsync always --dir "$work" \
+        --appendfilename "r$round.aof" --daemonize no >/dev/null &
+    else
+      redis-server --port "$p" --save '' --appendonly no --daemonize no >/dev/null &
+    fi
+    rpid=$!
+    until redis-cli -p "$p" ping >/dev/null 2>&1; do sleep 0.1; done
+    secs=$("$run" "$p")
+    kill "$rpid"; wait "$rpid" 2>/dev/null || true
+    if [ $mode = always ]; then always=$(python3 -c "print(round($count / $secs))");
+    else memory=$(python3 -c "print(round($count / $secs))"); fi
+  done
+  echo "round $round: Redraft $rate $unit/s, ${cpu} µs CPU per op (all members);" \
+    "redis-server appendfsync always $always ($(python3 -c "print(round($rate / $always, 3))")x)," \
+    "in memory $memory ($(python3 -c "print(round($rate / $memory, 3))")x)"
+}

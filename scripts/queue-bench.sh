@@ -14,7 +14,6 @@ target="${CARGO_TARGET_DIR:-target}/debug"
 work=$(mktemp -d)
 # shellcheck source=scripts/measure-lib.sh
 . scripts/measure-lib.sh
-ticks=$(getconf CLK_TCK)
 
 # run_queue PORT: seconds for `jobs` pushes to be popped by blocked consumers.
 run_queue() {
@@ -30,30 +29,6 @@ run_queue() {
 }
 
 for round in $(seq "$rounds"); do
-  up_warm "$work/c$round"
-  pids=$(member_pids "$work/c$round" placement nodes proxy)
-  before=$(cpu_ticks $pids)
-  secs=$(run_queue "$rport")
-  after=$(cpu_ticks $pids)
-  "$target/redraft" down --dir "$work/c$round" >/dev/null
-  rr=$(python3 -c "print(round($jobs / $secs))")
-  cpu=$(python3 -c "print(round(($after - $before) / $ticks * 1e6 / $jobs, 1))")
-  declare -A ref
-  for mode in always memory; do
-    p=$(port)
-    if [ $mode = always ]; then
-      redis-server --port "$p" --save '' --appendonly yes --appendfsync always --dir "$work" \
-        --appendfilename "q$round.aof" --daemonize no >/dev/null &
-    else
-      redis-server --port "$p" --save '' --appendonly no --daemonize no >/dev/null &
-    fi
-    rpid=$!
-    until redis-cli -p "$p" ping >/dev/null 2>&1; do sleep 0.1; done
-    ref[$mode]=$(python3 -c "print(round($jobs / $(run_queue "$p")))")
-    kill "$rpid"; wait "$rpid" 2>/dev/null || true
-  done
-  echo "round $round: Redraft $rr pops/s, ${cpu} µs CPU per pop (RPUSH + BLPOP, all members);" \
-    "redis-server appendfsync always ${ref[always]} ($(python3 -c "print(round($rr / ${ref[always]}, 3))")x)," \
-    "in memory ${ref[memory]} ($(python3 -c "print(round($rr / ${ref[memory]}, 3))")x)"
+  versus_redis "$jobs" pops "$round" run_queue "$@"
 done
 rm -rf "$work"
