@@ -66,10 +66,33 @@ fn scripts_choose_alike_on_every_replica() {
 
 /// A script that never ends is stopped by its instruction budget with an
 /// error, and the shard goes on serving; writes made before stay, as in Redis.
+/// SCRIPT KILL stops a read-only script, and refuses one that may write.
 #[test]
 fn a_runaway_script_is_stopped_and_the_shard_keeps_serving() {
     let cluster = TestCluster::start(3);
     let mut conn = Resp::connect(cluster.proxy());
+    let mut admin = Resp::connect(cluster.proxy());
+    assert_eq!(
+        admin.cmd("SCRIPT KILL"),
+        Frame::error("NOTBUSY No scripts in execution right now.")
+    );
+    conn.send(&[b"EVAL_RO", b"while true do end", b"0"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(admin.cmd("FUNCTION KILL"), Frame::ok());
+    match conn.read() {
+        Some(Frame::Error(e)) => assert!(e.starts_with("ERR Script killed by user with SCRIPT KILL..."), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    conn.send(&[b"EVAL", b"while true do end", b"1", b"{loop}w"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    match admin.cmd("SCRIPT KILL") {
+        Frame::Error(e) => assert!(e.starts_with("UNKILLABLE"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    match conn.read() {
+        Some(Frame::Error(e)) => assert!(e.contains("instruction budget"), "{e}"),
+        other => panic!("{other:?}"),
+    }
     conn.send(&[
         b"EVAL",
         b"redis.call('set', KEYS[1], 'before') while true do end",

@@ -32,9 +32,10 @@ use crate::resp::Frame;
 
 mod libs;
 
-/// VM instructions a run may take before it is stopped (a few seconds of
-/// interpreter work here). Counted, not timed, so replicas agree.
-pub const INSTRUCTION_BUDGET: u64 = 1_000_000_000;
+/// VM instructions a run may take before it is stopped (under a second of
+/// interpreter work here, well inside a proxy's 7 s wait for a write even on a
+/// loaded machine). Counted, not timed, so replicas agree.
+pub const INSTRUCTION_BUDGET: u64 = 300_000_000;
 /// How often the budget is checked, in instructions.
 const BUDGET_STEP: u32 = 100_000;
 /// The interpreter's memory limit.
@@ -54,6 +55,18 @@ const FUNCTION_FLAGS: &[&str] = &[
 /// What `redis.call` does: runs a command (its arguments) with the given seed
 /// for its random choices, and replies.
 pub type Call<'a> = &'a mut dyn FnMut(&[Vec<u8>], u64) -> Frame;
+
+/// The reply of a script stopped by SCRIPT KILL (Redis's text).
+pub const KILLED: &str = "ERR Script killed by user with SCRIPT KILL...";
+
+/// What a run needs besides its program: `redis.call`, its seed, and a flag
+/// that SCRIPT KILL raises to stop it (read-only runs only: a run that may
+/// write runs on every replica and must end alike on each).
+pub struct Run<'a> {
+    pub seed: u64,
+    pub call: Call<'a>,
+    pub kill: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
 
 /// One function of a library.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,10 +172,10 @@ impl Libraries {
 }
 
 /// Runs a script body (EVAL, EVALSHA).
-pub fn eval(body: &[u8], keys: &[Vec<u8>], args: &[Vec<u8>], seed: u64, call: Call<'_>) -> Frame {
+pub fn eval(body: &[u8], keys: &[Vec<u8>], args: &[Vec<u8>], run_with: Run<'_>) -> Frame {
     let sha = Script::sha(body);
     outcome_frame(
-        run(seed, call, |lua| {
+        run(run_with, |lua| {
             let globals = lua.globals();
             globals.raw_set("KEYS", strings(lua, keys)?)?;
             globals.raw_set("ARGV", strings(lua, args)?)?;
@@ -184,9 +197,9 @@ pub fn eval(body: &[u8], keys: &[Vec<u8>], args: &[Vec<u8>], seed: u64, call: Ca
 }
 
 /// Runs function `name` of a library whose code is `code` (FCALL).
-pub fn fcall(code: &str, name: &str, keys: &[Vec<u8>], args: &[Vec<u8>], seed: u64, call: Call<'_>) -> Frame {
+pub fn fcall(code: &str, name: &str, keys: &[Vec<u8>], args: &[Vec<u8>], run_with: Run<'_>) -> Frame {
     outcome_frame(
-        run(seed, call, |lua| {
+        run(run_with, |lua| {
             let functions = match register(lua, code)? {
                 Ok((_, functions)) => functions,
                 Err(text) => return Ok(Err(Outcome::Failed { text, line: None })),
@@ -353,8 +366,7 @@ setmetatable(_G, {__index = function(_, name) missing(name, 3) end, __newindex =
 /// `redis.call` and `redis.pcall` over `call`, under the instruction budget
 /// and Redis's error handler.
 fn run(
-    seed: u64,
-    call: Call<'_>,
+    Run { seed, call, kill }: Run<'_>,
     prepare: impl FnOnce(&Lua) -> mlua::Result<Result<(Function, MultiValue), Outcome>>,
 ) -> mlua::Result<Outcome> {
     let lua = interpreter()?;
@@ -388,7 +400,7 @@ fn run(
             Ok(ready) => ready,
             Err(outcome) => return Ok(outcome),
         };
-        Ok(match protected_call(&lua, function, arguments)? {
+        Ok(match protected_call(&lua, function, arguments, kill)? {
             Ok(value) => Outcome::Reply(to_frame(&value)),
             Err((text, line)) => Outcome::Failed { text, line },
         })
@@ -401,11 +413,18 @@ fn protected_call(
     lua: &Lua,
     function: Function,
     arguments: MultiValue,
+    kill: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 ) -> mlua::Result<Result<Value, (String, Option<usize>)>> {
     let spent = Rc::new(Cell::new(0u64));
     let counter = spent.clone();
     lua.set_hook(HookTriggers::new().every_nth_instruction(BUDGET_STEP), move |_, _| {
         counter.set(counter.get() + u64::from(BUDGET_STEP));
+        if kill
+            .as_ref()
+            .is_some_and(|k| k.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(mlua::Error::external(RaisedError(KILLED.into())));
+        }
         if counter.get() > INSTRUCTION_BUDGET {
             Err(mlua::Error::runtime(format!(
                 "Script exceeded the instruction budget ({INSTRUCTION_BUDGET})"
@@ -514,7 +533,7 @@ fn register(lua: &Lua, code: &str) -> mlua::Result<Result<(String, Vec<(Function
     })?;
     let redis: Table = lua.globals().raw_get("redis")?;
     redis.raw_set("register_function", register_function)?;
-    let result = protected_call(lua, chunk, MultiValue::new())?;
+    let result = protected_call(lua, chunk, MultiValue::new(), None)?;
     redis.raw_set("register_function", Value::Nil)?;
     loaded.call::<()>(())?;
     if let Err((text, _)) = result {
@@ -803,9 +822,36 @@ mod tests {
         |args: &[Vec<u8>], _| Frame::Bulk(args.concat())
     }
 
+    fn run_with(seed: u64, call: Call<'_>) -> Run<'_> {
+        Run { seed, call, kill: None }
+    }
+
+    #[test]
+    fn a_raised_kill_flag_stops_a_run() {
+        let kill = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let reply = eval(
+            b"while true do end",
+            &[],
+            &[],
+            Run {
+                seed: 1,
+                call: &mut no_calls(),
+                kill: Some(kill),
+            },
+        );
+        assert!(matches!(reply, Frame::Error(e) if e.starts_with(KILLED)));
+    }
+
     #[test]
     fn scripts_reply_as_redis() {
-        let run = |body: &str| eval(body.as_bytes(), &[b"k".to_vec()], &[b"a".to_vec()], 7, &mut no_calls());
+        let run = |body: &str| {
+            eval(
+                body.as_bytes(),
+                &[b"k".to_vec()],
+                &[b"a".to_vec()],
+                run_with(7, &mut no_calls()),
+            )
+        };
         assert_eq!(
             run("return {KEYS[1], ARGV[1], 1.9, true, false}").to_bytes(),
             Frame::Array(vec![
@@ -836,7 +882,7 @@ mod tests {
             lua.load("return 1").into_function().unwrap().dump(false)
         };
         assert!(matches!(
-            eval(&dumped, &[], &[], 1, &mut no_calls()),
+            eval(&dumped, &[], &[], run_with(1, &mut no_calls())),
             Frame::Error(e) if e.starts_with("ERR Error compiling script")
         ));
         assert_eq!(
@@ -856,11 +902,17 @@ mod tests {
         assert_eq!(library.functions.len(), 2);
         assert!(library.functions[1].no_writes());
         assert_eq!(
-            fcall(code, "echo", &[b"k".to_vec()], &[b"a".to_vec()], 1, &mut no_calls()),
+            fcall(
+                code,
+                "echo",
+                &[b"k".to_vec()],
+                &[b"a".to_vec()],
+                run_with(1, &mut no_calls())
+            ),
             Frame::Array(vec![Frame::bulk("k"), Frame::bulk("a")])
         );
         assert_eq!(
-            fcall(code, "ro", &[], &[], 1, &mut no_calls()),
+            fcall(code, "ro", &[], &[], run_with(1, &mut no_calls())),
             Frame::error("ERR user_function:3: x script: ro, on @user_function:3.")
         );
         assert_eq!(load_library("return 1"), Err("ERR Missing library metadata".into()));

@@ -83,6 +83,11 @@ pub enum NodeRequest {
     /// UNBLOCK): its `Block` call is answered `Reply(Null)` unless it was
     /// being served. `Reply(:1)` when it was registered, else `:0`.
     Unblock { shard: ShardId, waiter: u64 },
+    /// SCRIPT KILL, FUNCTION KILL: stops the read-only scripts running on this
+    /// node. `Reply(+OK)` when one was stopped, `-UNKILLABLE ...` when only
+    /// scripts that write run (they run on every replica and cannot stop on
+    /// one), `-NOTBUSY ...` when none runs.
+    KillScripts,
 }
 
 /// A shard node's answer.

@@ -535,6 +535,36 @@ impl Router {
     }
 }
 
+impl Router {
+    /// SCRIPT KILL and FUNCTION KILL: asks every node to stop its read-only
+    /// scripts; `+OK` when one did, else UNKILLABLE when a writing script runs
+    /// somewhere, else NOTBUSY (the answers of shard-node `kill_scripts`).
+    pub async fn kill_scripts(&self) -> Frame {
+        let table = self.table();
+        let asks = table.nodes.values().map(|node| async move {
+            let addr = node.addr.parse().ok()?;
+            match self
+                .endpoint()
+                .call_linked::<_, NodeResponse>(addr, &NodeRequest::KillScripts, CALL_TIMEOUT)
+                .await
+            {
+                Ok(NodeResponse::Reply(frame)) => Some(frame),
+                _ => None,
+            }
+        });
+        let answers: Vec<Frame> = futures::future::join_all(asks).await.into_iter().flatten().collect();
+        let is = |code: &str| {
+            answers
+                .iter()
+                .find(|a| matches!(a, Frame::Error(e) if e.starts_with(code)) || (code == "OK" && **a == Frame::ok()))
+        };
+        is("OK")
+            .or_else(|| is("UNKILLABLE"))
+            .cloned()
+            .unwrap_or_else(|| Frame::error("NOTBUSY No scripts in execution right now."))
+    }
+}
+
 /// Logs why a write is answered "may have been applied": the one answer a
 /// client cannot act on safely, so operators should see each one and its cause.
 fn unknown_outcome(shard: ShardId, reason: &str) {

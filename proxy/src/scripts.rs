@@ -111,8 +111,8 @@ impl ScriptCache {
         }
     }
 
-    /// SCRIPT `args[1]` ...
-    pub fn execute(&self, args: &[Vec<u8>]) -> Frame {
+    /// SCRIPT `args[1]` ... (KILL asks the nodes: [`Router::kill_scripts`]).
+    pub async fn execute(&self, router: &Router, args: &[Vec<u8>]) -> Frame {
         let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
         let arity_ok = match sub.as_str() {
             "load" => args.len() == 3,
@@ -149,9 +149,7 @@ impl ScriptCache {
                 self.bodies.clear();
                 Frame::ok()
             }
-            // A script runs inside one shard's apply, bounded by its
-            // instruction budget; there is no running script to kill.
-            "kill" => error("NOTBUSY No scripts in execution right now."),
+            "kill" => router.kill_scripts().await,
             "debug" if args[2].eq_ignore_ascii_case(b"no") => Frame::ok(),
             "debug" => error("ERR Redraft has no Lua debugger; SCRIPT DEBUG accepts only NO"),
             _ => help(),
@@ -231,7 +229,7 @@ pub async fn function(router: &Router, args: &[Vec<u8>]) -> Frame {
         "list" => return list(&table.functions, &args[2..]),
         "dump" => return Frame::Bulk(dump(&table.functions)),
         "stats" => return stats(&table.functions),
-        "kill" => return error("NOTBUSY No scripts in execution right now."),
+        "kill" => return router.kill_scripts().await,
         _ => return function_help(),
     };
     let reply = match &change {

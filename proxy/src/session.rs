@@ -203,7 +203,7 @@ fn wrong_arity(command: &str) -> Frame {
 pub async fn run(router: &crate::route::Router, session: &mut Session, name: &str, args: &[Vec<u8>]) -> (Frame, After) {
     let reply = match name {
         "command" => crate::admin::command(args),
-        "script" => router.scripts.execute(args),
+        "script" => router.scripts.execute(router, args).await,
         "function" => crate::scripts::function(router, args).await,
         "cluster" => crate::admin::cluster(args, session.local_addr()),
         "config" if is_set_requirepass(args) => crate::acl::set_requirepass(router, &args[3]).await,

@@ -36,6 +36,8 @@ mod script;
 mod set;
 mod zset;
 
+pub use script::kill_scripts;
+
 /// Redis's WRONGTYPE error.
 pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 /// Redis's error for a non-integer value.

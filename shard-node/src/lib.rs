@@ -280,6 +280,7 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
             retry,
         } => host.block(shard, pop, waiter, timeout_ms, retry).await,
         NodeRequest::Unblock { shard, waiter } => host.unblock(shard, waiter),
+        NodeRequest::KillScripts => NodeResponse::Reply(apply::kill_scripts()),
         NodeRequest::Campaign { shard, handed_over } => host.campaign(shard, handed_over).await,
         NodeRequest::TransferLeader { shard, to } => host.transfer_leader(shard, to).await,
         NodeRequest::AddLearner { shard, node, addr } => host.add_learner(shard, node, addr).await,

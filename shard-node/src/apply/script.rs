@@ -10,6 +10,9 @@
 //! replica runs the same body with the same inputs and seed (see
 //! `redraft_common::lua`, DETERMINISM).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
 use redraft_common::commands::arity_ok;
 use redraft_common::lua;
 use redraft_common::ops::{ReadOp, Script, ShardOp, WriteOp};
@@ -22,20 +25,75 @@ const NOT_ALLOWED: &str = "ERR This Redis command is not allowed from script";
 const WRITE_IN_READ_ONLY: &str = "ERR Write commands are not allowed from read-only scripts.";
 const NOT_LOCAL: &str = "ERR Script attempted to access a non local key in a cluster node";
 
+/// The scripts running on this node now: whether each only reads, and the
+/// flag that stops it.
+static RUNNING: Mutex<Vec<(bool, Arc<AtomicBool>)>> = Mutex::new(Vec::new());
+
+/// Keeps a script in [`RUNNING`] while it runs.
+struct Running(Arc<AtomicBool>);
+
+impl Running {
+    fn start(read_only: bool) -> Running {
+        let flag = Arc::new(AtomicBool::new(false));
+        RUNNING
+            .lock()
+            .expect("scripts registry")
+            .push((read_only, flag.clone()));
+        Running(flag)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING
+            .lock()
+            .expect("scripts registry")
+            .retain(|(_, flag)| !Arc::ptr_eq(flag, &self.0));
+    }
+}
+
+/// SCRIPT KILL and FUNCTION KILL on this node: stops the read-only scripts
+/// running here. A script that may write runs on every replica and must end
+/// alike on each, so it is never stopped on one (it ends by its instruction
+/// budget), as Redis will not stop a script that wrote.
+pub fn kill_scripts() -> Frame {
+    let running = RUNNING.lock().expect("scripts registry");
+    let mut killed = false;
+    for (read_only, flag) in running.iter() {
+        if *read_only {
+            flag.store(true, Ordering::Relaxed);
+            killed = true;
+        }
+    }
+    match (killed, running.is_empty()) {
+        (true, _) => Frame::ok(),
+        (false, true) => Frame::error("NOTBUSY No scripts in execution right now."),
+        (false, false) => Frame::error(UNKILLABLE),
+    }
+}
+
+/// Redis's answer to SCRIPT KILL when the running script wrote.
+pub const UNKILLABLE: &str = "UNKILLABLE Sorry the script already executed write commands against the dataset. You can either wait the script termination or kill the server in a hard way using the SHUTDOWN NOSAVE command.";
+
 impl Keyspace<'_> {
     /// Runs `script`; `read_only` refuses its writes (the `_RO` forms and
-    /// functions or scripts declared `no-writes`).
+    /// functions or scripts declared `no-writes`), and lets SCRIPT KILL stop it.
     pub(super) fn script(&mut self, script: &Script, read_only: bool) -> Frame {
+        let running = Running::start(read_only);
         let mut call = |args: &[Vec<u8>], seed: u64| self.script_call(args, read_only, seed);
+        let run = lua::Run {
+            seed: script.seed,
+            call: &mut call,
+            kill: read_only.then(|| running.0.clone()),
+        };
         match &script.function {
-            None => lua::eval(&script.body, &script.keys, &script.args, script.seed, &mut call),
+            None => lua::eval(&script.body, &script.keys, &script.args, run),
             Some(name) => lua::fcall(
                 &String::from_utf8_lossy(&script.body),
                 name,
                 &script.keys,
                 &script.args,
-                script.seed,
-                &mut call,
+                run,
             ),
         }
     }
