@@ -164,6 +164,32 @@ impl Script {
     }
 }
 
+/// The encoding parameters of CONFIG that OBJECT ENCODING follows (Redis
+/// 7.0's names; the cluster's values, or Redis's defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodingLimits {
+    /// `hash-max-listpack-entries`, `hash-max-listpack-value`.
+    pub hash_entries: u64,
+    pub hash_value: u64,
+    /// `zset-max-listpack-entries`, `zset-max-listpack-value`.
+    pub zset_entries: u64,
+    pub zset_value: u64,
+    /// `set-max-intset-entries`.
+    pub set_intset_entries: u64,
+}
+
+impl Default for EncodingLimits {
+    fn default() -> Self {
+        EncodingLimits {
+            hash_entries: 512,
+            hash_value: 64,
+            zset_entries: 128,
+            zset_value: 64,
+            set_intset_entries: 512,
+        }
+    }
+}
+
 /// A read, served by the leader after a linearizability check.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ReadOp {
@@ -214,6 +240,9 @@ pub enum ReadOp {
     ExpireTime { key: Bytes, millis: bool },
     /// EVAL_RO, EVALSHA_RO: a script that may only read.
     Script(Script),
+    /// OBJECT ENCODING: the encoding Redis would use for the key's value
+    /// under these limits, or nil without the key.
+    ObjectEncoding { key: Bytes, limits: EncodingLimits },
 }
 
 /// A write, replicated through the shard's Raft log.
@@ -346,6 +375,7 @@ impl ReadOp {
             | ReadOp::GetRange { key, .. }
             | ReadOp::Ttl { key, .. }
             | ReadOp::ExpireTime { key, .. }
+            | ReadOp::ObjectEncoding { key, .. }
             | ReadOp::Type { key } => vec![key],
             ReadOp::MGet { keys } | ReadOp::Exists { keys } | ReadOp::Revisions { keys } => {
                 keys.iter().map(|k| &k[..]).collect()

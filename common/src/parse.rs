@@ -76,6 +76,8 @@ pub enum Command {
         read_only: bool,
         seed: u64,
     },
+    /// OBJECT ENCODING key: the proxy adds the cluster's encoding parameters.
+    ObjectEncoding(Bytes),
     /// A blocking pop (BLPOP, BLMOVE, BZPOPMIN, ...), run by the connection;
     /// `timeout_ms` 0 waits without limit.
     Blocking { pop: BlockedPop, timeout_ms: u64 },
@@ -115,6 +117,14 @@ impl Command {
             ),
             Command::Count { keys, write: true } => (keys.clone(), ShardOp::Write(WriteOp::Del { keys })),
             Command::Count { keys, write: false } => (keys.clone(), ShardOp::Read(ReadOp::Exists { keys })),
+            // Inside MULTI and scripts: Redis's default parameters.
+            Command::ObjectEncoding(key) => (
+                vec![key.clone()],
+                ShardOp::Read(ReadOp::ObjectEncoding {
+                    key,
+                    limits: Default::default(),
+                }),
+            ),
             Command::Eval {
                 source: source @ (ScriptSource::Body(_) | ScriptSource::Library { .. }),
                 keys,
@@ -376,6 +386,9 @@ pub fn parse(args: &[Vec<u8>]) -> Command {
             .map(|l| Frame::Simple(l.to_string()))
             .collect(),
         ));
+    }
+    if name == "object" && args.len() == 3 && args[1].eq_ignore_ascii_case(b"encoding") {
+        return Command::ObjectEncoding(args[2].clone());
     }
     let Some(&(_, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
         return match commands::lookup(name.as_bytes()) {

@@ -173,6 +173,15 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
                 .collect())
         }
         Command::SameShard { keys, op } => in_one_shard(router, &keys, op).await?,
+        Command::ObjectEncoding(key) => {
+            let limits = match crate::config::encoding_limits(router).await {
+                Ok(limits) => limits,
+                Err(frame) => return Ok(frame),
+            };
+            router
+                .exec_key(&key.clone(), ShardOp::Read(ReadOp::ObjectEncoding { key, limits }))
+                .await?
+        }
         command @ Command::Eval { .. } => match command.into_shard_op() {
             // A script without keys runs where the empty key lives.
             Ok((keys, op)) if keys.is_empty() => in_one_shard(router, &[Vec::new()], op).await?,

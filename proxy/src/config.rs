@@ -361,6 +361,25 @@ pub async fn execute(router: &Router, args: &[Vec<u8>], laddr: SocketAddr) -> Fr
     }
 }
 
+/// The encoding parameters OBJECT ENCODING follows: the cluster's values,
+/// Redis's defaults for those never set.
+pub async fn encoding_limits(router: &Router) -> Result<redraft_common::ops::EncodingLimits, Frame> {
+    let set = cluster_values(router).await?;
+    let number = |name: &str, default: u64| {
+        set.get(name)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map_or(default, |n| n.max(0) as u64)
+    };
+    let defaults = redraft_common::ops::EncodingLimits::default();
+    Ok(redraft_common::ops::EncodingLimits {
+        hash_entries: number("hash-max-listpack-entries", defaults.hash_entries),
+        hash_value: number("hash-max-listpack-value", defaults.hash_value),
+        zset_entries: number("zset-max-listpack-entries", defaults.zset_entries),
+        zset_value: number("zset-max-listpack-value", defaults.zset_value),
+        set_intset_entries: number("set-max-intset-entries", defaults.set_intset_entries),
+    })
+}
+
 /// The values the cluster's operators set (the placement driver keeps them).
 async fn cluster_values(router: &Router) -> Result<BTreeMap<String, String>, Frame> {
     match ask_placement(router, &PdRequest::Config).await? {

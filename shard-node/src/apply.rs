@@ -351,6 +351,7 @@ impl<'a> Keyspace<'a> {
             ),
             ReadOp::DbSize => Frame::Integer(self.count_live() as i64),
             ReadOp::Script(script) => self.script(script, true),
+            ReadOp::ObjectEncoding { key, limits } => self.object_encoding(key, limits)?,
             // The host answers each read of a batch on its own.
             ReadOp::Many(_) => Frame::error("ERR a read batch cannot be nested"),
         })

@@ -9,7 +9,7 @@
 //! virtual nodes move between shards.
 
 use redraft_common::ids::VnodeId;
-use redraft_common::ops::Bytes;
+use redraft_common::ops::{Bytes, EncodingLimits};
 use redraft_common::resp::Frame;
 
 use super::collections::{error, Rng, SYNTAX};
@@ -30,9 +30,17 @@ fn resume_key(vnode: VnodeId, cursor: u64) -> Vec<u8> {
     start
 }
 
-/// OBJECT ENCODING's answer, as Redis 7.0 would give for a value of this size
-/// (`all_integers`: a set's members are all integers, so small ones are intsets).
-fn encoding(value: &Value, all_integers: bool) -> &'static str {
+/// What OBJECT ENCODING needs to know of a collection beyond its length.
+struct Shape {
+    /// Its longest element (hash fields and values, sorted-set members), or
+    /// more than any limit when it has more elements than the limit checks.
+    longest: u64,
+    /// A set whose members are all integers.
+    all_integers: bool,
+}
+
+/// OBJECT ENCODING's answer, as Redis 7.0 gives it under `limits`.
+fn encoding(value: &Value, shape: &Shape, limits: &EncodingLimits) -> &'static str {
     let len = if value.kind == Kind::String {
         0
     } else {
@@ -48,13 +56,11 @@ fn encoding(value: &Value, all_integers: bool) -> &'static str {
         Kind::String if value.payload.len() <= 44 => "embstr",
         Kind::String => "raw",
         Kind::List => "quicklist",
-        // Redis 7.0's compiled defaults: hash-max-listpack-entries 512,
-        // zset-max-listpack-entries 128 (element sizes are not tracked).
-        Kind::Hash if len <= 512 => "listpack",
-        Kind::ZSet if len <= 128 => "listpack",
+        Kind::Hash if len <= limits.hash_entries && shape.longest <= limits.hash_value => "listpack",
+        Kind::ZSet if len <= limits.zset_entries && shape.longest <= limits.zset_value => "listpack",
         Kind::Hash => "hashtable",
         Kind::ZSet => "skiplist",
-        Kind::Set if len <= 512 && all_integers => "intset",
+        Kind::Set if len <= limits.set_intset_entries && shape.all_integers => "intset",
         Kind::Set => "hashtable",
     }
 }
@@ -213,19 +219,44 @@ impl Keyspace<'_> {
         Frame::Integer(1)
     }
 
+    /// OBJECT ENCODING under the cluster's `limits` (nil without the key).
+    pub(super) fn object_encoding(&self, key: &[u8], limits: &EncodingLimits) -> Result<Frame, NotOwned> {
+        let skey = self.storage_key(key)?;
+        let Some(value) = self.load(&skey) else {
+            return Ok(Frame::Null);
+        };
+        // Only as many elements as the limit that decides are read.
+        let (checked, family): (u64, &[u8]) = match value.kind {
+            Kind::Hash => (limits.hash_entries, &[]),
+            Kind::ZSet => (limits.zset_entries, &[super::zset::BY_MEMBER]),
+            Kind::Set => (limits.set_intset_entries, &[]),
+            _ => (0, &[]),
+        };
+        let mut shape = Shape {
+            longest: 0,
+            all_integers: true,
+        };
+        let elements = self
+            .elements(&skey, family, None, false)
+            .take(usize::try_from(checked.saturating_add(1)).unwrap_or(usize::MAX));
+        for (sub, stored) in elements {
+            let item = crate::storage::unhashed(&sub[family.len()..]);
+            let longest = match value.kind {
+                Kind::Hash => item.len().max(stored.len()),
+                _ => item.len(),
+            };
+            shape.longest = shape.longest.max(longest as u64);
+            shape.all_integers &= redraft_common::ops::parse_strict_i64(item).is_some();
+        }
+        Ok(Frame::Bulk(encoding(&value, &shape, limits).as_bytes().to_vec()))
+    }
+
     fn object(&self, subcommand: &[u8], key: &[u8]) -> Frame {
         let value = self.load(&self.owned_key(key));
         match (subcommand.to_ascii_lowercase().as_slice(), value) {
             (b"encoding" | b"refcount" | b"idletime" | b"freq", None) => Frame::Null,
-            (b"encoding", Some(v)) => {
-                let skey = self.owned_key(key);
-                let all_integers = v.kind == Kind::Set
-                    && self
-                        .elements(&skey, &[], None, false)
-                        .take(513)
-                        .all(|(sub, _)| redraft_common::ops::parse_strict_i64(crate::storage::unhashed(&sub)).is_some());
-                Frame::Bulk(encoding(&v, all_integers).as_bytes().to_vec())
-            }
+            // Parsed as OBJECT ENCODING (`object_encoding`) before it gets here.
+            (b"encoding", Some(_)) => error("ERR OBJECT ENCODING takes the cluster's parameters"),
             (b"refcount", Some(_)) => Frame::Integer(1),
             (b"idletime", Some(_)) => Frame::Integer(0),
             (b"freq", Some(_)) => error(

@@ -17,7 +17,7 @@ use super::collections::{
 use super::Keyspace;
 use crate::storage::{hashed, unhashed, Kind};
 
-const BY_MEMBER: u8 = 0;
+pub(super) const BY_MEMBER: u8 = 0;
 const BY_SCORE: u8 = 1;
 
 /// The score's bytes in an order that sorts like the numbers (-0 as 0).
