@@ -346,7 +346,9 @@ __library_env = function()
     end,
     __newindex = readonly,
   })
-  local allowed = {string = string, math = math, table = table, bit = bit, cjson = cjson, cmsgpack = cmsgpack}
+  local allowed = {
+    string = string, math = math, table = table, bit = bit, cjson = cjson, cmsgpack = cmsgpack, struct = struct,
+  }
   local env = setmetatable({}, {
     __index = function(_, name)
       if name == 'redis' then return redis_view end

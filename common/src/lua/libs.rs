@@ -1,13 +1,15 @@
 //! The libraries Redis 7.0 gives scripts besides Lua's own: `bit` (LuaBitOp),
-//! `cjson` (lua-cjson) and `cmsgpack` (lua-cmsgpack), written here with the
-//! same results as Redis's C versions for what scripts use (the same number
-//! formats, escapes, array/map decisions and encodings).
+//! `cjson` (lua-cjson), `cmsgpack` (lua-cmsgpack) and `struct` (lua_struct),
+//! written here with the same results as Redis's C versions for what scripts
+//! use (the same number formats, escapes, array/map decisions, encodings and
+//! layouts).
 
 use mlua::{Lua, LuaString, MultiValue, Table, Value, Variadic};
 
-/// Installs `bit`, `cjson` and `cmsgpack` as globals.
+/// Installs `bit`, `cjson`, `cmsgpack` and `struct` as globals.
 pub fn install(lua: &Lua) -> mlua::Result<()> {
     let globals = lua.globals();
+    globals.raw_set("struct", structs(lua)?)?;
     globals.raw_set("bit", bit(lua)?)?;
     globals.raw_set("cjson", cjson(lua)?)?;
     globals.raw_set("cmsgpack", cmsgpack(lua)?)?;
@@ -445,5 +447,320 @@ fn unpack(lua: &Lua, input: &mut &[u8], depth: usize) -> mlua::Result<Value> {
             Ok(Value::Table(table))
         }
         _ => Err(mlua::Error::runtime("Bad data format in input.")),
+    }
+}
+
+/// One item of a `struct` format.
+enum Item {
+    /// An integer of `size` bytes.
+    Int {
+        size: usize,
+        signed: bool,
+    },
+    Float,
+    Double,
+    /// `s`: a zero-terminated string.
+    ZeroTerminated,
+    /// `cN`: N bytes (0: the whole string when packing, the previous value's
+    /// count when unpacking).
+    Chars(usize),
+    /// `x`: one zero byte.
+    Padding,
+}
+
+/// A parsed `struct` format: byte order and items, with their alignment.
+struct Format {
+    little: bool,
+    items: Vec<(Item, usize)>,
+}
+
+fn struct_error(text: impl std::fmt::Display) -> mlua::Error {
+    mlua::Error::runtime(text)
+}
+
+/// Parses a lua_struct format: `<` `>` `=` byte order, `!n` alignment,
+/// `x b B h H l L T iN IN f d s cN`, spaces ignored.
+fn parse_format(format: &[u8], function: &str) -> mlua::Result<Format> {
+    let (mut little, mut align, mut i) = (true, 1usize, 0);
+    let mut items = Vec::new();
+    let number = |i: &mut usize| -> Option<usize> {
+        let start = *i;
+        while *i < format.len() && format[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        std::str::from_utf8(&format[start..*i]).ok()?.parse().ok()
+    };
+    while i < format.len() {
+        let option = format[i];
+        i += 1;
+        let item = match option {
+            b' ' => continue,
+            b'<' | b'=' => {
+                little = true;
+                continue;
+            }
+            b'>' => {
+                little = false;
+                continue;
+            }
+            b'!' => {
+                align = number(&mut i).unwrap_or(8);
+                if !align.is_power_of_two() {
+                    return Err(struct_error(format!("alignment {align} is not a power of 2")));
+                }
+                continue;
+            }
+            b'x' => Item::Padding,
+            b'b' | b'B' => Item::Int {
+                size: 1,
+                signed: option == b'b',
+            },
+            b'h' | b'H' => Item::Int {
+                size: 2,
+                signed: option == b'h',
+            },
+            b'l' | b'L' | b'T' => Item::Int {
+                size: 8,
+                signed: option == b'l',
+            },
+            b'i' | b'I' => {
+                let size = number(&mut i).unwrap_or(4);
+                if size > 32 {
+                    return Err(struct_error(format!("integral size {size} is larger than limit of 32")));
+                }
+                Item::Int {
+                    size,
+                    signed: option == b'i',
+                }
+            }
+            b'f' => Item::Float,
+            b'd' => Item::Double,
+            b's' => Item::ZeroTerminated,
+            b'c' => Item::Chars(number(&mut i).unwrap_or(1)),
+            other => {
+                return Err(bad_argument(
+                    1,
+                    function,
+                    &format!("invalid format option '{}'", other as char),
+                ))
+            }
+        };
+        let size = match item {
+            Item::Int { size, .. } => size,
+            Item::Float => 4,
+            Item::Double => 8,
+            _ => 1,
+        };
+        // Items align to their size, capped by `!`; strings never align.
+        let alignment = if matches!(item, Item::Int { .. } | Item::Float | Item::Double) {
+            size.min(align)
+        } else {
+            1
+        };
+        items.push((item, alignment));
+    }
+    Ok(Format { little, items })
+}
+
+/// `offset` moved up to the next multiple of `alignment`.
+fn aligned(offset: usize, alignment: usize) -> usize {
+    offset.next_multiple_of(alignment.max(1))
+}
+
+fn structs(lua: &Lua) -> mlua::Result<Table> {
+    let table = lua.create_table()?;
+    table.raw_set(
+        "pack",
+        lua.create_function(|lua, (format, values): (LuaString, MultiValue)| {
+            let format = parse_format(&format.as_bytes(), "pack")?;
+            let mut out = Vec::new();
+            let mut values = values.into_iter();
+            // The argument number of the value `next` gave last.
+            let mut argument = 1;
+            let mut next = || {
+                argument += 1;
+                (argument, values.next().unwrap_or(Value::Nil))
+            };
+            for (item, alignment) in &format.items {
+                out.resize(aligned(out.len(), *alignment), 0);
+                match item {
+                    Item::Padding => out.push(0),
+                    Item::Int { size, .. } => {
+                        let (argument, value) = next();
+                        let n = number_arg(lua, argument, value)?;
+                        let value = if n < 0.0 { n as i64 as u64 } else { n as u64 };
+                        // Bytes past the eighth are zero, as lua_struct writes them.
+                        let bytes: Vec<u8> = (0..*size)
+                            .map(|k| if k < 8 { (value >> (8 * k)) as u8 } else { 0 })
+                            .collect();
+                        if format.little {
+                            out.extend(bytes);
+                        } else {
+                            out.extend(bytes.into_iter().rev());
+                        }
+                    }
+                    Item::Float | Item::Double => {
+                        let (argument, value) = next();
+                        let n = number_arg(lua, argument, value)?;
+                        let mut bytes = if matches!(item, Item::Float) {
+                            (n as f32).to_le_bytes().to_vec()
+                        } else {
+                            n.to_le_bytes().to_vec()
+                        };
+                        if !format.little {
+                            bytes.reverse();
+                        }
+                        out.extend(bytes);
+                    }
+                    Item::ZeroTerminated | Item::Chars(_) => {
+                        let (argument, value) = next();
+                        let kind = lua_type(&value);
+                        let text = lua
+                            .coerce_string(value)?
+                            .ok_or_else(|| bad_argument(argument, "pack", &format!("string expected, got {kind}")))?;
+                        let bytes = text.as_bytes();
+                        match item {
+                            Item::ZeroTerminated => {
+                                out.extend_from_slice(&bytes);
+                                out.push(0);
+                            }
+                            Item::Chars(0) => out.extend_from_slice(&bytes),
+                            Item::Chars(size) => {
+                                if bytes.len() < *size {
+                                    return Err(bad_argument(argument + 1, "pack", "string too short"));
+                                }
+                                out.extend_from_slice(&bytes[..*size]);
+                            }
+                            _ => unreachable!("matched above"),
+                        }
+                    }
+                }
+            }
+            lua.create_string(out)
+        })?,
+    )?;
+    table.raw_set(
+        "unpack",
+        lua.create_function(|lua, (format, data, start): (LuaString, LuaString, Option<f64>)| {
+            let format = parse_format(&format.as_bytes(), "unpack")?;
+            let data = data.as_bytes();
+            let mut pos = start.map_or(0, |p| (p as usize).saturating_sub(1));
+            let mut values: Vec<Value> = Vec::new();
+            let take = |pos: &mut usize, size: usize| -> mlua::Result<&[u8]> {
+                let bytes = data
+                    .get(*pos..*pos + size)
+                    .ok_or_else(|| bad_argument(2, "unpack", "data string too short"))?;
+                *pos += size;
+                Ok(bytes)
+            };
+            for (item, alignment) in &format.items {
+                pos = aligned(pos, *alignment);
+                match item {
+                    Item::Padding => pos += 1,
+                    Item::Int { size, signed } => {
+                        let mut bytes = take(&mut pos, *size)?.to_vec();
+                        if !format.little {
+                            bytes.reverse();
+                        }
+                        let mut value = bytes.iter().take(8).rev().fold(0u64, |acc, &b| acc << 8 | u64::from(b));
+                        let n = if *signed && *size < 8 {
+                            let shift = 64 - 8 * *size as u32;
+                            value <<= shift;
+                            ((value as i64) >> shift) as f64
+                        } else if *signed {
+                            value as i64 as f64
+                        } else {
+                            value as f64
+                        };
+                        values.push(Value::Number(n));
+                    }
+                    Item::Float | Item::Double => {
+                        let size = if matches!(item, Item::Float) { 4 } else { 8 };
+                        let mut bytes = take(&mut pos, size)?.to_vec();
+                        if !format.little {
+                            bytes.reverse();
+                        }
+                        let n = if size == 4 {
+                            f64::from(f32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+                        } else {
+                            f64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+                        };
+                        values.push(Value::Number(n));
+                    }
+                    Item::ZeroTerminated => {
+                        let rest = data.get(pos..).unwrap_or_default();
+                        let end = rest
+                            .iter()
+                            .position(|&b| b == 0)
+                            .ok_or_else(|| struct_error("unfinished string in data"))?;
+                        values.push(Value::String(lua.create_string(&rest[..end])?));
+                        pos += end + 1;
+                    }
+                    Item::Chars(size) => {
+                        // `c0` takes its size from the value before, which it replaces.
+                        let size = match (size, values.last()) {
+                            (0, Some(Value::Number(n))) => {
+                                let n = *n as usize;
+                                values.pop();
+                                n
+                            }
+                            (0, _) => return Err(struct_error("format 'c0' needs a previous size")),
+                            (size, _) => *size,
+                        };
+                        let bytes = take(&mut pos, size)?;
+                        values.push(Value::String(lua.create_string(bytes)?));
+                    }
+                }
+            }
+            values.push(Value::Number((pos + 1) as f64));
+            Ok(MultiValue::from_vec(values))
+        })?,
+    )?;
+    table.raw_set(
+        "size",
+        lua.create_function(|_, format: LuaString| {
+            let format = parse_format(&format.as_bytes(), "size")?;
+            let mut size = 0usize;
+            for (item, alignment) in &format.items {
+                size = aligned(size, *alignment);
+                size += match item {
+                    Item::Int { size, .. } => *size,
+                    Item::Float => 4,
+                    Item::Double => 8,
+                    Item::Padding => 1,
+                    Item::Chars(n) if *n > 0 => *n,
+                    Item::Chars(_) => return Err(bad_argument(1, "size", "option 'c0' has no fixed size")),
+                    Item::ZeroTerminated => return Err(bad_argument(1, "size", "option 's' has no fixed size")),
+                };
+            }
+            Ok(size as f64)
+        })?,
+    )?;
+    Ok(table)
+}
+
+/// A number argument as `luaL_checknumber` takes it (numeric strings too).
+fn number_arg(lua: &Lua, argument: usize, value: Value) -> mlua::Result<f64> {
+    let kind = lua_type(&value);
+    lua.coerce_number(value)?
+        .ok_or_else(|| bad_argument(argument, "pack", &format!("number expected, got {kind}")))
+}
+
+/// Lua's `luaL_argerror` text.
+fn bad_argument(argument: usize, function: &str, text: &str) -> mlua::Error {
+    struct_error(format!("bad argument #{argument} to '{function}' ({text})"))
+}
+
+/// Lua 5.1's name of a value's type.
+fn lua_type(value: &Value) -> &'static str {
+    match value {
+        Value::Nil => "nil",
+        Value::Boolean(_) => "boolean",
+        Value::Integer(_) | Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Table(_) => "table",
+        Value::Function(_) => "function",
+        Value::Thread(_) => "thread",
+        _ => "userdata",
     }
 }
