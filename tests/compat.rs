@@ -616,3 +616,126 @@ fn acl_users_and_requirepass_apply_on_every_proxy() {
     assert_eq!(pairs["hash-max-listpack-value"], "10");
     assert_eq!(pairs["hash-max-ziplist-value"], "10");
 }
+
+/// DUMP payloads of every type, in every encoding redis-server 7.0 picks for
+/// small and large values, RESTORE into Redraft with the same contents, and
+/// Redraft's payloads RESTORE into redis-server; TTLs and errors as Redis.
+#[test]
+fn dump_and_restore_move_values_between_redis_and_redraft() {
+    let cluster = TestCluster::start(3);
+    let port = free_port();
+    let _redis = start_redis(port);
+    let mut ours = Resp::connect(cluster.proxy());
+    let mut theirs = Resp::connect(([127, 0, 0, 1], port).into());
+    let many = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>().join(" ");
+    let fill = [
+        "SET {d}str hello".to_string(),
+        "SET {d}int 12345".to_string(),
+        format!("SET {{d}}raw {}", "x".repeat(100)),
+        format!("RPUSH {{d}}list a 1 -300 {} 100000 1099511627776", "y".repeat(70)),
+        format!("RPUSH {{d}}biglist {}", many("element", 2000)),
+        "SADD {d}intset 1 2 -7 70000 1099511627776".to_string(),
+        "SADD {d}set a b c".to_string(),
+        "HSET {d}hash f1 v1 f2 2".to_string(),
+        format!("HSET {{d}}bighash {}", many("field", 1400)),
+        "ZADD {d}zset 1.5 a -2 b inf c".to_string(),
+        format!(
+            "ZADD {{d}}bigzset {}",
+            (0..300).map(|i| format!("{}.25 m{i}", i)).collect::<Vec<_>>().join(" ")
+        ),
+    ];
+    for line in &fill {
+        theirs.send(&line.split(' ').map(str::as_bytes).collect::<Vec<_>>());
+        assert!(!matches!(theirs.read(), Some(Frame::Error(_))), "{line}");
+    }
+    let contents = |conn: &mut Resp, key: &str| -> String {
+        let read = match conn.cmd(&format!("TYPE {key}")) {
+            Frame::Simple(t) if t == "string" => format!("GET {key}"),
+            Frame::Simple(t) if t == "list" => format!("LRANGE {key} 0 -1"),
+            Frame::Simple(t) if t == "set" => format!("SMEMBERS {key}"),
+            Frame::Simple(t) if t == "hash" => format!("HGETALL {key}"),
+            Frame::Simple(t) if t == "zset" => format!("ZRANGE {key} 0 -1 WITHSCORES"),
+            other => return format!("{other:?}"),
+        };
+        let order = if read.starts_with("SMEMBERS") {
+            Order::Unordered
+        } else if read.starts_with("HGETALL") {
+            Order::UnorderedPairs
+        } else {
+            Order::AsIs
+        };
+        comparable(conn.cmd(&read), order)
+    };
+    for line in &fill {
+        let key = line.split(' ').nth(1).unwrap();
+        let Frame::Bulk(payload) = theirs.cmd(&format!("DUMP {key}")) else {
+            panic!("no dump of {key}")
+        };
+        ours.send(&[b"RESTORE", key.as_bytes(), b"0", &payload]);
+        assert_eq!(ours.read(), Some(Frame::ok()), "{key}");
+        assert_eq!(
+            contents(&mut ours, key),
+            contents(&mut theirs, key),
+            "{key} restored here"
+        );
+        let Frame::Bulk(back) = ours.cmd(&format!("DUMP {key}")) else {
+            panic!("no dump of {key} here")
+        };
+        let copy = format!("{key}:copy");
+        theirs.send(&[b"RESTORE", copy.as_bytes(), b"0", &back]);
+        assert_eq!(theirs.read(), Some(Frame::ok()), "{key} into redis-server");
+        assert_eq!(
+            contents(&mut theirs, &copy),
+            contents(&mut theirs, key),
+            "{key} back in redis"
+        );
+    }
+    // TTLs, REPLACE, and the errors, against redis-server byte for byte.
+    let Frame::Bulk(payload) = theirs.cmd("DUMP {d}str") else {
+        panic!()
+    };
+    let far = (redraft_common::now_ms() + 100_000).to_string();
+    let cases: Vec<Vec<&[u8]>> = vec![
+        vec![b"RESTORE", b"{d}str", b"0", &payload],
+        vec![b"RESTORE", b"{d}str", b"0", b"garbage"],
+        vec![b"RESTORE", b"{d}ttl", b"-1", &payload],
+        vec![b"RESTORE", b"{d}ttl", b"x", &payload],
+        vec![b"RESTORE", b"{d}ttl", b"0", &payload, b"IDLETIME", b"-1"],
+        vec![b"RESTORE", b"{d}ttl", b"0", &payload, b"FREQ", b"256"],
+        vec![b"RESTORE", b"{d}ttl", b"0", &payload, b"IDLETIME", b"1", b"FREQ", b"1"],
+        vec![b"RESTORE", b"{d}ttl", b"0", &payload, b"BOGUS"],
+        vec![b"RESTORE", b"{d}ttl", b"0", b"garbage"],
+        vec![b"RESTORE", b"{d}str", b"5000", &payload, b"REPLACE", b"IDLETIME", b"5"],
+        vec![
+            b"RESTORE",
+            b"{d}abs",
+            far.as_bytes(),
+            &payload,
+            b"ABSTTL",
+            b"FREQ",
+            b"3",
+        ],
+        vec![b"RESTORE", b"{d}gone", b"1", &payload, b"ABSTTL"],
+        vec![b"EXISTS", b"{d}gone"],
+        vec![b"DUMP", b"{d}none"],
+        vec![b"DUMP"],
+        vec![b"RESTORE", b"{d}x", b"0"],
+    ];
+    for case in cases {
+        ours.send(&case);
+        theirs.send(&case);
+        let (a, b) = (ours.read().unwrap(), theirs.read().unwrap());
+        assert_eq!(
+            comparable(a, Order::AsIs),
+            comparable(b, Order::AsIs),
+            "{:?}",
+            String::from_utf8_lossy(case[0])
+        );
+    }
+    for key in ["{d}str", "{d}abs"] {
+        let Frame::Integer(ttl) = ours.cmd(&format!("PTTL {key}")) else {
+            panic!()
+        };
+        assert!(ttl > 4000 && ttl <= 100_000, "{key}: {ttl}");
+    }
+}

@@ -243,6 +243,8 @@ pub enum ReadOp {
     /// OBJECT ENCODING: the encoding Redis would use for the key's value
     /// under these limits, or nil without the key.
     ObjectEncoding { key: Bytes, limits: EncodingLimits },
+    /// DUMP: the key's value as a Redis DUMP payload, or nil without the key.
+    Dump { key: Bytes },
 }
 
 /// A write, replicated through the shard's Raft log.
@@ -328,6 +330,15 @@ pub enum WriteOp {
     ServeBlocked(Vec<BlockedClient>),
     /// EVAL, EVALSHA: a script run as one atomic step, on every replica.
     Script(Script),
+    /// RESTORE: `BUSYKEY` when the key exists and not `replace`; otherwise
+    /// the key is replaced by what `ops` (all on `key`: the value's writes,
+    /// then its expiry) make, as one step. `Err`: the payload's error, which
+    /// Redis gives only after the BUSYKEY check.
+    Restore {
+        key: Bytes,
+        replace: bool,
+        ops: Result<Vec<WriteOp>, String>,
+    },
 }
 
 /// One operation on one shard.
@@ -376,6 +387,7 @@ impl ReadOp {
             | ReadOp::Ttl { key, .. }
             | ReadOp::ExpireTime { key, .. }
             | ReadOp::ObjectEncoding { key, .. }
+            | ReadOp::Dump { key }
             | ReadOp::Type { key } => vec![key],
             ReadOp::MGet { keys } | ReadOp::Exists { keys } | ReadOp::Revisions { keys } => {
                 keys.iter().map(|k| &k[..]).collect()
@@ -405,7 +417,8 @@ impl WriteOp {
             | WriteOp::Append { key, .. }
             | WriteOp::SetRange { key, .. }
             | WriteOp::Expire { key, .. }
-            | WriteOp::Persist { key } => vec![key],
+            | WriteOp::Persist { key }
+            | WriteOp::Restore { key, .. } => vec![key],
             WriteOp::MSet { pairs } | WriteOp::MSetNx { pairs } => pairs.iter().map(|(k, _)| &k[..]).collect(),
             WriteOp::Del { keys } | WriteOp::PurgeExpired { keys } => keys.iter().map(|k| &k[..]).collect(),
             WriteOp::Many(ops) => ops.iter().flat_map(WriteOp::keys).collect(),

@@ -273,6 +273,8 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("fcall", -3),
     ("fcall_ro", -3),
     ("function", -2),
+    ("dump", 2),
+    ("restore", -4),
 ];
 
 /// The arity of a command by its lowercase name, `None` when unknown.
@@ -583,12 +585,86 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
             },
         ),
         "persist" => write(&a[1], WriteOp::Persist { key: key() }),
+        "dump" => read(&a[1], ReadOp::Dump { key: key() }),
+        "restore" => parse_restore(a)?,
         "type" => read(&a[1], ReadOp::Type { key: key() }),
         "blpop" | "brpop" | "brpoplpush" | "blmove" | "blmpop" | "bzpopmin" | "bzpopmax" | "bzmpop" => {
             parse_blocking(name, a)?
         }
         _ => unknown_command(a),
     })
+}
+
+/// RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME s] [FREQ f]: the
+/// payload decoded here, into the writes that recreate the value.
+fn parse_restore(a: &[Vec<u8>]) -> Result<Command, Command> {
+    let (mut replace, mut absolute, mut idle, mut freq) = (false, false, false, false);
+    let mut i = 4;
+    while i < a.len() {
+        match a[i].to_ascii_uppercase().as_slice() {
+            b"REPLACE" => replace = true,
+            b"ABSTTL" => absolute = true,
+            b"IDLETIME" if i + 1 < a.len() && !freq => {
+                if int_arg(&a[i + 1])? < 0 {
+                    return Err(err("ERR Invalid IDLETIME value, must be >= 0"));
+                }
+                idle = true;
+                i += 1;
+            }
+            b"FREQ" if i + 1 < a.len() && !idle => {
+                if !(0..=255).contains(&int_arg(&a[i + 1])?) {
+                    return Err(err("ERR Invalid FREQ value, must be >= 0 and <= 255"));
+                }
+                freq = true;
+                i += 1;
+            }
+            _ => return Err(err(SYNTAX)),
+        }
+        i += 1;
+    }
+    let ttl = int_arg(&a[2])?;
+    if ttl < 0 {
+        return Err(err("ERR Invalid TTL value, must be >= 0"));
+    }
+    let key = a[1].clone();
+    let ops = restore_ops(&key, &a[3], ttl, absolute);
+    Ok(write(&a[1], WriteOp::Restore { key, replace, ops }))
+}
+
+/// The writes that recreate a DUMP payload's value at `key`, with its TTL.
+fn restore_ops(key: &[u8], payload: &[u8], ttl: i64, absolute: bool) -> Result<Vec<WriteOp>, String> {
+    let value = crate::rdb::restore(payload)?;
+    let key = key.to_vec();
+    let expiry = (ttl > 0).then_some(if absolute { Expiry::AtMs(ttl) } else { Expiry::InMs(ttl) });
+    let command = |name: &str, rest: Vec<Vec<u8>>| {
+        let mut args = vec![name.as_bytes().to_vec(), key.clone()];
+        args.extend(rest);
+        WriteOp::Command { args, seed: 0 }
+    };
+    let mut ops = vec![match value {
+        crate::rdb::Value::String(value) => set_op(key.clone(), value, None, SetCondition::Always, false, SetReply::Ok),
+        crate::rdb::Value::List(items) if !items.is_empty() => command("rpush", items),
+        crate::rdb::Value::Set(members) if !members.is_empty() => command("sadd", members),
+        crate::rdb::Value::ZSet(members) if !members.is_empty() => command(
+            "zadd",
+            members
+                .into_iter()
+                .flat_map(|(member, score)| [score.to_string().into_bytes(), member])
+                .collect(),
+        ),
+        crate::rdb::Value::Hash(fields) if !fields.is_empty() => {
+            command("hset", fields.into_iter().flat_map(|(f, v)| [f, v]).collect())
+        }
+        _ => return Err(crate::rdb::BAD_FORMAT.into()),
+    }];
+    if let Some(expiry) = expiry {
+        ops.push(WriteOp::Expire {
+            key: key.clone(),
+            expiry,
+            condition: ExpireCondition::Always,
+        });
+    }
+    Ok(ops)
 }
 
 /// EVAL script|sha|function numkeys key... arg...

@@ -84,9 +84,7 @@ where
                         if !args.is_empty() {
                             // The arguments stay with the command for the ACL check.
                             let command = match cmd::parse(&args) {
-                                eval @ Command::Eval { .. } => {
-                                    shared.router.scripts.resolve(eval, &shared.router.table())
-                                }
+                                eval @ Command::Eval { .. } => crate::scripts::resolve(&shared.router, eval).await,
                                 command => command,
                             };
                             batch.push((cmd::command_name(&args[0]), args, command));

@@ -28,10 +28,15 @@ use crate::route::Router;
 /// Redis's reply to EVALSHA of a script it does not have.
 const NOSCRIPT: &str = "NOSCRIPT No matching script. Please use EVAL.";
 
+/// How often FCALL of an unknown function may fetch the routing table.
+pub const MISS_REFRESH_MS: u64 = 100;
+
 /// Script bodies by SHA1 (lowercase hex).
 #[derive(Default)]
 pub struct ScriptCache {
     bodies: DashMap<String, Bytes>,
+    /// When FCALL of an unknown function last fetched the table (Unix ms).
+    miss_refreshed: std::sync::atomic::AtomicU64,
 }
 
 impl ScriptCache {
@@ -178,6 +183,38 @@ fn help() -> Frame {
         "    Prints this help.",
     ];
     Frame::Array(lines.iter().map(|l| Frame::Simple(l.to_string())).collect())
+}
+
+/// [`ScriptCache::resolve`] with this proxy's routing table; a function it
+/// does not know yet (loaded through another proxy a moment ago) is looked
+/// for again in a table fetched from the placement driver, at most every
+/// [`MISS_REFRESH_MS`], so calls of a missing function cannot flood it.
+pub async fn resolve(router: &Router, command: Command) -> Command {
+    let unknown_function = match &command {
+        Command::Eval {
+            source: ScriptSource::Function(name),
+            ..
+        } => router.table().functions.function(name).is_none(),
+        _ => false,
+    };
+    let now = redraft_common::now_ms();
+    let last = router.scripts.miss_refreshed.load(std::sync::atomic::Ordering::Relaxed);
+    if unknown_function
+        && now.saturating_sub(last) >= MISS_REFRESH_MS
+        && router
+            .scripts
+            .miss_refreshed
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        router.refresh().await;
+    }
+    router.scripts.resolve(command, &router.table())
 }
 
 /// FUNCTION `args[1]` ...

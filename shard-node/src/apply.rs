@@ -352,6 +352,7 @@ impl<'a> Keyspace<'a> {
             ReadOp::DbSize => Frame::Integer(self.count_live() as i64),
             ReadOp::Script(script) => self.script(script, true),
             ReadOp::ObjectEncoding { key, limits } => self.object_encoding(key, limits)?,
+            ReadOp::Dump { key } => self.dump(key)?,
             // The host answers each read of a batch on its own.
             ReadOp::Many(_) => Frame::error("ERR a read batch cannot be nested"),
         })
@@ -504,6 +505,7 @@ impl<'a> Keyspace<'a> {
             WriteOp::PopFirst(pop) => self.pop_first(pop, true).unwrap_or_else(|| pop.kind.nothing_now()),
             WriteOp::ServeBlocked(clients) => self.serve_blocked(clients),
             WriteOp::Script(script) => self.script(script, false),
+            WriteOp::Restore { replace, ops, .. } => self.restore(skeys[0].clone(), *replace, ops)?,
             WriteOp::Transaction { watched, ops } => {
                 for (key, revision) in watched {
                     if self.revision_of(&self.storage_key(key)?) != *revision {

@@ -9,7 +9,8 @@
 //! virtual nodes move between shards.
 
 use redraft_common::ids::VnodeId;
-use redraft_common::ops::{Bytes, EncodingLimits};
+use redraft_common::ops::{Bytes, EncodingLimits, WriteOp};
+use redraft_common::rdb;
 use redraft_common::resp::Frame;
 
 use super::collections::{error, Rng, SYNTAX};
@@ -217,6 +218,86 @@ impl Keyspace<'_> {
         }
         self.duplicate(&from, &to, &value);
         Frame::Integer(1)
+    }
+
+    /// DUMP: the value as a Redis DUMP payload (nil without the key), its
+    /// elements read by the type's own range command.
+    pub(super) fn dump(&mut self, key: &[u8]) -> Result<Frame, NotOwned> {
+        let skey = self.storage_key(key)?;
+        let Some(value) = self.load(&skey) else {
+            return Ok(Frame::Null);
+        };
+        let range = |name: &str, extra: &[&str]| {
+            let mut args = vec![name.as_bytes().to_vec(), key.to_vec()];
+            args.extend(extra.iter().map(|a| a.as_bytes().to_vec()));
+            args
+        };
+        let strings = |frame: Frame| -> Vec<Vec<u8>> {
+            let items = match frame {
+                Frame::Array(items) | Frame::Set(items) => items,
+                Frame::Map(pairs) | Frame::Pairs(pairs) => pairs.into_iter().flat_map(|(a, b)| [a, b]).collect(),
+                _ => Vec::new(),
+            };
+            items
+                .into_iter()
+                .map(|item| match item {
+                    Frame::Bulk(bytes) => bytes,
+                    Frame::Double(text) => text.into_bytes(),
+                    other => format!("{other:?}").into_bytes(),
+                })
+                .collect()
+        };
+        let pairs = |flat: Vec<Vec<u8>>| {
+            let mut items = flat.into_iter();
+            std::iter::from_fn(move || Some((items.next()?, items.next()?))).collect::<Vec<_>>()
+        };
+        let rdb_value = match value.kind {
+            Kind::String => rdb::Value::String(value.payload),
+            Kind::List => rdb::Value::List(strings(self.command(&range("lrange", &["0", "-1"]), 0, false))),
+            Kind::Set => rdb::Value::Set(strings(self.command(&range("smembers", &[]), 0, false))),
+            Kind::Hash => rdb::Value::Hash(pairs(strings(self.command(&range("hgetall", &[]), 0, false)))),
+            Kind::ZSet => rdb::Value::ZSet(
+                pairs(strings(self.command(
+                    &range("zrange", &["0", "-1", "withscores"]),
+                    0,
+                    false,
+                )))
+                .into_iter()
+                .map(|(member, score)| {
+                    let score = std::str::from_utf8(&score)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0.0);
+                    (member, score)
+                })
+                .collect(),
+            ),
+        };
+        Ok(Frame::Bulk(rdb::dump(&rdb_value)))
+    }
+
+    /// RESTORE (see [`redraft_common::ops::WriteOp::Restore`]); `skey` is the
+    /// key's storage key, owned.
+    pub(super) fn restore(
+        &mut self,
+        skey: Vec<u8>,
+        replace: bool,
+        ops: &Result<Vec<WriteOp>, String>,
+    ) -> Result<Frame, NotOwned> {
+        if !replace && self.load(&skey).is_some() {
+            return Ok(error("BUSYKEY Target key name already exists."));
+        }
+        let ops = match ops {
+            Ok(ops) => ops,
+            Err(text) => return Ok(error(text)),
+        };
+        self.delete_key(skey);
+        for op in ops {
+            if let Frame::Error(text) = self.write(op)? {
+                return Ok(Frame::Error(text));
+            }
+        }
+        Ok(Frame::ok())
     }
 
     /// OBJECT ENCODING under the cluster's `limits` (nil without the key).

@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redraft_common::commands::arity_ok;
 use redraft_common::lua;
@@ -25,9 +26,14 @@ const NOT_ALLOWED: &str = "ERR This Redis command is not allowed from script";
 const WRITE_IN_READ_ONLY: &str = "ERR Write commands are not allowed from read-only scripts.";
 const NOT_LOCAL: &str = "ERR Script attempted to access a non local key in a cluster node";
 
-/// The scripts running on this node now: whether each only reads, and the
-/// flag that stops it.
-static RUNNING: Mutex<Vec<(bool, Arc<AtomicBool>)>> = Mutex::new(Vec::new());
+/// The scripts running on this node now: whether each only reads, when it
+/// started, and the flag that stops it.
+static RUNNING: Mutex<Vec<(bool, Instant, Arc<AtomicBool>)>> = Mutex::new(Vec::new());
+
+/// How long a script runs before SCRIPT KILL counts it as busy, as Redis only
+/// sees a script once it is busy: a replica applying a short script its
+/// leader already answered must not look busy to a client.
+const BUSY_AFTER: Duration = Duration::from_millis(100);
 
 /// Keeps a script in [`RUNNING`] while it runs.
 struct Running(Arc<AtomicBool>);
@@ -38,7 +44,7 @@ impl Running {
         RUNNING
             .lock()
             .expect("scripts registry")
-            .push((read_only, flag.clone()));
+            .push((read_only, Instant::now(), flag.clone()));
         Running(flag)
     }
 }
@@ -48,7 +54,7 @@ impl Drop for Running {
         RUNNING
             .lock()
             .expect("scripts registry")
-            .retain(|(_, flag)| !Arc::ptr_eq(flag, &self.0));
+            .retain(|(_, _, flag)| !Arc::ptr_eq(flag, &self.0));
     }
 }
 
@@ -58,17 +64,22 @@ impl Drop for Running {
 /// budget), as Redis will not stop a script that wrote.
 pub fn kill_scripts() -> Frame {
     let running = RUNNING.lock().expect("scripts registry");
-    let mut killed = false;
-    for (read_only, flag) in running.iter() {
+    let (mut killed, mut unkillable) = (false, false);
+    for (read_only, started, flag) in running.iter() {
+        if started.elapsed() < BUSY_AFTER {
+            continue;
+        }
         if *read_only {
             flag.store(true, Ordering::Relaxed);
             killed = true;
+        } else {
+            unkillable = true;
         }
     }
-    match (killed, running.is_empty()) {
+    match (killed, unkillable) {
         (true, _) => Frame::ok(),
-        (false, true) => Frame::error("NOTBUSY No scripts in execution right now."),
-        (false, false) => Frame::error(UNKILLABLE),
+        (false, true) => Frame::error(UNKILLABLE),
+        (false, false) => Frame::error("NOTBUSY No scripts in execution right now."),
     }
 }
 
