@@ -357,6 +357,46 @@ enum CtlCommand {
     },
     /// Print the routing table as JSON.
     Routing,
+    /// Copy data into the cluster: from a running Redis (SCAN, DUMP, PTTL,
+    /// then RESTORE here), or from an RDB file.
+    Import {
+        /// A running Redis to copy from, HOST:PORT.
+        #[arg(long, conflicts_with = "rdb", required_unless_present = "rdb")]
+        from_redis: Option<String>,
+        /// An RDB file to load (BGSAVE's or `redis-cli --rdb`'s).
+        #[arg(long)]
+        rdb: Option<PathBuf>,
+        /// The source's password, or USER:PASSWORD.
+        #[arg(long)]
+        auth: Option<String>,
+        /// Only keys matching this glob (SCAN MATCH).
+        #[arg(long = "match")]
+        pattern: Option<String>,
+        /// At most this many keys per second (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        keys_per_second: u64,
+        /// Resume a copy at this SCAN cursor (printed as it goes).
+        #[arg(long, default_value_t = 0)]
+        cursor: u64,
+        /// Scan the source this many times, to pick up keys written meanwhile.
+        #[arg(long, default_value_t = 1)]
+        passes: u32,
+        /// With --rdb: the database to load (Redraft has one keyspace).
+        #[arg(long)]
+        db: Option<u64>,
+        /// The cluster's proxy, HOST:PORT [default: the proxy of --dir, else 127.0.0.1:6379].
+        #[arg(long)]
+        proxy: Option<String>,
+    },
+    /// Write the cluster's keyspace as an RDB file that redis-server loads.
+    Export {
+        /// The file to write.
+        #[arg(long)]
+        rdb: PathBuf,
+        /// The cluster's proxy, HOST:PORT [default: the proxy of --dir, else 127.0.0.1:6379].
+        #[arg(long)]
+        proxy: Option<String>,
+    },
     /// A live view of nodes, shards, moves, splits and merges, refreshed every
     /// second (q quits, s orders shards, n focuses a node, a shows all).
     Top {
@@ -732,6 +772,16 @@ async fn run(command: Command) -> Result<()> {
             let (placement, membership, node_http) = target.resolve()?;
             ctl_top(&placement, &membership, node_http, once.then_some((width, height))).await
         }
+        Command::Ctl {
+            target,
+            command: command @ (CtlCommand::Import { .. } | CtlCommand::Export { .. }),
+        } => {
+            let local = PathBuf::from("redraft-data");
+            let folder = target
+                .dir
+                .or_else(|| local::Cluster::file(&local).exists().then_some(local));
+            tokio::task::spawn_blocking(move || migrate(command, folder)).await?
+        }
         Command::Ctl { target, command } => {
             let (placement, membership, _) = target.resolve()?;
             ctl(command, &placement, &membership).await
@@ -739,11 +789,65 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
+/// `ctl import` and `ctl export`, against the proxy given, else the first
+/// proxy of `folder`'s cluster, else 127.0.0.1:6379.
+fn migrate(command: CtlCommand, folder: Option<PathBuf>) -> Result<()> {
+    let proxy_of = |given: Option<String>| -> Result<String> {
+        if let Some(addr) = given {
+            return Ok(addr);
+        }
+        match folder {
+            Some(dir) => {
+                let cluster = local::Cluster::load(&dir)
+                    .with_context(|| format!("{} holds no cluster of `redraft up` (no up.json)", dir.display()))?;
+                let proxy = cluster
+                    .proxy
+                    .first()
+                    .ok_or_else(|| anyhow!("the cluster has no proxy"))?;
+                Ok(proxy.addr.to_string())
+            }
+            None => Ok("127.0.0.1:6379".into()),
+        }
+    };
+    match command {
+        CtlCommand::Import {
+            from_redis: Some(source),
+            auth,
+            pattern,
+            keys_per_second,
+            cursor,
+            passes,
+            proxy,
+            ..
+        } => {
+            let options = crate::migrate::FromRedis {
+                source: &source,
+                auth: auth.as_deref(),
+                pattern: pattern.as_deref(),
+                keys_per_second,
+                cursor,
+                passes,
+            };
+            crate::migrate::import_from_redis(&options, &proxy_of(proxy)?)
+        }
+        CtlCommand::Import {
+            rdb: Some(path),
+            db,
+            proxy,
+            ..
+        } => crate::migrate::import_rdb(&path, db, &proxy_of(proxy)?),
+        CtlCommand::Export { rdb, proxy } => crate::migrate::export_rdb(&rdb, &proxy_of(proxy)?),
+        _ => Err(anyhow!("ctl import needs --from-redis or --rdb")),
+    }
+}
+
 /// Runs an operator command against the placement driver at `placement`.
 async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> Result<()> {
     match command {
-        CtlCommand::Certs { .. } | CtlCommand::Top { .. } => {
-            Err(anyhow!("ctl certs and ctl top are dispatched by the caller"))
+        CtlCommand::Certs { .. } | CtlCommand::Top { .. } | CtlCommand::Import { .. } | CtlCommand::Export { .. } => {
+            Err(anyhow!(
+                "ctl certs, top, import and export are dispatched by the caller"
+            ))
         }
         CtlCommand::Routing => {
             let (_, table) = ctl_routing(placement, membership).await?;

@@ -5,8 +5,10 @@
 //! | --- | --- |
 //! | [`cli`] | command-line parsing and logging set-up |
 //! | [`local`] | the local cluster: layout on disk, `up.json`, spawning members |
+//! | [`migrate`] | `redraft ctl import` / `export`: data from and to Redis and RDB files |
 //! | [`top`] | `redraft ctl top`, the live terminal view |
 
 pub mod cli;
 pub mod local;
+pub mod migrate;
 pub mod top;

@@ -17,6 +17,12 @@ impl Drop for RedisServer {
 }
 
 pub(crate) fn start_redis(port: u16) -> RedisServer {
+    start_redis_in(port, std::path::Path::new("."))
+}
+
+/// A redis-server whose files (SAVE's dump.rdb, the one it loads at start-up)
+/// are in `dir`.
+fn start_redis_in(port: u16, dir: &std::path::Path) -> RedisServer {
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -28,6 +34,8 @@ pub(crate) fn start_redis(port: u16) -> RedisServer {
             "--appendonly",
             "no",
         ])
+        .arg("--dir")
+        .arg(dir)
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server must be installed (the test command installs it)");
@@ -617,18 +625,11 @@ fn acl_users_and_requirepass_apply_on_every_proxy() {
     assert_eq!(pairs["hash-max-ziplist-value"], "10");
 }
 
-/// DUMP payloads of every type, in every encoding redis-server 7.0 picks for
-/// small and large values, RESTORE into Redraft with the same contents, and
-/// Redraft's payloads RESTORE into redis-server; TTLs and errors as Redis.
-#[test]
-fn dump_and_restore_move_values_between_redis_and_redraft() {
-    let cluster = TestCluster::start(3);
-    let port = free_port();
-    let _redis = start_redis(port);
-    let mut ours = Resp::connect(cluster.proxy());
-    let mut theirs = Resp::connect(([127, 0, 0, 1], port).into());
+/// Commands that fill a server with every type, in every encoding
+/// redis-server 7.0 picks for small and large values, under the `{d}` tag.
+fn every_type() -> Vec<String> {
     let many = |prefix: &str, n: usize| (0..n).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>().join(" ");
-    let fill = [
+    vec![
         "SET {d}str hello".to_string(),
         "SET {d}int 12345".to_string(),
         format!("SET {{d}}raw {}", "x".repeat(100)),
@@ -641,31 +642,51 @@ fn dump_and_restore_move_values_between_redis_and_redraft() {
         "ZADD {d}zset 1.5 a -2 b inf c".to_string(),
         format!(
             "ZADD {{d}}bigzset {}",
-            (0..300).map(|i| format!("{}.25 m{i}", i)).collect::<Vec<_>>().join(" ")
+            (0..300).map(|i| format!("{i}.25 m{i}")).collect::<Vec<_>>().join(" ")
         ),
-    ];
-    for line in &fill {
-        theirs.send(&line.split(' ').map(str::as_bytes).collect::<Vec<_>>());
-        assert!(!matches!(theirs.read(), Some(Frame::Error(_))), "{line}");
+    ]
+}
+
+/// Runs `lines` on `conn`, none of which may fail.
+fn run_all(conn: &mut Resp, lines: &[String]) {
+    for line in lines {
+        conn.send(&line.split(' ').map(str::as_bytes).collect::<Vec<_>>());
+        assert!(!matches!(conn.read(), Some(Frame::Error(_))), "{line}");
     }
-    let contents = |conn: &mut Resp, key: &str| -> String {
-        let read = match conn.cmd(&format!("TYPE {key}")) {
-            Frame::Simple(t) if t == "string" => format!("GET {key}"),
-            Frame::Simple(t) if t == "list" => format!("LRANGE {key} 0 -1"),
-            Frame::Simple(t) if t == "set" => format!("SMEMBERS {key}"),
-            Frame::Simple(t) if t == "hash" => format!("HGETALL {key}"),
-            Frame::Simple(t) if t == "zset" => format!("ZRANGE {key} 0 -1 WITHSCORES"),
-            other => return format!("{other:?}"),
-        };
-        let order = if read.starts_with("SMEMBERS") {
-            Order::Unordered
-        } else if read.starts_with("HGETALL") {
-            Order::UnorderedPairs
-        } else {
-            Order::AsIs
-        };
-        comparable(conn.cmd(&read), order)
+}
+
+/// A key's type and contents, comparable between servers.
+fn contents(conn: &mut Resp, key: &str) -> String {
+    let read = match conn.cmd(&format!("TYPE {key}")) {
+        Frame::Simple(t) if t == "string" => format!("GET {key}"),
+        Frame::Simple(t) if t == "list" => format!("LRANGE {key} 0 -1"),
+        Frame::Simple(t) if t == "set" => format!("SMEMBERS {key}"),
+        Frame::Simple(t) if t == "hash" => format!("HGETALL {key}"),
+        Frame::Simple(t) if t == "zset" => format!("ZRANGE {key} 0 -1 WITHSCORES"),
+        other => return format!("{other:?}"),
     };
+    let order = if read.starts_with("SMEMBERS") {
+        Order::Unordered
+    } else if read.starts_with("HGETALL") {
+        Order::UnorderedPairs
+    } else {
+        Order::AsIs
+    };
+    comparable(conn.cmd(&read), order)
+}
+
+/// DUMP payloads of every type, in every encoding redis-server 7.0 picks for
+/// small and large values, RESTORE into Redraft with the same contents, and
+/// Redraft's payloads RESTORE into redis-server; TTLs and errors as Redis.
+#[test]
+fn dump_and_restore_move_values_between_redis_and_redraft() {
+    let cluster = TestCluster::start(3);
+    let port = free_port();
+    let _redis = start_redis(port);
+    let mut ours = Resp::connect(cluster.proxy());
+    let mut theirs = Resp::connect(([127, 0, 0, 1], port).into());
+    let fill = every_type();
+    run_all(&mut theirs, &fill);
     for line in &fill {
         let key = line.split(' ').nth(1).unwrap();
         let Frame::Bulk(payload) = theirs.cmd(&format!("DUMP {key}")) else {
@@ -738,4 +759,85 @@ fn dump_and_restore_move_values_between_redis_and_redraft() {
         };
         assert!(ttl > 4000 && ttl <= 100_000, "{key}: {ttl}");
     }
+}
+
+/// `redraft ctl import --from-redis`, `import --rdb` and `export --rdb` move a
+/// dataset of every type (with TTLs) from redis-server into Redraft and back
+/// into a redis-server started on the exported file.
+#[test]
+fn import_and_export_move_a_dataset_between_redis_and_redraft() {
+    let cluster = TestCluster::start(3);
+    let proxy = cluster.proxy().to_string();
+    let files = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _redis = start_redis_in(port, files.path());
+    let mut ours = Resp::connect(cluster.proxy());
+    let mut theirs = Resp::connect(([127, 0, 0, 1], port).into());
+    let mut fill = every_type();
+    fill.push("SET {d}ttl v PX 100000".to_string());
+    fill.extend((0..1200).map(|i| format!("SET plain:{i} {i}")));
+    run_all(&mut theirs, &fill);
+    let keys: Vec<String> = fill.iter().map(|l| l.split(' ').nth(1).unwrap().to_string()).collect();
+    let same_everywhere = |ours: &mut Resp, theirs: &mut Resp, how: &str| {
+        for key in &keys {
+            assert_eq!(contents(ours, key), contents(theirs, key), "{key} after {how}");
+        }
+        let Frame::Integer(ttl) = ours.cmd("PTTL {d}ttl") else {
+            panic!()
+        };
+        assert!(ttl > 50_000, "TTL after {how}: {ttl}");
+        assert_eq!(ours.cmd("DBSIZE"), theirs.cmd("DBSIZE"), "{how}");
+    };
+    let ctl = |args: &[&str]| {
+        let out = crate::harness::ctl(&cluster, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let source = format!("127.0.0.1:{port}");
+    let said = ctl(&["import", "--from-redis", &source, "--proxy", &proxy]);
+    assert!(said.contains("the source holds 1212 keys, the cluster 1212"), "{said}");
+    same_everywhere(&mut ours, &mut theirs, "import --from-redis");
+
+    assert_eq!(ours.cmd("FLUSHALL"), Frame::ok());
+    assert_eq!(theirs.cmd("SAVE"), Frame::ok());
+    let saved = files.path().join("dump.rdb");
+    let said = ctl(&["import", "--rdb", saved.to_str().unwrap(), "--proxy", &proxy]);
+    assert!(said.contains("loaded 1212 keys of database 0"), "{said}");
+    same_everywhere(&mut ours, &mut theirs, "import --rdb");
+
+    let exported = files.path().join("exported").join("dump.rdb");
+    std::fs::create_dir_all(exported.parent().unwrap()).unwrap();
+    ctl(&["export", "--rdb", exported.to_str().unwrap(), "--proxy", &proxy]);
+    let second = free_port();
+    let _second = start_redis_in(second, exported.parent().unwrap());
+    let mut loaded = Resp::connect(([127, 0, 0, 1], second).into());
+    same_everywhere(&mut loaded, &mut theirs, "export --rdb into redis-server");
+
+    // Keys of another database are refused unless one is chosen.
+    theirs.send(&[b"SELECT", b"1"]);
+    theirs.read();
+    assert_eq!(theirs.cmd("SET other:db 1"), Frame::ok());
+    assert_eq!(theirs.cmd("SAVE"), Frame::ok());
+    let out = crate::harness::ctl(
+        &cluster,
+        &["import", "--rdb", saved.to_str().unwrap(), "--proxy", &proxy],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--db"), "{stderr}");
+    let said = ctl(&[
+        "import",
+        "--rdb",
+        saved.to_str().unwrap(),
+        "--db",
+        "1",
+        "--proxy",
+        &proxy,
+    ]);
+    assert!(said.contains("loaded 1 keys of database 1"), "{said}");
+    assert_eq!(ours.cmd("GET other:db"), Frame::bulk("1"));
 }

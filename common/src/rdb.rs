@@ -104,7 +104,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn plain_length(&mut self) -> Result<usize, &'static str> {
+    pub fn plain_length(&mut self) -> Result<usize, &'static str> {
         match self.length()? {
             Ok(n) => usize::try_from(n).map_err(|_| GARBAGE),
             Err(_) => Err(GARBAGE),
@@ -200,6 +200,7 @@ const TYPE_LIST_QUICKLIST: u8 = 14;
 const TYPE_HASH_LISTPACK: u8 = 16;
 const TYPE_ZSET_LISTPACK: u8 = 17;
 const TYPE_LIST_QUICKLIST_2: u8 = 18;
+const TYPE_SET_LISTPACK: u8 = 20;
 
 /// DUMP's payload of `value`, in the plain encodings.
 pub fn dump(value: &Value) -> Vec<u8> {
@@ -250,6 +251,134 @@ pub fn restore(payload: &[u8]) -> Result<Value, &'static str> {
     Ok(value)
 }
 
+/// One key of an RDB file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// The database it belongs to (SELECTDB).
+    pub db: u64,
+    pub key: Vec<u8>,
+    pub value: Value,
+    /// Absolute expiry, Unix milliseconds.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// What an RDB file holds that Redraft takes: keys, and function libraries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct File {
+    pub entries: Vec<Entry>,
+    /// Function libraries' code (FUNCTION2 records).
+    pub functions: Vec<Vec<u8>>,
+}
+
+// RDB file opcodes (rdb.h).
+const OP_FUNCTION2: u8 = 0xf5;
+const OP_MODULE_AUX: u8 = 0xf7;
+const OP_IDLE: u8 = 0xf8;
+const OP_FREQ: u8 = 0xf9;
+const OP_AUX: u8 = 0xfa;
+const OP_RESIZEDB: u8 = 0xfb;
+const OP_EXPIRETIME_MS: u8 = 0xfc;
+const OP_EXPIRETIME: u8 = 0xfd;
+const OP_SELECTDB: u8 = 0xfe;
+const OP_EOF: u8 = 0xff;
+
+/// Reads an RDB file (what BGSAVE or `redis-cli --rdb` writes, versions up
+/// to 11, Redis 7.2's): every key with its database and expiry. Types
+/// Redraft has no counterpart for (streams, modules) are refused by name.
+pub fn read_file(bytes: &[u8]) -> Result<File, String> {
+    let version = bytes
+        .strip_prefix(b"REDIS")
+        .and_then(|rest| std::str::from_utf8(rest.get(..4)?).ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .ok_or("not an RDB file (no REDIS header)")?;
+    if version > 11 {
+        return Err(format!("RDB version {version} is newer than Redraft reads (11)"));
+    }
+    let mut reader = Reader::new(&bytes[9..]);
+    let (mut file, mut db, mut expires) = (File::default(), 0u64, None);
+    loop {
+        let opcode = reader.byte()?;
+        match opcode {
+            OP_EOF => break,
+            OP_AUX => {
+                reader.string()?;
+                reader.string()?;
+            }
+            OP_RESIZEDB => {
+                reader.plain_length()?;
+                reader.plain_length()?;
+            }
+            OP_SELECTDB => db = reader.plain_length()? as u64,
+            OP_EXPIRETIME_MS => expires = Some(i64::from_le_bytes(reader.take(8)?.try_into().expect("8"))),
+            OP_EXPIRETIME => {
+                expires = Some(i64::from(i32::from_le_bytes(reader.take(4)?.try_into().expect("4"))) * 1000)
+            }
+            OP_IDLE => {
+                reader.plain_length()?;
+            }
+            OP_FREQ => {
+                reader.byte()?;
+            }
+            OP_FUNCTION2 => file.functions.push(reader.string()?),
+            OP_MODULE_AUX => return Err("the file holds module data, which Redraft cannot load".into()),
+            15 | 19 | 21 => return Err("the file holds a stream, which Redraft does not have yet".into()),
+            6 | 7 => return Err("the file holds a module value, which Redraft cannot load".into()),
+            kind => {
+                let key = reader.string()?;
+                let value = reader.value_of(kind)?;
+                file.entries.push(Entry {
+                    db,
+                    key,
+                    value,
+                    expires_at_ms: expires.take(),
+                });
+            }
+        }
+    }
+    if version >= 5 {
+        let checksum = u64::from_le_bytes(reader.take(8)?.try_into().expect("8"));
+        let body = &bytes[..bytes.len() - reader.input.len() - 8];
+        if checksum != 0 && checksum != CRC64.checksum(body) {
+            return Err("the RDB file's checksum is wrong".into());
+        }
+    }
+    Ok(file)
+}
+
+/// An RDB file (version 10) holding `entries` in database 0, which
+/// redis-server loads at start-up.
+pub fn write_file(entries: &[Entry]) -> Vec<u8> {
+    let mut out = b"REDIS0010".to_vec();
+    for (name, value) in [("redis-ver", "7.0.0"), ("redis-bits", "64")] {
+        out.push(OP_AUX);
+        write_string(&mut out, name.as_bytes());
+        write_string(&mut out, value.as_bytes());
+    }
+    out.push(OP_SELECTDB);
+    write_length(&mut out, 0);
+    out.push(OP_RESIZEDB);
+    write_length(&mut out, entries.len() as u64);
+    write_length(
+        &mut out,
+        entries.iter().filter(|e| e.expires_at_ms.is_some()).count() as u64,
+    );
+    for entry in entries {
+        if let Some(at) = entry.expires_at_ms {
+            out.push(OP_EXPIRETIME_MS);
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+        // A DUMP payload is the type byte and the encoding, then the trailer.
+        let payload = dump(&entry.value);
+        out.push(payload[0]);
+        write_string(&mut out, &entry.key);
+        out.extend_from_slice(&payload[1..payload.len() - 10]);
+    }
+    out.push(OP_EOF);
+    let crc = CRC64.checksum(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
 /// Redis's error for a payload whose checksum holds but whose value does not.
 pub const BAD_FORMAT: &str = "ERR Bad data format";
 
@@ -257,6 +386,11 @@ impl Reader<'_> {
     /// One value: its type byte, then its encoding.
     pub fn value(&mut self) -> Result<Value, &'static str> {
         let kind = self.byte()?;
+        self.value_of(kind)
+    }
+
+    /// A value of RDB type `kind` (its type byte read already).
+    pub fn value_of(&mut self, kind: u8) -> Result<Value, &'static str> {
         let count = |r: &mut Self| r.plain_length();
         Ok(match kind {
             TYPE_STRING => Value::String(self.string()?),
@@ -295,6 +429,7 @@ impl Reader<'_> {
                 Value::Hash(fields)
             }
             TYPE_SET_INTSET => Value::Set(intset(&self.string()?)?),
+            TYPE_SET_LISTPACK => Value::Set(listpack(&self.string()?)?),
             TYPE_LIST_ZIPLIST => Value::List(ziplist(&self.string()?)?),
             TYPE_LIST_QUICKLIST => {
                 let mut items = Vec::new();
@@ -597,6 +732,30 @@ mod tests {
             restore(&seal(payload)),
             Ok(Value::List(strings(&["a", "5", "300", "hello"])))
         );
+    }
+
+    #[test]
+    fn files_written_read_back() {
+        let entries = vec![
+            Entry {
+                db: 0,
+                key: b"k".to_vec(),
+                value: Value::List(strings(&["a", "b"])),
+                expires_at_ms: Some(4_000_000_000_000),
+            },
+            Entry {
+                db: 0,
+                key: b"s".to_vec(),
+                value: Value::String(b"v".to_vec()),
+                expires_at_ms: None,
+            },
+        ];
+        let file = read_file(&write_file(&entries)).expect("reads");
+        assert_eq!(file.entries, entries);
+        let mut corrupt = write_file(&entries);
+        let at = corrupt.len() - 20;
+        corrupt[at] ^= 1;
+        assert!(read_file(&corrupt).is_err());
     }
 
     #[test]
