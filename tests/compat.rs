@@ -777,7 +777,13 @@ fn import_and_export_move_a_dataset_between_redis_and_redraft() {
     fill.push("SET {d}ttl v PX 100000".to_string());
     fill.extend((0..1200).map(|i| format!("SET plain:{i} {i}")));
     run_all(&mut theirs, &fill);
-    let keys: Vec<String> = fill.iter().map(|l| l.split(' ').nth(1).unwrap().to_string()).collect();
+    // Binary keys and values.
+    theirs.send(&[b"SET", b"bin\x00\xff\r\n", b"\x00\x01\xfe\xff"]);
+    assert_eq!(theirs.read(), Some(Frame::ok()));
+    theirs.send(&[b"HSET", b"{d}binhash", b"\xff\x00", b"\r\n\x00"]);
+    assert_eq!(theirs.read(), Some(Frame::Integer(1)));
+    let mut keys: Vec<String> = fill.iter().map(|l| l.split(' ').nth(1).unwrap().to_string()).collect();
+    keys.push("{d}binhash".into());
     let same_everywhere = |ours: &mut Resp, theirs: &mut Resp, how: &str| {
         for key in &keys {
             assert_eq!(contents(ours, key), contents(theirs, key), "{key} after {how}");
@@ -786,6 +792,12 @@ fn import_and_export_move_a_dataset_between_redis_and_redraft() {
             panic!()
         };
         assert!(ttl > 50_000, "TTL after {how}: {ttl}");
+        ours.send(&[b"GET", b"bin\x00\xff\r\n"]);
+        assert_eq!(
+            ours.read(),
+            Some(Frame::bulk(&b"\x00\x01\xfe\xff"[..])),
+            "binary key after {how}"
+        );
         assert_eq!(ours.cmd("DBSIZE"), theirs.cmd("DBSIZE"), "{how}");
     };
     let ctl = |args: &[&str]| {
@@ -799,14 +811,14 @@ fn import_and_export_move_a_dataset_between_redis_and_redraft() {
     };
     let source = format!("127.0.0.1:{port}");
     let said = ctl(&["import", "--from-redis", &source, "--proxy", &proxy]);
-    assert!(said.contains("the source holds 1212 keys, the cluster 1212"), "{said}");
+    assert!(said.contains("the source holds 1214 keys, the cluster 1214"), "{said}");
     same_everywhere(&mut ours, &mut theirs, "import --from-redis");
 
     assert_eq!(ours.cmd("FLUSHALL"), Frame::ok());
     assert_eq!(theirs.cmd("SAVE"), Frame::ok());
     let saved = files.path().join("dump.rdb");
     let said = ctl(&["import", "--rdb", saved.to_str().unwrap(), "--proxy", &proxy]);
-    assert!(said.contains("loaded 1212 keys of database 0"), "{said}");
+    assert!(said.contains("loaded 1214 keys of database 0"), "{said}");
     same_everywhere(&mut ours, &mut theirs, "import --rdb");
 
     let exported = files.path().join("exported").join("dump.rdb");
@@ -816,6 +828,24 @@ fn import_and_export_move_a_dataset_between_redis_and_redraft() {
     let _second = start_redis_in(second, exported.parent().unwrap());
     let mut loaded = Resp::connect(([127, 0, 0, 1], second).into());
     same_everywhere(&mut loaded, &mut theirs, "export --rdb into redis-server");
+
+    // A damaged file is refused whole, with the reason.
+    let mut damaged = std::fs::read(&saved).unwrap();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    let broken = files.path().join("broken.rdb");
+    std::fs::write(&broken, &damaged).unwrap();
+    assert_eq!(ours.cmd("FLUSHALL"), Frame::ok());
+    let out = crate::harness::ctl(
+        &cluster,
+        &["import", "--rdb", broken.to_str().unwrap(), "--proxy", &proxy],
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        ours.cmd("DBSIZE"),
+        Frame::Integer(0),
+        "nothing of a damaged file is loaded"
+    );
 
     // Keys of another database are refused unless one is chosen.
     theirs.send(&[b"SELECT", b"1"]);
