@@ -18,6 +18,9 @@ use redraft_common::resp::Frame;
 
 /// Keys per SCAN step and per pipelined batch.
 const BATCH: usize = 500;
+/// Connections a batch of RESTOREs is spread over, so the proxy sends them
+/// to the shards together.
+const WRITERS: usize = 4;
 
 /// A blocking RESP connection with pipelining.
 pub struct Conn {
@@ -134,23 +137,42 @@ fn dump_keys(conn: &mut Conn, keys: Vec<Vec<u8>>) -> Result<Vec<Dumped>> {
     Ok(out)
 }
 
-/// RESTORE ... REPLACE of `items` (`ttl` relative ms, or absolute with
-/// `absolute`), pipelined; fails on the first error.
-fn restore_keys(conn: &mut Conn, items: &[Dumped], absolute: bool) -> Result<()> {
-    for (key, payload, ttl) in items {
-        let ttl = ttl.to_string();
-        let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), payload, b"REPLACE"];
-        if absolute {
-            args.push(b"ABSTTL");
-        }
-        conn.send(&args)?;
+/// The target's connections.
+struct Writers(Vec<Conn>);
+
+impl Writers {
+    fn open(target: &str) -> Result<Writers> {
+        Ok(Writers((0..WRITERS).map(|_| Conn::open(target, None)).collect::<Result<_>>()?))
     }
-    for (key, ..) in items {
-        if let Frame::Error(e) = conn.read()? {
-            bail!("RESTORE {}: {e}", String::from_utf8_lossy(key));
+
+    /// RESTORE ... REPLACE of `items` (`ttl` relative ms, or absolute with
+    /// `absolute`), pipelined and spread over the connections; fails on the
+    /// first error.
+    fn restore(&mut self, items: &[Dumped], absolute: bool) -> Result<()> {
+        let share = items.len().div_ceil(self.0.len()).max(1);
+        for (conn, part) in self.0.iter_mut().zip(items.chunks(share)) {
+            for (key, payload, ttl) in part {
+                let ttl = ttl.to_string();
+                let mut args: Vec<&[u8]> = vec![b"RESTORE", key, ttl.as_bytes(), payload, b"REPLACE"];
+                if absolute {
+                    args.push(b"ABSTTL");
+                }
+                conn.send(&args)?;
+            }
         }
+        for (conn, part) in self.0.iter_mut().zip(items.chunks(share)) {
+            for (key, ..) in part {
+                if let Frame::Error(e) = conn.read()? {
+                    bail!("RESTORE {}: {e}", String::from_utf8_lossy(key));
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn first(&mut self) -> &mut Conn {
+        &mut self.0[0]
+    }
 }
 
 fn dbsize(conn: &mut Conn) -> Result<i64> {
@@ -192,7 +214,7 @@ pub struct FromRedis<'a> {
 /// Copies a running Redis's keyspace into the cluster behind `target`.
 pub fn import_from_redis(options: &FromRedis<'_>, target: &str) -> Result<()> {
     let mut source = Conn::open(options.source, options.auth)?;
-    let mut into = Conn::open(target, None)?;
+    let mut into = Writers::open(target)?;
     let mut pace = Pace {
         per_second: options.keys_per_second,
         started: Instant::now(),
@@ -204,7 +226,7 @@ pub fn import_from_redis(options: &FromRedis<'_>, target: &str) -> Result<()> {
         loop {
             let (next, keys) = scan(&mut source, cursor, options.pattern)?;
             let items = dump_keys(&mut source, keys)?;
-            restore_keys(&mut into, &items, false)?;
+            into.restore(&items, false)?;
             copied += items.len() as u64;
             pace.wait(items.len());
             eprintln!("pass {pass}: {copied} keys copied; resume with --cursor {next}");
@@ -214,7 +236,7 @@ pub fn import_from_redis(options: &FromRedis<'_>, target: &str) -> Result<()> {
             cursor = next;
         }
     }
-    let (theirs, ours) = (dbsize(&mut source)?, dbsize(&mut into)?);
+    let (theirs, ours) = (dbsize(&mut source)?, dbsize(into.first())?);
     println!(
         "copied {copied} keys in {:.1}s; the source holds {theirs} keys, the cluster {ours}",
         pace.started.elapsed().as_secs_f64()
@@ -238,9 +260,9 @@ pub fn import_rdb(path: &std::path::Path, db: Option<u64>, target: &str) -> Resu
         }
     }
     let now = redraft_common::now_ms() as i64;
-    let mut into = Conn::open(target, None)?;
+    let mut into = Writers::open(target)?;
     for code in &file.functions {
-        into.call(&[b"FUNCTION", b"LOAD", b"REPLACE", code])?;
+        into.first().call(&[b"FUNCTION", b"LOAD", b"REPLACE", code])?;
     }
     let (mut loaded, mut expired) = (0u64, 0u64);
     let entries: Vec<&rdb::Entry> = file.entries.iter().filter(|e| e.db == wanted).collect();
@@ -252,7 +274,7 @@ pub fn import_rdb(path: &std::path::Path, db: Option<u64>, target: &str) -> Resu
                 at => items.push((entry.key.clone(), rdb::dump(&entry.value), at.unwrap_or(0))),
             }
         }
-        restore_keys(&mut into, &items, true)?;
+        into.restore(&items, true)?;
         loaded += items.len() as u64;
     }
     println!(
