@@ -142,7 +142,9 @@ struct Writers(Vec<Conn>);
 
 impl Writers {
     fn open(target: &str) -> Result<Writers> {
-        Ok(Writers((0..WRITERS).map(|_| Conn::open(target, None)).collect::<Result<_>>()?))
+        Ok(Writers(
+            (0..WRITERS).map(|_| Conn::open(target, None)).collect::<Result<_>>()?,
+        ))
     }
 
     /// RESTORE ... REPLACE of `items` (`ttl` relative ms, or absolute with
