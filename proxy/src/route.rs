@@ -553,14 +553,12 @@ impl Router {
             }
         });
         let answers: Vec<Frame> = futures::future::join_all(asks).await.into_iter().flatten().collect();
-        let is = |code: &str| {
-            answers
-                .iter()
-                .find(|a| matches!(a, Frame::Error(e) if e.starts_with(code)) || (code == "OK" && **a == Frame::ok()))
-        };
-        is("OK")
-            .or_else(|| is("UNKILLABLE"))
-            .cloned()
+        if answers.contains(&Frame::ok()) {
+            return Frame::ok();
+        }
+        answers
+            .into_iter()
+            .find(|a| matches!(a, Frame::Error(e) if e.starts_with("UNKILLABLE")))
             .unwrap_or_else(|| Frame::error("NOTBUSY No scripts in execution right now."))
     }
 }

@@ -711,17 +711,27 @@ impl Host {
                         Ok(frame) => NodeResponse::Reply(frame),
                         Err(NotOwned) => NodeResponse::WrongShard { version: 0 },
                     };
-                    // A client's pipelined reads: one barrier, one answer each, in order.
+                    // Reads that walk the whole shard, and scripts, give this
+                    // worker's other tasks (Raft groups, links) to another
+                    // thread meanwhile, so a big KEYS or a long EVAL_RO never
+                    // delays a heartbeat.
+                    let long = |read: &ReadOp| {
+                        matches!(
+                            read,
+                            ReadOp::Keys { .. }
+                                | ReadOp::DbSize
+                                | ReadOp::Scan { .. }
+                                | ReadOp::RandomKey { .. }
+                                | ReadOp::Script(_)
+                        )
+                    };
                     match &read {
+                        // A client's pipelined reads: one barrier, one answer each, in order.
+                        ReadOp::Many(reads) if reads.iter().any(long) => {
+                            tokio::task::block_in_place(|| NodeResponse::Batch(reads.iter().map(answer).collect()))
+                        }
                         ReadOp::Many(reads) => NodeResponse::Batch(reads.iter().map(answer).collect()),
-                        // Reads that walk the whole shard give this worker's
-                        // other tasks (Raft groups, links) to another thread
-                        // meanwhile, so a big KEYS never delays a heartbeat.
-                        ReadOp::Keys { .. }
-                        | ReadOp::DbSize
-                        | ReadOp::Scan { .. }
-                        | ReadOp::RandomKey { .. }
-                        | ReadOp::Script(_) => tokio::task::block_in_place(|| answer(&read)),
+                        read if long(read) => tokio::task::block_in_place(|| answer(read)),
                         read => answer(read),
                     }
                 }
