@@ -33,6 +33,8 @@ fn start_redis_in(port: u16, dir: &std::path::Path) -> RedisServer {
             "",
             "--appendonly",
             "no",
+            "--enable-debug-command",
+            "yes",
         ])
         .arg("--dir")
         .arg(dir)

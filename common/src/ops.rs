@@ -245,6 +245,10 @@ pub enum ReadOp {
     ObjectEncoding { key: Bytes, limits: EncodingLimits },
     /// DUMP: the key's value as a Redis DUMP payload, or nil without the key.
     Dump { key: Bytes },
+    /// DEBUG DIGEST-VALUE of these keys (an array of hex digests, zeros for a
+    /// missing key); without keys, DEBUG DIGEST's part of the whole shard:
+    /// `[xor of its keys' digests (20 bytes), number of keys]`.
+    Digest { keys: Option<Vec<Bytes>> },
 }
 
 /// A write, replicated through the shard's Raft log.
@@ -392,7 +396,12 @@ impl ReadOp {
             ReadOp::MGet { keys } | ReadOp::Exists { keys } | ReadOp::Revisions { keys } => {
                 keys.iter().map(|k| &k[..]).collect()
             }
-            ReadOp::DbSize | ReadOp::Scan { .. } | ReadOp::Keys { .. } | ReadOp::RandomKey { .. } => vec![],
+            ReadOp::DbSize
+            | ReadOp::Scan { .. }
+            | ReadOp::Keys { .. }
+            | ReadOp::RandomKey { .. }
+            | ReadOp::Digest { keys: None } => vec![],
+            ReadOp::Digest { keys: Some(keys) } => keys.iter().map(|k| &k[..]).collect(),
             ReadOp::Command { args, .. } => command_keys(args),
             ReadOp::Script(script) => script.keys.iter().map(|k| &k[..]).collect(),
             ReadOp::Many(reads) => reads.iter().flat_map(ReadOp::keys).collect(),

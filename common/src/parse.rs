@@ -76,6 +76,10 @@ pub enum Command {
         read_only: bool,
         seed: u64,
     },
+    /// DEBUG DIGEST: every shard's part, combined as Redis digests a database.
+    Digest,
+    /// DEBUG DIGEST-VALUE keys...: split by shard, answered in the keys' order.
+    DigestValues(Vec<Bytes>),
     /// OBJECT ENCODING key: the proxy adds the cluster's encoding parameters.
     ObjectEncoding(Bytes),
     /// A blocking pop (BLPOP, BLMOVE, BZPOPMIN, ...), run by the connection;
@@ -274,6 +278,7 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("fcall_ro", -3),
     ("function", -2),
     ("dump", 2),
+    ("debug", -2),
     ("restore", -4),
 ];
 
@@ -586,6 +591,14 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
         ),
         "persist" => write(&a[1], WriteOp::Persist { key: key() }),
         "dump" => read(&a[1], ReadOp::Dump { key: key() }),
+        "debug" => match a[1].to_ascii_lowercase().as_slice() {
+            b"digest" if a.len() == 2 => Command::Digest,
+            b"digest-value" => Command::DigestValues(a[2..].to_vec()),
+            _ => err(format!(
+                "ERR DEBUG {} is not available here (DIGEST and DIGEST-VALUE are)",
+                String::from_utf8_lossy(&a[1])
+            )),
+        },
         "restore" => parse_restore(a)?,
         "type" => read(&a[1], ReadOp::Type { key: key() }),
         "blpop" | "brpop" | "brpoplpush" | "blmove" | "blmpop" | "bzpopmin" | "bzpopmax" | "bzmpop" => {

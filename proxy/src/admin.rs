@@ -168,7 +168,9 @@ pub fn categories(name: &str) -> Vec<&'static str> {
             all = vec!["slow", "scripting"]
         }
         "flushall" | "flushdb" | "keys" => all.extend(["keyspace", "dangerous", "slow"]),
-        "config" | "acl" | "cluster" | "client" | "info" | "leader" => all = vec!["admin", "dangerous", "slow"],
+        "config" | "acl" | "cluster" | "client" | "info" | "leader" | "debug" => {
+            all = vec!["admin", "dangerous", "slow"]
+        }
         "dbsize" | "scan" | "randomkey" | "del" | "unlink" | "exists" | "touch" | "type" | "expire" | "pexpire"
         | "expireat" | "pexpireat" | "ttl" | "pttl" | "expiretime" | "pexpiretime" | "persist" | "rename"
         | "renamenx" | "copy" | "object" => all.extend(["keyspace", "fast"]),
@@ -215,6 +217,7 @@ fn is_keyless(name: &str) -> bool {
             | "pubsub"
             | "script"
             | "function"
+            | "debug"
     )
 }
 

@@ -70,6 +70,24 @@ pub(crate) async fn fan_out<T: Clone>(
 /// Runs `op` on every shard (DBSIZE, FLUSHALL, KEYS); its replies in shard
 /// order. When a shard was merged away meanwhile, runs it again on every shard
 /// of the newer table (the operations it is used for may run twice).
+/// A read of several keys split by shard (`build` makes one shard's read of
+/// its keys, answered as an array in their order): the answers in the
+/// keys' order.
+async fn gather(router: &Router, keys: Vec<Bytes>, build: impl Fn(Vec<Bytes>) -> ReadOp) -> Result<Frame, Error> {
+    let mut out = vec![Frame::Null; keys.len()];
+    for (positions, frame) in fan_out(router, keys, |k| k, |keys| ShardOp::Read(build(keys))).await? {
+        match frame {
+            Frame::Array(values) => {
+                for (p, v) in positions.into_iter().zip(values) {
+                    out[p] = v;
+                }
+            }
+            other => return Ok(other),
+        }
+    }
+    Ok(Frame::Array(out))
+}
+
 async fn on_every_shard(router: &Router, op: ShardOp) -> Result<Vec<Frame>, Error> {
     let deadline = std::time::Instant::now() + crate::route::RETRY_DEADLINE;
     loop {
@@ -126,20 +144,23 @@ async fn run(router: &Router, command: Command) -> Result<Frame, Error> {
             Frame::Bulk(crate::info::render(router, section.as_deref(), keys).into_bytes())
         }
         Command::Keyed { key, op } => router.exec_key(&key, op).await?,
-        Command::MGet(keys) => {
-            let mut out = vec![Frame::Null; keys.len()];
-            let build = |keys| ShardOp::Read(ReadOp::MGet { keys });
-            for (positions, frame) in fan_out(router, keys, |k| k, build).await? {
-                match frame {
-                    Frame::Array(values) => {
-                        for (p, v) in positions.into_iter().zip(values) {
-                            out[p] = v;
+        Command::MGet(keys) => gather(router, keys, |keys| ReadOp::MGet { keys }).await?,
+        Command::DigestValues(keys) => gather(router, keys, |keys| ReadOp::Digest { keys: Some(keys) }).await?,
+        Command::Digest => {
+            let (mut keys_xor, mut keys) = ([0u8; 20], 0u64);
+            for part in on_every_shard(router, ShardOp::Read(ReadOp::Digest { keys: None })).await? {
+                match part {
+                    Frame::Array(part) => match &part[..] {
+                        [Frame::Bulk(xor), Frame::Integer(n)] if xor.len() == 20 => {
+                            keys_xor.iter_mut().zip(xor).for_each(|(d, x)| *d ^= x);
+                            keys += *n as u64;
                         }
-                    }
+                        _ => return Ok(Frame::error("ERR unexpected shard reply to DEBUG DIGEST")),
+                    },
                     other => return Ok(other),
                 }
             }
-            Frame::Array(out)
+            Frame::Simple(redraft_common::digest::dataset(&keys_xor, keys))
         }
         Command::MSet(pairs) => {
             let build = |pairs| ShardOp::Write(WriteOp::MSet { pairs });

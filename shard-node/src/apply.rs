@@ -353,6 +353,7 @@ impl<'a> Keyspace<'a> {
             ReadOp::Script(script) => self.script(script, true),
             ReadOp::ObjectEncoding { key, limits } => self.object_encoding(key, limits)?,
             ReadOp::Dump { key } => self.dump(key)?,
+            ReadOp::Digest { keys } => self.digest(keys.as_deref())?,
             // The host answers each read of a batch on its own.
             ReadOp::Many(_) => Frame::error("ERR a read batch cannot be nested"),
         })

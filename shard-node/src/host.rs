@@ -723,6 +723,7 @@ impl Host {
                                 | ReadOp::Scan { .. }
                                 | ReadOp::RandomKey { .. }
                                 | ReadOp::Script(_)
+                                | ReadOp::Digest { keys: None }
                         )
                     };
                     match &read {

@@ -10,8 +10,8 @@
 
 use redraft_common::ids::VnodeId;
 use redraft_common::ops::{Bytes, EncodingLimits, WriteOp};
-use redraft_common::rdb;
 use redraft_common::resp::Frame;
+use redraft_common::{digest, rdb};
 
 use super::collections::{error, Rng, SYNTAX};
 use super::{Keyspace, NotOwned};
@@ -29,6 +29,43 @@ fn resume_key(vnode: VnodeId, cursor: u64) -> Vec<u8> {
     let (mut start, _) = key_records(vnode);
     start.extend_from_slice(&((cursor & ((1 << 48) - 1)) << 16).to_be_bytes());
     start
+}
+
+/// Redis's digest of a value (`xorObjectDigest`): its type, then its
+/// elements, mixed where order counts and xored where it does not.
+fn object_digest(out: &mut digest::Digest, value: &rdb::Value, expires: bool) {
+    let kind: u32 = match value {
+        rdb::Value::String(_) => 0,
+        rdb::Value::List(_) => 1,
+        rdb::Value::Set(_) => 2,
+        rdb::Value::ZSet(_) => 3,
+        rdb::Value::Hash(_) => 4,
+    };
+    digest::mix(out, &kind.to_be_bytes());
+    match value {
+        rdb::Value::String(bytes) => digest::mix(out, bytes),
+        rdb::Value::List(items) => items.iter().for_each(|item| digest::mix(out, item)),
+        rdb::Value::Set(members) => members.iter().for_each(|member| digest::xor(out, member)),
+        rdb::Value::ZSet(members) => {
+            for (member, score) in members {
+                let mut element = [0u8; 20];
+                digest::mix(&mut element, member);
+                digest::mix(&mut element, super::collections::format_double(*score).as_bytes());
+                digest::xor(out, &element);
+            }
+        }
+        rdb::Value::Hash(fields) => {
+            for (field, value) in fields {
+                let mut element = [0u8; 20];
+                digest::mix(&mut element, field);
+                digest::mix(&mut element, value);
+                digest::xor(out, &element);
+            }
+        }
+    }
+    if expires {
+        digest::xor(out, b"!!expire!!");
+    }
 }
 
 /// What OBJECT ENCODING needs to know of a collection beyond its length.
@@ -220,12 +257,13 @@ impl Keyspace<'_> {
         Frame::Integer(1)
     }
 
-    /// DUMP: the value as a Redis DUMP payload (nil without the key), its
-    /// elements read by the type's own range command.
-    pub(super) fn dump(&mut self, key: &[u8]) -> Result<Frame, NotOwned> {
+    /// A key's whole value as a DUMP payload carries it, and whether it has
+    /// an expiry; `None` without the key. Elements are read by the type's own
+    /// range command.
+    fn whole_value(&mut self, key: &[u8]) -> Result<Option<(rdb::Value, bool)>, NotOwned> {
         let skey = self.storage_key(key)?;
         let Some(value) = self.load(&skey) else {
-            return Ok(Frame::Null);
+            return Ok(None);
         };
         let range = |name: &str, extra: &[&str]| {
             let mut args = vec![name.as_bytes().to_vec(), key.to_vec()];
@@ -251,7 +289,8 @@ impl Keyspace<'_> {
             let mut items = flat.into_iter();
             std::iter::from_fn(move || Some((items.next()?, items.next()?))).collect::<Vec<_>>()
         };
-        let rdb_value = match value.kind {
+        let expires = value.expires_at != 0;
+        let whole = match value.kind {
             Kind::String => rdb::Value::String(value.payload),
             Kind::List => rdb::Value::List(strings(self.command(&range("lrange", &["0", "-1"]), 0, false))),
             Kind::Set => rdb::Value::Set(strings(self.command(&range("smembers", &[]), 0, false))),
@@ -273,7 +312,47 @@ impl Keyspace<'_> {
                 .collect(),
             ),
         };
-        Ok(Frame::Bulk(rdb::dump(&rdb_value)))
+        Ok(Some((whole, expires)))
+    }
+
+    /// DUMP: the value as a Redis DUMP payload (nil without the key).
+    pub(super) fn dump(&mut self, key: &[u8]) -> Result<Frame, NotOwned> {
+        Ok(match self.whole_value(key)? {
+            Some((value, _)) => Frame::Bulk(rdb::dump(&value)),
+            None => Frame::Null,
+        })
+    }
+
+    /// DEBUG DIGEST-VALUE of `keys`, or DEBUG DIGEST's part of the whole
+    /// shard (see [`redraft_common::ops::ReadOp::Digest`]).
+    pub(super) fn digest(&mut self, keys: Option<&[Bytes]>) -> Result<Frame, NotOwned> {
+        if let Some(keys) = keys {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                let mut value_digest = [0u8; 20];
+                if let Some((value, expires)) = self.whole_value(key)? {
+                    object_digest(&mut value_digest, &value, expires);
+                }
+                out.push(Frame::Simple(digest::hex(&value_digest)));
+            }
+            return Ok(Frame::Array(out));
+        }
+        let Frame::Array(all) = self.keys_matching(b"*") else {
+            return Ok(error("ERR cannot list the shard's keys"));
+        };
+        let (mut part, mut count) = ([0u8; 20], 0i64);
+        for key in all {
+            let Frame::Bulk(key) = key else { continue };
+            let Some((value, expires)) = self.whole_value(&key)? else {
+                continue;
+            };
+            let mut key_digest = [0u8; 20];
+            digest::mix(&mut key_digest, &key);
+            object_digest(&mut key_digest, &value, expires);
+            digest::xor(&mut part, &key_digest);
+            count += 1;
+        }
+        Ok(Frame::Array(vec![Frame::Bulk(part.to_vec()), Frame::Integer(count)]))
     }
 
     /// RESTORE (see [`redraft_common::ops::WriteOp::Restore`]); `skey` is the
