@@ -3,7 +3,7 @@
 //! whose shard changes leader while workers block.
 
 use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use redraft_common::resp::Frame;
@@ -177,17 +177,8 @@ fn job_queue_survives_kill_9_of_its_shard_leader() {
 
 /// Starts tests/py/job_queue.py against the cluster's proxy with 4 workers.
 fn queue_script(cluster: &TestCluster, jobs: &str, mode: &str) -> std::process::Child {
-    let venv = std::env::var("REDRAFT_VENV")
-        .unwrap_or_else(|_| format!("{}/.cache/redraft/venv", std::env::var("HOME").unwrap_or_default()));
-    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
-    Command::new(format!("{venv}/bin/python"))
-        .args([
-            &format!("{root}/tests/py/job_queue.py"),
-            &cluster.proxy().port().to_string(),
-            jobs,
-            "4",
-            mode,
-        ])
+    crate::harness::python("job_queue.py")
+        .args([&cluster.proxy().port().to_string(), jobs, "4", mode])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -485,14 +485,8 @@ fn scan_walks_every_shard_and_multi_key_commands_stay_in_one() {
 fn redis_py_pipelines_transactions_pubsub_and_resp3() {
     let mut cluster = TestCluster::start(3);
     let second = cluster.add_proxy();
-    let venv = std::env::var("REDRAFT_VENV")
-        .unwrap_or_else(|_| format!("{}/.cache/redraft/venv", std::env::var("HOME").unwrap_or_default()));
-    // The directory cargo runs the test from, not the one it was built in: a
-    // target dir shared between clones may hold a binary built elsewhere.
-    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
-    let script = format!("{root}/tests/py/redis_py_client.py");
-    let out = Command::new(format!("{venv}/bin/python"))
-        .args([&script, &cluster.proxy().port().to_string(), &second.port().to_string()])
+    let out = crate::harness::python("redis_py_client.py")
+        .args([&cluster.proxy().port().to_string(), &second.port().to_string()])
         .output()
         .expect("redis-py virtualenv (scripts/test.sh creates it)");
     assert!(

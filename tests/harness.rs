@@ -17,6 +17,20 @@ use redraft_common::resp::Frame;
 static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// A free port on 127.0.0.1 (TCP and UDP both free at the time of the call).
+/// A command running `tests/py/<script>` with the redis-py virtualenv's
+/// Python (`REDRAFT_VENV`, else the one scripts/test.sh creates). The script
+/// is found from the directory cargo runs the test in, not the one the test
+/// was built in: a target dir shared between clones may hold a binary built
+/// elsewhere.
+pub fn python(script: &str) -> std::process::Command {
+    let venv = std::env::var("REDRAFT_VENV")
+        .unwrap_or_else(|_| format!("{}/.cache/redraft/venv", std::env::var("HOME").unwrap_or_default()));
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    let mut command = std::process::Command::new(format!("{venv}/bin/python"));
+    command.arg(format!("{root}/tests/py/{script}"));
+    command
+}
+
 pub fn free_port() -> u16 {
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000;

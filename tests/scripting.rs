@@ -2,8 +2,6 @@
 //! choices included), a runaway script is stopped without hurting its node,
 //! and a redis-py lock built on a release script keeps its counter exact.
 
-use std::process::Command;
-
 use redraft_common::resp::Frame;
 
 use crate::harness::{Resp, TestCluster};
@@ -116,16 +114,8 @@ fn a_runaway_script_is_stopped_and_the_shard_keeps_serving() {
 #[test]
 fn redis_py_lock_with_a_release_script_loses_no_update() {
     let cluster = TestCluster::start(3);
-    let venv = std::env::var("REDRAFT_VENV")
-        .unwrap_or_else(|_| format!("{}/.cache/redraft/venv", std::env::var("HOME").unwrap_or_default()));
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(format!("{venv}/bin/python"))
-        .args([
-            &format!("{root}/tests/py/lock.py"),
-            &cluster.proxy().port().to_string(),
-            "4",
-            "50",
-        ])
+    let out = crate::harness::python("lock.py")
+        .args([&cluster.proxy().port().to_string(), "4", "50"])
         .output()
         .expect("redis-py virtualenv (scripts/test.sh creates it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
