@@ -918,6 +918,7 @@ async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> R
             let request = redraft_common::wire::PdRequest::Rebalance { max_steps: 1 };
             let mut taken = 0;
             let mut lost = 0;
+            let mut failed = 0;
             while taken < max_steps {
                 let step = match operator_request(&pd, &request, std::time::Duration::from_secs(600)).await {
                     Ok(step) => step,
@@ -934,8 +935,17 @@ async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> R
                 };
                 println!("{line}");
                 if line.starts_with("failed") {
-                    return Err(anyhow!("rebalance stopped after {taken} steps"));
+                    // A failed move is rolled back by the PD, which plans the
+                    // next step from the state it left: a transient failure (a
+                    // leader election, a slow snapshot) is worth another try.
+                    failed += 1;
+                    if failed > 3 {
+                        return Err(anyhow!("rebalance stopped after {taken} steps and {failed} failures"));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(failed)).await;
+                    continue;
                 }
+                failed = 0;
                 taken += 1;
             }
             println!("{taken} steps; stopped at --max-steps, not balanced yet");

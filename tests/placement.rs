@@ -581,8 +581,8 @@ fn node_down_past_the_timeout_rejoins_without_stale_replicas() {
     std::thread::sleep(Duration::from_secs(1)); // registered and heartbeating
     let rebalance = |cluster: &TestCluster| {
         let out = ctl(cluster, &["rebalance"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
         eprintln!("{}", said.trim());
         // Within its step limit: a leadership move counts once (the leader
         // hint changes with it, before heartbeats report the new leader).
