@@ -205,6 +205,36 @@ struct PlacementArgs {
     /// several seconds (0: never).
     #[arg(long, default_value_t = 0)]
     split_writes_per_sec: u64,
+    /// Check every shard's replicas against each other this often, one shard
+    /// at a time (`30m`, `12h`, `1d`; `off`: only `redraft ctl verify`).
+    #[arg(long, default_value = "off", value_parser = parse_period)]
+    verify_every: Period,
+    /// Read rate of each replica's digest in periodic checks, MiB/s (0: no limit).
+    #[arg(long, default_value_t = 32)]
+    verify_mib_per_sec: u32,
+}
+
+/// A period given as `<n>s`, `<n>m`, `<n>h` or `<n>d`, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct Period(Option<std::time::Duration>);
+
+fn parse_period(text: &str) -> Result<Period, String> {
+    if text == "off" {
+        return Ok(Period(None));
+    }
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = text.split_at(split);
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: expected a number with s, m, h or d, or `off`")),
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Period(Some(std::time::Duration::from_secs(n * seconds)))),
+        _ => Err(format!("`{text}`: expected a positive number before the unit")),
+    }
 }
 
 #[derive(Args)]
@@ -348,6 +378,30 @@ enum CtlCommand {
         /// The node receiving it.
         #[arg(long)]
         to: u64,
+    },
+    /// Check that every replica of each shard holds the same data: each one
+    /// digests its copy at the same log index. Exits 1 when any shard differs.
+    Verify {
+        /// Only this shard.
+        #[arg(long)]
+        shard: Option<u64>,
+        /// Read rate of each replica's digest, MiB/s (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        mib_per_sec: u32,
+        /// Print the verdicts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a node's replica of a shard, found different by `verify`, by a
+    /// fresh copy from the leader. Refused when the replicas agree, or when no
+    /// majority agrees.
+    Repair {
+        /// The shard.
+        #[arg(long)]
+        shard: u64,
+        /// The node whose copy differs.
+        #[arg(long)]
+        node: u64,
     },
     /// Balance replicas and leaders now; prints every step taken.
     Rebalance {
@@ -568,6 +622,52 @@ async fn operator_request(
     }
 }
 
+/// `ctl verify`'s lines for one shard.
+fn describe_verdict(verdict: &redraft_common::consistency::ShardVerdict) -> String {
+    use std::fmt::Write;
+    let shard = verdict.shard;
+    let mut out = String::new();
+    let size = format!(
+        "{} records, {:.1} MiB, digested in {:.2} s",
+        verdict.records,
+        verdict.bytes as f64 / (1 << 20) as f64,
+        verdict.seconds
+    );
+    let groups = redraft_placement::verify::describe_groups(verdict);
+    if verdict.agrees() {
+        let _ = writeln!(
+            out,
+            "shard {shard}: agree at index {}: {groups} ({size})",
+            verdict.index
+        );
+    } else {
+        let _ = writeln!(out, "shard {shard}: DIFFER at index {}: {groups}", verdict.index);
+        match verdict.odd_one_out {
+            Some(odd) => {
+                let _ = writeln!(
+                    out,
+                    "  node {odd} differs from the majority; replace its copy with: redraft ctl repair --shard {shard} --node {odd}"
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  no majority agrees: no copy can be trusted over the others");
+            }
+        }
+        let _ = writeln!(out, "  vnodes that differ: {:?}", verdict.vnodes);
+        for (vnode, key, nodes) in &verdict.keys {
+            let _ = writeln!(
+                out,
+                "  vnode {vnode}: key {:?} differs on node(s) {nodes:?}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+    for (node, why) in &verdict.missing {
+        let _ = writeln!(out, "  node {node} not compared: {why}");
+    }
+    out
+}
+
 /// Polls the routing table until `done` holds (at most a minute).
 async fn wait_for_routing(
     pd: &PdClient,
@@ -711,6 +811,8 @@ async fn run(command: Command) -> Result<()> {
                 moves_per_node: a.moves_per_node,
                 split_bytes: a.split_size_mib.saturating_mul(1 << 20),
                 split_writes_per_sec: a.split_writes_per_sec,
+                verify_every: a.verify_every.0,
+                verify_mib_per_sec: a.verify_mib_per_sec,
             };
             redraft_placement::run(config, shutdown_signal()).await
         }
@@ -906,6 +1008,42 @@ async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> R
             let (_, pd) = ctl_client(placement, membership)?;
             let request = redraft_common::wire::PdRequest::MoveReplica { shard, from, to };
             for line in operator_request(&pd, &request, std::time::Duration::from_secs(300)).await? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        CtlCommand::Verify {
+            shard,
+            mib_per_sec,
+            json,
+        } => {
+            let (_, pd) = ctl_client(placement, membership)?;
+            let request = redraft_common::wire::PdRequest::Verify { shard, mib_per_sec };
+            let verdicts = match pd.call(&request, std::time::Duration::from_secs(3600)).await? {
+                redraft_common::wire::PdResponse::Verified(verdicts) => verdicts,
+                redraft_common::wire::PdResponse::Error(why) => return Err(anyhow!("{why}")),
+                other => return Err(anyhow!("unexpected placement answer {other:?}")),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&verdicts)?);
+            } else {
+                for verdict in &verdicts {
+                    print!("{}", describe_verdict(verdict));
+                }
+            }
+            let differ = verdicts.iter().filter(|v| !v.agrees()).count();
+            if differ > 0 {
+                return Err(anyhow!(
+                    "{differ} of {} shards have replicas that differ",
+                    verdicts.len()
+                ));
+            }
+            Ok(())
+        }
+        CtlCommand::Repair { shard, node } => {
+            let (_, pd) = ctl_client(placement, membership)?;
+            let request = redraft_common::wire::PdRequest::Repair { shard, node };
+            for line in operator_request(&pd, &request, std::time::Duration::from_secs(3600)).await? {
                 println!("{line}");
             }
             Ok(())

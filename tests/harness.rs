@@ -346,6 +346,29 @@ pub fn ctl(cluster: &TestCluster, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs `redraft ctl verify` until every replica of every shard took part
+/// (a replica that just caught up from a snapshot may have skipped the digest
+/// entry) and asserts that all of them agree; returns the output.
+pub fn verify_agrees(cluster: &TestCluster) -> String {
+    for attempt in 0..5 {
+        let out = ctl(cluster, &["verify"]);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "replicas differ:\n{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shards = routing_table(cluster).shards.len();
+        let agreeing = said.lines().filter(|l| l.contains(": agree at index")).count();
+        if !said.contains("not compared") && agreeing == shards {
+            return said;
+        }
+        eprintln!("verify, attempt {attempt}, incomplete:\n{said}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("no complete verify in 5 attempts");
+}
+
 /// The routing table as `redraft ctl routing` prints it.
 pub fn routing_table(cluster: &TestCluster) -> redraft_common::routing::RoutingTable {
     let out = ctl(cluster, &["routing"]);

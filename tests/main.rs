@@ -7,6 +7,7 @@ mod harness;
 mod blocking;
 mod cluster;
 mod compat;
+mod consistency;
 mod durability;
 mod faults;
 mod observability;

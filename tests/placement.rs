@@ -198,6 +198,8 @@ fn fourth_node_joins_under_load_and_replicas_even_out() {
         (balanced_at - join_at).as_secs_f64()
     );
     eprintln!("SET (count, p99, max) before: {before:?}; during the moves: {during:?}");
+    // The moved replicas hold what the others hold, the load still running.
+    eprintln!("{}", crate::harness::verify_agrees(&cluster).trim());
     load.finish(&cluster, false);
 }
 
@@ -321,7 +323,8 @@ fn shard_splits_and_merges_under_load_without_losing_writes() {
     let (parent_before, parent_after) = (before.vnodes_of(1).len(), after_split.vnodes_of(1).len());
     assert_eq!(parent_after + after_split.vnodes_of(child).len(), parent_before);
     assert!(parent_after > 0 && parent_after < parent_before);
-    std::thread::sleep(Duration::from_secs(1));
+    // Every replica of the parent and of the child holds the same data.
+    eprintln!("{}", crate::harness::verify_agrees(&cluster).trim());
 
     // The new shard merges into another one (all shards live on the same 3 nodes).
     let merge_at = Instant::now();
@@ -339,7 +342,7 @@ fn shard_splits_and_merges_under_load_without_losing_writes() {
         after_merge.vnodes_of(2).len(),
         before.vnodes_of(2).len() + after_split.vnodes_of(child).len()
     );
-    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("{}", crate::harness::verify_agrees(&cluster).trim());
 
     let completed = scans.finish();
     let pipelined = pipelines.finish();

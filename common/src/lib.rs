@@ -8,6 +8,7 @@
 
 pub mod acl;
 pub mod commands;
+pub mod consistency;
 pub mod digest;
 pub mod glob;
 pub mod http;

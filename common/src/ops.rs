@@ -343,6 +343,10 @@ pub enum WriteOp {
         replace: bool,
         ops: Result<Vec<WriteOp>, String>,
     },
+    /// A consistency check (placement driver only): every replica digests its
+    /// data as of this entry, in the background ([`crate::consistency`]).
+    /// Replies with the entry's log index.
+    ComputeDigest(crate::consistency::DigestRequest),
 }
 
 /// One operation on one shard.
@@ -410,9 +414,14 @@ impl ReadOp {
 }
 
 impl WriteOp {
-    /// Whether this changes which virtual nodes a shard owns (split, merge).
-    pub fn is_reshape(&self) -> bool {
-        matches!(self, WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. })
+    /// Whether the state machine applies this entry on its own, never batched
+    /// with client writes: a split or merge (it changes which virtual nodes the
+    /// shard owns) or a consistency check (it reads the data as of itself).
+    pub fn runs_alone(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } | WriteOp::ComputeDigest(_)
+        )
     }
 
     /// The user keys this write touches.
@@ -440,7 +449,11 @@ impl WriteOp {
                 .collect(),
             WriteOp::PopFirst(pop) => pop.keys(),
             WriteOp::ServeBlocked(clients) => clients.iter().flat_map(|c| c.pop.keys()).collect(),
-            WriteOp::FlushAll | WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } => vec![],
+            WriteOp::FlushAll
+            | WriteOp::Split { .. }
+            | WriteOp::Retire
+            | WriteOp::Absorb { .. }
+            | WriteOp::ComputeDigest(_) => vec![],
         }
     }
 }

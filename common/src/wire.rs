@@ -88,6 +88,9 @@ pub enum NodeRequest {
     /// scripts that write run (they run on every replica and cannot stop on
     /// one), `-NOTBUSY ...` when none runs.
     KillScripts,
+    /// Placement driver, to any replica: how far this replica's digest of
+    /// `shard` at the `ComputeDigest` entry `index` has got. `Digest(..)`.
+    DigestProgress { shard: ShardId, index: u64 },
 }
 
 /// A shard node's answer.
@@ -110,6 +113,8 @@ pub enum NodeResponse {
     Batch(Vec<NodeResponse>),
     /// Answer to a `NodeRequest::PubSub`.
     PubSub(crate::pubsub::PubSubResponse),
+    /// Answer to a `NodeRequest::DigestProgress`.
+    Digest(crate::consistency::DigestProgress),
 }
 
 /// A request to the placement driver.
@@ -151,6 +156,13 @@ pub enum PdRequest {
     /// Operators: run the scheduler until the cluster is balanced (or
     /// `max_steps` steps); answered with the steps taken.
     Rebalance { max_steps: u32 },
+    /// `ctl verify`: compare the replicas of `shard` (all shards when `None`),
+    /// one shard at a time, digesting at most `mib_per_sec` (0: no limit).
+    /// `Verified`.
+    Verify { shard: Option<ShardId>, mib_per_sec: u32 },
+    /// `ctl repair`: replace `node`'s replica of `shard` by a fresh copy, when
+    /// a check finds it the odd one out. `Done` with the steps.
+    Repair { shard: ShardId, node: NodeId },
     /// ACL SETUSER (rules already validated by the proxy): `Ack`, or `Error`.
     SetUser { name: String, rules: Vec<String> },
     /// ACL DELUSER: `Count` of users removed, or `Error`.
@@ -234,6 +246,8 @@ pub enum PdResponse {
     Count(u64),
     /// The CONFIG parameters set for the cluster.
     Config(Vec<(String, String)>),
+    /// Answer to `Verify`: one verdict per shard checked.
+    Verified(Vec<crate::consistency::ShardVerdict>),
 }
 
 /// Error decoding a message.

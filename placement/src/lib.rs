@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod scheduler;
 pub mod state;
 pub mod store;
+pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -86,6 +87,11 @@ pub struct Config {
     /// Split a shard that applies more than this many writes per second,
     /// sustained over several seconds (0: never).
     pub split_writes_per_sec: u64,
+    /// Check every shard's replicas against each other this often (one shard
+    /// at a time, spread over the period); `None`: only on request.
+    pub verify_every: Option<Duration>,
+    /// Read rate of the periodic checks' digests on each replica, MiB/s.
+    pub verify_mib_per_sec: u32,
 }
 
 /// A node that has not heartbeated for this long counts as down (heartbeats come
@@ -169,6 +175,8 @@ struct Pd {
     /// Held while a scheduling step runs: steps never overlap, whether the
     /// scheduler or an operator started them.
     operating: tokio::sync::Mutex<()>,
+    /// Shards whose last consistency check found differing replicas.
+    differing: Mutex<std::collections::BTreeSet<ShardId>>,
 }
 
 impl scheduler::Cluster for Pd {
@@ -281,6 +289,35 @@ async fn schedule_round(pd: &Arc<Pd>) -> Result<()> {
     }
 }
 
+/// The periodic consistency check: on the PD leader, every shard once per
+/// `every`, one at a time, the checks spread evenly over the period.
+async fn verify_loop(pd: Arc<Pd>, every: Duration, mib_per_sec: u32) {
+    loop {
+        let shards: Vec<ShardId> = pd.table().shards.keys().copied().collect();
+        let pause = every / (shards.len().max(1) as u32);
+        for shard in shards {
+            tokio::time::sleep(pause).await;
+            if !pd.is_leader() || !pd.table().shards.contains_key(&shard) {
+                continue;
+            }
+            match pd.verify(shard, mib_per_sec).await {
+                Ok(verdict) if !verdict.agrees() => tracing::error!(
+                    shard_id = shard,
+                    index = verdict.index,
+                    replicas = %verify::describe_groups(&verdict),
+                    vnodes = ?verdict.vnodes,
+                    "replicas differ: `redraft ctl verify --shard` names the keys, `redraft ctl repair` fixes one"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(shard_id = shard, error = %e, "consistency check failed"),
+            }
+        }
+        if pd.table().shards.is_empty() {
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
 /// Finishes the move of `shard`'s replica in a task, unless one already runs.
 fn spawn_move(pd: &Arc<Pd>, shard: ShardId, from: NodeId, to: NodeId) {
     if !pd.moving.lock().expect("moving lock").insert(shard) {
@@ -355,6 +392,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         split_writes_per_sec: config.split_writes_per_sec,
         moving: Mutex::default(),
         operating: tokio::sync::Mutex::new(()),
+        differing: Mutex::default(),
     });
     metrics::init();
     if let Some(addr) = config.http {
@@ -373,17 +411,54 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     };
     let bootstrap = tokio::spawn(bootstrap_loop(pd.clone(), config.clone()));
     let schedule = tokio::spawn(schedule_loop(pd.clone()));
+    let verify = config
+        .verify_every
+        .map(|every| tokio::spawn(verify_loop(pd.clone(), every, config.verify_mib_per_sec)));
     tracing::info!(member = config.id, addr = %endpoint.local_addr()?, "placement driver serving");
     shutdown.await;
     serve.abort();
     bootstrap.abort();
     schedule.abort();
+    if let Some(verify) = verify {
+        verify.abort();
+    }
     let _ = pd.raft.shutdown().await;
     endpoint.close();
     Ok(())
 }
 
 impl Pd {
+    /// Checks `shard`'s replicas and records the outcome in the metrics.
+    async fn verify(&self, shard: ShardId, mib_per_sec: u32) -> Result<redraft_common::consistency::ShardVerdict> {
+        let outcome = verify::verify_shard(&self.endpoint, &self.table(), shard, mib_per_sec).await;
+        let result = match &outcome {
+            Ok(verdict) => {
+                let differ = !verdict.agrees();
+                self.record_mismatch(shard, differ);
+                if differ {
+                    "differ"
+                } else {
+                    "agree"
+                }
+            }
+            Err(_) => "failed",
+        };
+        metrics::VERIFY_CHECKS.with_label_values(&[result]).inc();
+        metrics::VERIFY_LAST_CHECK.set(redraft_common::now_ms() as i64 / 1000);
+        outcome
+    }
+
+    /// Notes whether `shard`'s replicas differ, for the mismatch gauge.
+    fn record_mismatch(&self, shard: ShardId, differ: bool) {
+        let mut differing = self.differing.lock().expect("differing lock");
+        if differ {
+            differing.insert(shard);
+        } else {
+            differing.remove(&shard);
+        }
+        metrics::DIGEST_MISMATCH.set(differing.len() as i64);
+    }
+
     fn leader_addr(&self) -> Option<String> {
         let leader = self.raft.metrics().borrow().current_leader?;
         self.members.get(&leader).map(|a| a.to_string())
@@ -701,6 +776,34 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
             };
             match done.await {
                 Ok(()) => PdResponse::Done(vec![step.to_string()]),
+                Err(e) => PdResponse::Error(format!("{e:#}")),
+            }
+        }
+        PdRequest::Verify { shard, mib_per_sec } => {
+            let table = pd.table();
+            let shards: Vec<ShardId> = match shard {
+                Some(shard) if !table.shards.contains_key(&shard) => {
+                    return wire::encode(&PdResponse::Error(format!("no shard {shard}")));
+                }
+                Some(shard) => vec![shard],
+                None => table.shards.keys().copied().collect(),
+            };
+            let mut verdicts = Vec::new();
+            for shard in shards {
+                match pd.verify(shard, mib_per_sec).await {
+                    Ok(verdict) => verdicts.push(verdict),
+                    Err(e) => return wire::encode(&PdResponse::Error(format!("shard {shard}: {e:#}"))),
+                }
+            }
+            PdResponse::Verified(verdicts)
+        }
+        PdRequest::Repair { shard, node } => {
+            let _one_step = pd.operating.lock().await;
+            match verify::repair(pd.as_ref(), &pd.endpoint, shard, node).await {
+                Ok(steps) => {
+                    pd.record_mismatch(shard, false);
+                    PdResponse::Done(steps)
+                }
                 Err(e) => PdResponse::Error(format!("{e:#}")),
             }
         }

@@ -2,7 +2,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_int_counter, register_int_gauge, register_int_gauge_vec, IntCounter, IntGauge, IntGaugeVec};
+use prometheus::{
+    register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec,
+};
 
 /// Registered nodes by liveness (`up`, `down`), as this member sees them.
 pub static NODES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -52,6 +55,32 @@ pub static HEARTBEATS: LazyLock<IntCounter> = LazyLock::new(|| {
         .expect("metric registers once")
 });
 
+/// Shards whose last consistency check found replicas that differ.
+pub static DIGEST_MISMATCH: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "redraft_shard_digest_mismatch",
+        "Shards whose last consistency check found replicas whose data differs"
+    )
+    .expect("metric registers once")
+});
+/// When the last consistency check of any shard finished.
+pub static VERIFY_LAST_CHECK: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "redraft_verify_last_check_timestamp_seconds",
+        "Unix time at which the last consistency check of a shard finished"
+    )
+    .expect("metric registers once")
+});
+/// Consistency checks by outcome (`agree`, `differ`, `failed`).
+pub static VERIFY_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "redraft_verify_checks_total",
+        "Consistency checks of one shard, by outcome",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every metric.
 pub fn init() {
     redraft_raft_storage::metrics::init();
@@ -64,4 +93,9 @@ pub fn init() {
     LazyLock::force(&OPERATORS);
     LazyLock::force(&IS_LEADER);
     LazyLock::force(&HEARTBEATS);
+    LazyLock::force(&DIGEST_MISMATCH);
+    LazyLock::force(&VERIFY_LAST_CHECK);
+    for result in ["agree", "differ", "failed"] {
+        VERIFY_CHECKS.with_label_values(&[result]);
+    }
 }

@@ -257,7 +257,12 @@ fn node_addr(table: &RoutingTable, node: NodeId) -> Result<SocketAddr> {
 
 /// Sends an operator request to a shard's leader, following leader hints and
 /// trying the other replicas when a node does not answer (it may be the dead one).
-async fn to_leader(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, request: NodeRequest) -> Result<Frame> {
+pub(crate) async fn to_leader(
+    endpoint: &Endpoint,
+    table: &RoutingTable,
+    shard: ShardId,
+    request: NodeRequest,
+) -> Result<Frame> {
     let info = table.shards.get(&shard).ok_or_else(|| anyhow!("no shard {shard}"))?;
     let mut target = info.leader.or(info.replicas.first().copied());
     for attempt in 0..8 {
@@ -389,7 +394,7 @@ pub async fn execute(cluster: &impl Cluster, endpoint: &Endpoint, table: &Routin
     Ok(())
 }
 
-fn exec(table: &RoutingTable, shard: ShardId, op: WriteOp) -> NodeRequest {
+pub(crate) fn exec(table: &RoutingTable, shard: ShardId, op: WriteOp) -> NodeRequest {
     NodeRequest::Exec {
         shard,
         version: table.version,

@@ -369,7 +369,7 @@ fn batchable(command: &Command) -> Option<bool> {
     match command {
         Command::Keyed {
             op: ShardOp::Write(op), ..
-        } if !op.is_reshape() && !matches!(op, WriteOp::Many(_)) => Some(true),
+        } if !op.runs_alone() && !matches!(op, WriteOp::Many(_)) => Some(true),
         Command::Keyed {
             op: ShardOp::Read(op), ..
         } if !matches!(op, ReadOp::Many(_)) => Some(false),

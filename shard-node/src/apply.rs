@@ -522,8 +522,12 @@ impl<'a> Keyspace<'a> {
                 }
                 Frame::Array(replies)
             }
-            WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } | WriteOp::Many(_) => {
-                Frame::error("ERR split, merge and batch entries are applied by the state machine")
+            WriteOp::Split { .. }
+            | WriteOp::Retire
+            | WriteOp::Absorb { .. }
+            | WriteOp::ComputeDigest(_)
+            | WriteOp::Many(_) => {
+                Frame::error("ERR split, merge, digest and batch entries are applied by the state machine")
             }
             WriteOp::PurgeExpired { .. } => {
                 let mut n = 0;

@@ -231,6 +231,8 @@ pub struct Host {
     refusing_clients: std::sync::atomic::AtomicBool,
     /// How led groups confirm their reads.
     read_policy: ReadPolicy,
+    /// Digests of consistency checks, computed by every replica here.
+    pub digests: Arc<crate::digest::Digests>,
 }
 
 impl Host {
@@ -268,6 +270,7 @@ impl Host {
             stopping: std::sync::atomic::AtomicBool::new(false),
             refusing_clients: std::sync::atomic::AtomicBool::new(false),
             read_policy,
+            digests: Arc::default(),
         })
     }
 
@@ -354,6 +357,7 @@ impl Host {
             Some(self.reshapes.clone()),
             Some(self.element_hints.clone()),
             Some(blocked.clone()),
+            Some(self.digests.clone()),
         )?;
         let lease = Arc::new(Lease::for_election_timeout(self.leader_lease()));
         let network = GroupNetwork::<_, NodeWire>::new(shard, self.links.clone()).with_lease(lease.clone());
@@ -832,6 +836,7 @@ impl Host {
             None,
             None,
             None,
+            None,
         )?;
         let others: BTreeSet<VnodeId> = self
             .groups
@@ -1074,7 +1079,7 @@ impl Host {
     /// entries with concurrent ones (see [`crate::proposals`]); a split or merge
     /// goes alone.
     pub async fn propose(&self, group: &Group, op: WriteOp) -> NodeResponse {
-        let outcome = if op.is_reshape() {
+        let outcome = if op.runs_alone() {
             proposals::propose(&group.raft, op).await
         } else {
             let mut outcomes = group.proposals.submit(&group.raft, vec![op]).await;

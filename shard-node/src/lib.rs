@@ -17,6 +17,7 @@
 
 pub mod apply;
 pub mod blocking;
+pub mod digest;
 pub mod host;
 pub mod metrics;
 pub mod proposals;
@@ -281,6 +282,7 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
         } => host.block(shard, pop, waiter, timeout_ms, retry).await,
         NodeRequest::Unblock { shard, waiter } => host.unblock(shard, waiter),
         NodeRequest::KillScripts => NodeResponse::Reply(apply::kill_scripts()),
+        NodeRequest::DigestProgress { shard, index } => NodeResponse::Digest(host.digests.progress(shard, index)),
         NodeRequest::Campaign { shard, handed_over } => host.campaign(shard, handed_over).await,
         NodeRequest::TransferLeader { shard, to } => host.transfer_leader(shard, to).await,
         NodeRequest::AddLearner { shard, node, addr } => host.add_learner(shard, node, addr).await,
@@ -314,7 +316,7 @@ async fn serve_batch(host: &Host, requests: Vec<NodeRequest>) -> Vec<NodeRespons
                 shard,
                 op: ShardOp::Write(op),
                 ..
-            } if !op.is_reshape() => {
+            } if !op.runs_alone() => {
                 let (answers, ops) = writes.entry(shard).or_default();
                 match op {
                     WriteOp::Many(many) => {

@@ -38,6 +38,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, CommittedLeaderId, EntryPayload, Membership, RaftSnapshotBuilder, StorageError, StorageIOError,
 };
+use redraft_common::consistency::DigestRequest;
 use redraft_common::ids::{NodeId, ShardId, VnodeId};
 use redraft_common::keys::Ring;
 use redraft_common::ops::WriteOp;
@@ -177,6 +178,8 @@ pub enum Reshaped {
 struct AfterWrite {
     owned: Option<BTreeSet<VnodeId>>,
     event: Option<Reshaped>,
+    /// A consistency check's digest to start, as of this log index.
+    digest: Option<(u64, DigestRequest)>,
 }
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
@@ -223,6 +226,9 @@ pub struct ShardStateMachine {
     hints: Option<Arc<ElementHints>>,
     /// The group's blocked clients, woken by the keys applied writes change.
     blocked: Option<Arc<crate::blocking::Blocked>>,
+    /// The node's consistency-check digests (`None`: digest entries are
+    /// acknowledged and nothing is computed).
+    digests: Option<Arc<crate::digest::Digests>>,
     /// Entry time of the last sweep of old served-client records.
     served_swept_at: u64,
 }
@@ -243,6 +249,7 @@ impl ShardStateMachine {
         events: Option<tokio::sync::mpsc::UnboundedSender<Reshaped>>,
         hints: Option<Arc<ElementHints>>,
         blocked: Option<Arc<crate::blocking::Blocked>>,
+        digests: Option<Arc<crate::digest::Digests>>,
     ) -> anyhow::Result<ShardStateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let sm = ShardStateMachine {
@@ -256,6 +263,7 @@ impl ShardStateMachine {
             events,
             hints,
             blocked,
+            digests,
             served_swept_at: 0,
         };
         if let Some(record) = sm.read_meta::<GroupRecord>(RECORD) {
@@ -326,8 +334,13 @@ impl ShardStateMachine {
         let mut after = AfterWrite {
             owned: None,
             event: None,
+            digest: None,
         };
         let reply = match op {
+            WriteOp::ComputeDigest(request) => {
+                after.digest = Some((log_id.index, request.clone()));
+                Frame::Integer(log_id.index as i64)
+            }
             WriteOp::Split { child, vnodes } => {
                 let moving: BTreeSet<VnodeId> = vnodes.iter().copied().collect();
                 if moving.is_empty() || moving.is_disjoint(&owned) {
@@ -670,7 +683,7 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
                 last = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => replies.push(ShardResponse::Reply(Frame::Null)),
-                    EntryPayload::Normal(request) if request.op.is_reshape() => {
+                    EntryPayload::Normal(request) if request.op.runs_alone() => {
                         reshape = Some((entry.log_id, request));
                         break;
                     }
@@ -708,6 +721,7 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
             let mut after = AfterWrite {
                 owned: None,
                 event: None,
+                digest: None,
             };
             if let Some((log_id, request)) = reshape {
                 let current = membership.unwrap_or_else(|| self.read_meta(MEMBERSHIP).unwrap_or_default());
@@ -723,6 +737,10 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
             }
             if let (Some(event), Some(events)) = (after.event, &self.events) {
                 let _ = events.send(event);
+            }
+            if let (Some((index, request)), Some(digests)) = (after.digest, &self.digests) {
+                let vnodes = self.owned.get().iter().copied().collect();
+                digests.start(&self.engine, self.group, index, vnodes, request).await;
             }
         }
         crate::metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -784,6 +802,7 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
 #[cfg(test)]
 mod tests {
     use openraft::testing::{StoreBuilder, Suite};
+    use redraft_common::consistency::{DigestProgress, ReplicaDigest};
     use redraft_raft_storage::{FsyncPolicy, LogStore};
 
     use super::*;
@@ -806,6 +825,7 @@ mod tests {
                 dir.path().join("snap"),
                 None,
                 Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
+                None,
                 None,
             )
             .expect("open state machine");
@@ -868,9 +888,91 @@ mod tests {
             Some(events),
             Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
             None,
+            Some(Arc::new(crate::digest::Digests::default())),
         )
         .expect("open state machine");
         (engine, sm, reshaped)
+    }
+
+    /// Applies a `ComputeDigest` entry at `index` and waits for its result.
+    async fn digest_at(sm: &mut ShardStateMachine, index: u64, detail: Vec<VnodeId>) -> ReplicaDigest {
+        let request = DigestRequest { detail, mib_per_sec: 0 };
+        let replies = sm
+            .apply([write(index, WriteOp::ComputeDigest(request))])
+            .await
+            .expect("apply");
+        assert!(matches!(&replies[..], [ShardResponse::Reply(Frame::Integer(i))] if *i == index as i64));
+        let digests = sm.digests.clone().expect("digests");
+        for _ in 0..500 {
+            match digests.progress(7, index) {
+                DigestProgress::Done(digest) => return digest,
+                DigestProgress::Running { .. } => tokio::time::sleep(Duration::from_millis(10)).await,
+                DigestProgress::Unknown => panic!("digest at {index} unknown"),
+            }
+        }
+        panic!("digest at {index} did not finish")
+    }
+
+    #[tokio::test]
+    async fn digests_are_taken_at_their_entry_and_name_the_vnode_and_key_that_differ() {
+        let (a_dir, b_dir) = (
+            tempfile::tempdir().expect("temp dir"),
+            tempfile::tempdir().expect("temp dir"),
+        );
+        let (_, mut a, _) = state_machine(&a_dir).await;
+        let (b_engine, mut b, _) = state_machine(&b_dir).await;
+        let ring = Ring::new(16);
+        let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("key{i}").into_bytes()).collect();
+        let writes: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| write(i as u64 + 1, set(k)))
+            .collect();
+        a.apply(writes.clone()).await.expect("apply");
+        b.apply(writes).await.expect("apply");
+        let (da, db) = (digest_at(&mut a, 41, vec![]).await, digest_at(&mut b, 41, vec![]).await);
+        assert_eq!(da.root, db.root);
+        assert_eq!(da.leaves.len(), 16);
+        assert_eq!(da.records, 40);
+        // A write after the entry does not change the digest taken at it.
+        a.apply([write(42, set(b"later"))]).await.expect("apply");
+        let digests = a.digests.clone().expect("digests");
+        assert!(matches!(digests.progress(7, 41), DigestProgress::Done(d) if d.root == da.root));
+        // One value changed behind Raft's back on b: the root, one leaf and
+        // one key differ.
+        b.apply([write(42, set(b"later"))]).await.expect("apply");
+        let bad = &keys[5];
+        let vnode = ring.vnode_of(bad);
+        let stored = crate::storage::data_key(vnode, bad);
+        let mut value = b_engine
+            .db()
+            .get_cf(b_engine.cf(CF_DATA), &stored)
+            .expect("read")
+            .expect("stored");
+        *value.last_mut().expect("payload") ^= 1;
+        b_engine
+            .db()
+            .put_cf(b_engine.cf(CF_DATA), &stored, value)
+            .expect("write");
+        let (da, db) = (
+            digest_at(&mut a, 43, vec![vnode]).await,
+            digest_at(&mut b, 43, vec![vnode]).await,
+        );
+        assert_ne!(da.root, db.root);
+        let differing: Vec<VnodeId> = da
+            .leaves
+            .iter()
+            .zip(&db.leaves)
+            .filter(|(x, y)| x != y)
+            .map(|(x, _)| x.0)
+            .collect();
+        assert_eq!(differing, vec![vnode]);
+        let reports: BTreeMap<NodeId, ReplicaDigest> =
+            [(1, da.clone()), (2, db.clone()), (3, da)].into_iter().collect();
+        let verdict = redraft_common::consistency::compare(7, &reports, vec![], Some(&reports));
+        assert_eq!(verdict.odd_one_out, Some(2));
+        assert_eq!(verdict.vnodes, vec![vnode]);
+        assert_eq!(verdict.keys, vec![(vnode, bad.clone(), vec![2])]);
     }
 
     #[tokio::test]
@@ -982,6 +1084,7 @@ mod tests {
             dir.path().join("snap"),
             None,
             Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
+            None,
             None,
         )
         .expect("reopen");
