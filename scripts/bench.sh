@@ -20,6 +20,10 @@
 #      against redis-server in both modes (QUEUE_JOBS jobs, default 30,000).
 #   9. scripts/script-bench.sh: EVALSHA of a five-command script against
 #      redis-server in both modes (SCRIPT_CALLS calls, default 30,000).
+#  10. scripts/verify-bench.sh: digest speed of a consistency check of 1 GB and
+#      the client latency while checks run.
+#  11. scripts/sim-bench.sh: the placement driver's scheduler at 100-1,000
+#      simulated nodes and 50,000 shards.
 # Usage: scripts/bench.sh [requests per run, default 100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,3 +102,9 @@ echo "## job queue: RPUSH producers and BLPOP consumers"
 
 echo "## scripts: EVALSHA of a five-command script"
 ./scripts/script-bench.sh "${SCRIPT_CALLS:-30000}" 1
+
+echo "## consistency check: digest speed and client latency"
+./scripts/verify-bench.sh
+
+echo "## placement driver at scale (simulated nodes, the real scheduler)"
+./scripts/sim-bench.sh

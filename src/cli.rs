@@ -285,6 +285,10 @@ struct NodeArgs {
     /// `read-index` asks a quorum for every batch of reads.
     #[arg(long, default_value = "lease", value_parser = ["lease", "read-index"])]
     read_policy: String,
+    /// This node's failure domain (rack, zone, data centre). With three or
+    /// more zones among the nodes, no two replicas of a shard share one.
+    #[arg(long, default_value = "")]
+    zone: String,
 }
 
 #[derive(Args)]
@@ -840,6 +844,7 @@ async fn run(command: Command) -> Result<()> {
                 snapshot_bandwidth: a.snapshot_mib_per_sec.saturating_mul(1 << 20),
                 quiesce_after: (a.quiesce_after_secs > 0).then(|| std::time::Duration::from_secs(a.quiesce_after_secs)),
                 read_policy: a.read_policy.parse().map_err(anyhow::Error::msg)?,
+                zone: a.zone.clone(),
             };
             redraft_node::run(config, shutdown_signal()).await
         }
@@ -1122,10 +1127,10 @@ async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> R
                     .values()
                     .map(|n| {
                         let (replicas, leaders, state) = crate::top::node_summary(&table, &live, n);
-                        serde_json::json!({"id": n.id, "addr": n.addr, "state": state, "replicas": replicas, "leaders": leaders})
+                        serde_json::json!({"id": n.id, "addr": n.addr, "zone": n.zone, "state": state, "replicas": replicas, "leaders": leaders})
                     })
                     .collect();
-            print_rows(json, &["id", "addr", "state", "replicas", "leaders"], &rows)
+            print_rows(json, &["id", "addr", "zone", "state", "replicas", "leaders"], &rows)
         }
         CtlCommand::Shards { json } => {
             let (table, _) = ctl_status(placement, membership).await?;

@@ -436,6 +436,7 @@ redraft_node_proposal_duration_seconds_bucket{le="+Inf"} 100
                     id,
                     addr: format!("127.0.0.1:{id}"),
                     state: NodeState::Up,
+                    zone: String::new(),
                 },
             );
         }

@@ -61,6 +61,10 @@ pub struct NodeInfo {
     pub addr: String,
     /// Liveness as the placement driver sees it.
     pub state: NodeState,
+    /// The failure domain (rack, zone) the node declared with `--zone`; empty
+    /// for none. Replicas of a shard go to distinct zones when there are enough.
+    #[serde(default)]
+    pub zone: String,
 }
 
 /// The routing table.

@@ -121,7 +121,13 @@ pub enum NodeResponse {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PdRequest {
     /// A node starts: registers its address; gets an id when it has none yet.
-    Register { node_id: Option<NodeId>, addr: String },
+    Register {
+        node_id: Option<NodeId>,
+        addr: String,
+        /// The node's failure domain (`--zone`); empty for none.
+        #[serde(default)]
+        zone: String,
+    },
     /// A node is alive; `leaders` are the shards it currently leads, `load` their
     /// progress and size (the placement driver splits busy or big shards).
     Heartbeat {

@@ -167,3 +167,71 @@ pub fn comparison_svg(path: &Path, results: &[RunResult]) -> Result<()> {
     root.present().map_err(plot_err)?;
     Ok(())
 }
+
+/// A placement simulation's timeline: the fewest and most replicas on a node
+/// (top) and the replica moves in flight and shards short of replicas (bottom),
+/// against simulated seconds.
+pub fn simulation_svg(path: &Path, report: &redraft_placement::sim::SimReport) -> Result<()> {
+    let timeline = &report.timeline;
+    let end = timeline.last().map_or(1, |s| s.t.max(1)) as f64;
+    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let (top, bottom) = root.split_vertically(300);
+    let most = timeline.iter().map(|s| s.replicas_max).max().unwrap_or(1) as f64;
+    let mut chart = ChartBuilder::on(&top)
+        .caption(
+            format!("{:?}: replicas per node, fewest and most", report.config.scenario),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..end, 0.0..most * 1.1)
+        .map_err(plot_err)?;
+    chart.configure_mesh().draw().map_err(plot_err)?;
+    for (pick, colour) in [
+        (
+            Box::new(|s: &redraft_placement::sim::Sample| s.replicas_min) as Box<dyn Fn(&_) -> usize>,
+            BLUE,
+        ),
+        (Box::new(|s: &redraft_placement::sim::Sample| s.replicas_max), RED),
+    ] {
+        chart
+            .draw_series(LineSeries::new(
+                timeline.iter().map(|s| (s.t as f64, pick(s) as f64)),
+                &colour,
+            ))
+            .map_err(plot_err)?;
+    }
+    let busiest = timeline
+        .iter()
+        .map(|s| s.moves_in_flight.max(s.under_replicated))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption(
+            "moves in flight (black), shards short of replicas (red); simulated seconds",
+            ("sans-serif", 16),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..end, 0.0..busiest * 1.1)
+        .map_err(plot_err)?;
+    chart.configure_mesh().draw().map_err(plot_err)?;
+    chart
+        .draw_series(LineSeries::new(
+            timeline.iter().map(|s| (s.t as f64, s.moves_in_flight as f64)),
+            &BLACK,
+        ))
+        .map_err(plot_err)?;
+    chart
+        .draw_series(LineSeries::new(
+            timeline.iter().map(|s| (s.t as f64, s.under_replicated as f64)),
+            &RED,
+        ))
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)?;
+    Ok(())
+}

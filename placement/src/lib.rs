@@ -21,6 +21,7 @@
 
 pub mod metrics;
 pub mod scheduler;
+pub mod sim;
 pub mod state;
 pub mod store;
 pub mod verify;
@@ -226,8 +227,11 @@ impl scheduler::Cluster for Pd {
     }
 }
 
-/// Scheduler period: one step per tick.
+/// Scheduler period: one planning round per tick.
 const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long one planning round keeps moving leaderships (one after another).
+pub const LEADERSHIP_ROUND: Duration = Duration::from_secs(1);
 
 async fn schedule_loop(pd: Arc<Pd>) {
     loop {
@@ -270,17 +274,27 @@ async fn schedule_round(pd: &Arc<Pd>) -> Result<()> {
             return Ok(());
         }
     }
+    let started = Instant::now();
+    let table = pd.table();
+    let mut plan = scheduler::Plan::new(&table, &pd.live(), &pd.dead(), &pd.in_flight());
     loop {
-        let table = pd.table();
-        match scheduler::next_step(&table, &pd.live(), &pd.dead(), &pd.in_flight()) {
+        match plan.next_step() {
             Some(scheduler::Step::Move { shard, from, to }) => {
                 scheduler::begin_move(pd.as_ref(), &pd.endpoint, &table, (&shard, &from, &to)).await?;
                 spawn_move(pd, shard, from, to);
             }
             Some(step) => {
-                if pd.moving.lock().expect("moving lock").is_empty() {
+                // Leadership transfers go alongside replica moves (the plan
+                // leaves moving shards alone) and take milliseconds: a round
+                // keeps taking them for up to its period, so nodes that join
+                // lead shards within minutes, not once every move is done.
+                let lead = matches!(step, scheduler::Step::Lead { .. });
+                if lead || pd.moving.lock().expect("moving lock").is_empty() {
                     metrics::OPERATORS.set(1);
                     scheduler::execute(pd.as_ref(), &pd.endpoint, &table, &step).await?;
+                    if lead && started.elapsed() < LEADERSHIP_ROUND {
+                        continue;
+                    }
                 }
                 return Ok(());
             }
@@ -674,19 +688,24 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
         });
     }
     let response = match request {
-        PdRequest::Register { node_id, addr } => {
+        PdRequest::Register { node_id, addr, zone } => {
             if let Some(id) = node_id {
                 pd.soft.lock().expect("soft state lock").leaving.remove(&id);
             }
             let known = node_id.and_then(|id| pd.store.state().table.nodes.get(&id).cloned());
             match known {
-                Some(info) if info.addr == addr && info.state == redraft_common::routing::NodeState::Up => {
+                Some(info)
+                    if info.addr == addr
+                        && info.zone == zone
+                        && info.state == redraft_common::routing::NodeState::Up =>
+                {
                     PdResponse::Registered { node_id: info.id }
                 }
                 _ => match pd
                     .propose(PdCommand::Register {
                         requested: node_id,
                         addr,
+                        zone,
                     })
                     .await
                 {

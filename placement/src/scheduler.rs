@@ -28,7 +28,7 @@
 //! the PD publishes. Each step is idempotent, so a new PD leader simply starts
 //! the recorded reshape again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ use anyhow::{anyhow, bail, Result};
 use redraft_common::ids::{NodeId, ShardId};
 use redraft_common::ops::{ShardOp, WriteOp};
 use redraft_common::resp::Frame;
-use redraft_common::routing::{NodeState, RoutingTable};
+use redraft_common::routing::{NodeState, RoutingTable, ShardInfo};
 use redraft_common::transport::Endpoint;
 use redraft_common::wire::{NodeRequest, NodeResponse};
 
@@ -104,147 +104,248 @@ pub struct InFlight {
     pub balance: bool,
 }
 
-impl InFlight {
-    fn busy(&self, table: &RoutingTable, node: NodeId) -> usize {
-        let recorded = self.moves.values().filter(|(f, t)| *f == node || *t == node).count();
-        // A learner without a recorded move (never expected) still counts.
-        let unrecorded = table
-            .shards
-            .values()
-            .filter(|s| s.learners.contains(&node) && !self.moves.contains_key(&s.id))
-            .count();
-        recorded + unrecorded
-    }
-
-    fn allows(&self, table: &RoutingTable, from: NodeId, to: NodeId) -> bool {
-        let limit = self.per_node.max(1);
-        self.busy(table, from) < limit && self.busy(table, to) < limit
-    }
-
-    fn is_empty(&self, table: &RoutingTable) -> bool {
-        self.moves.is_empty() && table.shards.values().all(|s| s.learners.is_empty())
-    }
+/// Decides the next step from the table, the live nodes, the nodes dead for
+/// longer than the re-replication timeout and the moves under way (one
+/// [`Plan`] step).
+pub fn next_step(table: &RoutingTable, live: &[NodeId], dead: &[NodeId], in_flight: &InFlight) -> Option<Step> {
+    Plan::new(table, live, dead, in_flight).next_step()
 }
 
-/// Decides the next step from the table, the live nodes, the nodes dead for
-/// longer than the re-replication timeout and the moves under way. Replica counts
-/// are counted as they will be once the moves under way finish; a shard moves one
-/// replica at a time; leaders are balanced only when no replica is moving.
-pub fn next_step(table: &RoutingTable, live: &[NodeId], dead: &[NodeId], in_flight: &InFlight) -> Option<Step> {
-    let state = |n: &NodeId| table.nodes.get(n).map(|i| i.state);
-    // Nodes that take replicas: live and neither draining nor removed.
-    let usable: Vec<NodeId> = live
-        .iter()
-        .copied()
-        .filter(|n| state(n) == Some(NodeState::Up))
-        .collect();
-    let leaving = |n: NodeId| in_flight.moves.values().filter(|(f, _)| *f == n).count();
-    let count = |n: NodeId| {
-        table
-            .shards
+/// One planning round's view of the cluster: replica counts, per-node
+/// indexes and move slots computed once from the routing table, then kept
+/// current as the round plans steps, so a round that starts hundreds of moves
+/// does not rescan tens of thousands of shards for each.
+///
+/// RULES. Replica counts are counted as they will be once the moves under way
+/// finish; a shard moves one replica at a time; a node takes part in at most
+/// `per_node` moves at once; leaders are balanced alongside the moves, among
+/// the shards that are not moving. Dead and draining nodes are emptied first, each replica to the
+/// emptiest node that may take it; then a replica moves from the fullest node
+/// to the emptiest while they are two or more apart; then a leadership moves
+/// from the node leading the most to a replica on a node leading two fewer.
+///
+/// ZONES. When the usable nodes span at least as many zones as a shard has
+/// replicas, a replica never moves to a node whose zone already holds another
+/// replica of its shard (the source's excepted, since it leaves). With fewer
+/// zones, three copies come first.
+pub struct Plan<'a> {
+    table: &'a RoutingTable,
+    dead: Vec<NodeId>,
+    usable: Vec<NodeId>,
+    balance: bool,
+    limit: usize,
+    hosted: HashMap<NodeId, usize>,
+    leaving: HashMap<NodeId, usize>,
+    busy: HashMap<NodeId, usize>,
+    voter_of: HashMap<NodeId, Vec<&'a ShardInfo>>,
+    /// Shards with a learner, a recorded move or a move planned this round.
+    moving: std::collections::HashSet<ShardId>,
+    /// Leaderships moved this round.
+    led: HashMap<ShardId, NodeId>,
+    /// Shards led per usable node, counted when first needed.
+    leaders: Option<BTreeMap<NodeId, usize>>,
+    zones: usize,
+}
+
+impl<'a> Plan<'a> {
+    /// Indexes the table: one pass over the shards.
+    pub fn new(table: &'a RoutingTable, live: &[NodeId], dead: &[NodeId], in_flight: &InFlight) -> Plan<'a> {
+        let usable: Vec<NodeId> = live
+            .iter()
+            .copied()
+            .filter(|n| table.nodes.get(n).map(|i| i.state) == Some(NodeState::Up))
+            .collect();
+        let mut plan = Plan {
+            table,
+            dead: dead.to_vec(),
+            balance: in_flight.balance,
+            limit: in_flight.per_node.max(1),
+            hosted: HashMap::new(),
+            leaving: HashMap::new(),
+            busy: HashMap::new(),
+            voter_of: HashMap::new(),
+            moving: in_flight.moves.keys().copied().collect(),
+            led: HashMap::new(),
+            leaders: None,
+            zones: usable
+                .iter()
+                .map(|n| table.nodes.get(n).map_or("", |i| i.zone.as_str()))
+                .filter(|z| !z.is_empty())
+                .collect::<BTreeSet<&str>>()
+                .len(),
+            usable,
+        };
+        for shard in table.shards.values() {
+            for n in &shard.replicas {
+                *plan.hosted.entry(*n).or_default() += 1;
+                plan.voter_of.entry(*n).or_default().push(shard);
+            }
+            for n in &shard.learners {
+                *plan.hosted.entry(*n).or_default() += 1;
+                plan.moving.insert(shard.id);
+                if !in_flight.moves.contains_key(&shard.id) {
+                    // A learner without a recorded move (never expected) still counts.
+                    *plan.busy.entry(*n).or_default() += 1;
+                }
+            }
+        }
+        for (from, to) in in_flight.moves.values() {
+            *plan.leaving.entry(*from).or_default() += 1;
+            *plan.busy.entry(*from).or_default() += 1;
+            *plan.busy.entry(*to).or_default() += 1;
+        }
+        plan
+    }
+
+    fn count(&self, n: NodeId) -> usize {
+        self.hosted
+            .get(&n)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(self.leaving.get(&n).copied().unwrap_or(0))
+    }
+
+    fn free(&self, n: NodeId) -> bool {
+        self.busy.get(&n).copied().unwrap_or(0) < self.limit
+    }
+
+    fn zone(&self, n: NodeId) -> &str {
+        self.table.nodes.get(&n).map_or("", |i| i.zone.as_str())
+    }
+
+    /// Whether `to` may receive `shard`'s replica from `from` under the zone rule.
+    fn fits(&self, shard: &ShardInfo, from: NodeId, to: NodeId) -> bool {
+        self.zones < shard.replicas.len()
+            || shard
+                .replicas
+                .iter()
+                .chain(&shard.learners)
+                .all(|n| *n == from || self.zone(*n) != self.zone(to))
+    }
+
+    fn shards_of(&self, n: NodeId) -> &[&'a ShardInfo] {
+        self.voter_of.get(&n).map_or(&[], Vec::as_slice)
+    }
+
+    fn leader_of(&self, shard: &ShardInfo) -> Option<NodeId> {
+        self.led.get(&shard.id).copied().or(shard.leader)
+    }
+
+    /// Records a planned move, so the rest of the round plans around it.
+    fn moved(&mut self, shard: ShardId, from: NodeId, to: NodeId) -> Option<Step> {
+        self.moving.insert(shard);
+        *self.hosted.entry(to).or_default() += 1;
+        *self.leaving.entry(from).or_default() += 1;
+        *self.busy.entry(from).or_default() += 1;
+        *self.busy.entry(to).or_default() += 1;
+        Some(Step::Move { shard, from, to })
+    }
+
+    /// The next step, if any; the plan counts it as taken.
+    pub fn next_step(&mut self) -> Option<Step> {
+        let state = |n: &NodeId| self.table.nodes.get(n).map(|i| i.state);
+        let mut by_count = self.usable.clone();
+        by_count.sort_by_key(|n| (self.count(*n), *n));
+        // First empty the nodes being decommissioned and the dead ones.
+        let draining: Vec<NodeId> = self
+            .table
+            .nodes
             .values()
-            .filter(|s| s.hosted_on(n))
-            .count()
-            .saturating_sub(leaving(n))
-    };
-    let idle = |s: &&redraft_common::routing::ShardInfo| s.learners.is_empty() && !in_flight.moves.contains_key(&s.id);
-    // First empty the nodes being decommissioned and the dead ones.
-    let draining = table
-        .nodes
-        .values()
-        .filter(|n| n.state == NodeState::Draining)
-        .map(|n| n.id);
-    for source in draining.chain(dead.iter().copied()) {
-        let mut holds_any = false;
-        for shard in table.shards.values().filter(|s| s.replicas.contains(&source)) {
-            holds_any = true;
-            if !idle(&shard) {
+            .filter(|n| n.state == NodeState::Draining)
+            .map(|n| n.id)
+            .chain(self.dead.iter().copied())
+            .collect();
+        for source in draining {
+            let held = self.shards_of(source);
+            if self.free(source) {
+                for shard in held.iter().filter(|s| !self.moving.contains(&s.id)) {
+                    let to = by_count
+                        .iter()
+                        .copied()
+                        .find(|n| !shard.hosted_on(*n) && self.free(*n) && self.fits(shard, source, *n));
+                    if let Some(to) = to {
+                        return self.moved(shard.id, source, to);
+                    }
+                }
+            }
+            if held.is_empty() && state(&source) == Some(NodeState::Draining) && !self.busy.contains_key(&source) {
+                self.busy.insert(source, self.limit);
+                return Some(Step::Remove { node: source });
+            }
+        }
+        if self.usable.len() < 2 || !self.balance {
+            return None;
+        }
+        // Sources from the fullest, targets from the emptiest: the first pair two
+        // or more apart whose nodes are not at their move limit, with a shard to move.
+        let mut sources: Vec<(NodeId, usize)> = self.usable.iter().map(|n| (*n, self.count(*n))).collect();
+        sources.sort_by_key(|(n, c)| (std::cmp::Reverse(*c), *n));
+        for &(most, max) in &sources {
+            if !self.free(most) {
                 continue;
             }
-            let to = usable
-                .iter()
-                .copied()
-                .filter(|n| !shard.hosted_on(*n) && in_flight.allows(table, source, *n))
-                .min_by_key(|n| (count(*n), *n));
-            if let Some(to) = to {
-                return Some(Step::Move {
-                    shard: shard.id,
-                    from: source,
-                    to,
-                });
+            for &fewest in &by_count {
+                if max < self.count(fewest) + 2 {
+                    break;
+                }
+                if !self.free(fewest) {
+                    continue;
+                }
+                // Prefer a shard the source does not lead: no leader change needed.
+                let mut candidates = self
+                    .shards_of(most)
+                    .iter()
+                    .filter(|s| !self.moving.contains(&s.id) && !s.hosted_on(fewest) && self.fits(s, most, fewest));
+                let first = candidates.next();
+                let pick = first
+                    .filter(|s| self.leader_of(s) != Some(most))
+                    .or_else(|| candidates.find(|s| self.leader_of(s) != Some(most)))
+                    .or(first)
+                    .map(|s| s.id);
+                if let Some(shard) = pick {
+                    return self.moved(shard, most, fewest);
+                }
             }
         }
-        if !holds_any && state(&source) == Some(NodeState::Draining) && in_flight.busy(table, source) == 0 {
-            return Some(Step::Remove { node: source });
-        }
-    }
-    let live = usable;
-    if live.len() < 2 || !in_flight.balance {
-        return None;
-    }
-    let replicas: BTreeMap<NodeId, usize> = live.iter().map(|n| (*n, count(*n))).collect();
-    // Sources from the fullest, targets from the emptiest: the first pair two or
-    // more apart whose nodes are not at their move limit, with a shard to move.
-    let mut sources: Vec<(NodeId, usize)> = replicas.iter().map(|(n, c)| (*n, *c)).collect();
-    sources.sort_by_key(|(n, c)| (std::cmp::Reverse(*c), *n));
-    let mut targets = sources.clone();
-    targets.sort_by_key(|(n, c)| (*c, *n));
-    for &(most, max) in &sources {
-        for &(fewest, min) in &targets {
-            if max < min + 2 {
-                break;
+        let leaders = self.leaders.get_or_insert_with(|| {
+            let mut leaders: BTreeMap<NodeId, usize> = self.usable.iter().map(|n| (*n, 0)).collect();
+            for shard in self.table.shards.values() {
+                if let Some(c) = shard.leader.and_then(|l| leaders.get_mut(&l)) {
+                    *c += 1;
+                }
             }
-            if !in_flight.allows(table, most, fewest) {
-                continue;
-            }
-            // Prefer a shard the source does not lead: no leader change needed.
-            let candidates: Vec<_> = table
-                .shards
-                .values()
-                .filter(|s| s.replicas.contains(&most) && !s.hosted_on(fewest))
-                .filter(idle)
-                .collect();
-            let pick = candidates
-                .iter()
-                .find(|s| s.leader != Some(most))
-                .or(candidates.first());
-            if let Some(pick) = pick {
-                return Some(Step::Move {
-                    shard: pick.id,
-                    from: most,
-                    to: fewest,
-                });
+            leaders
+        });
+        // Leaders: move one from the node leading the most to a replica on a
+        // node leading at least two fewer, fewest first, until counts are
+        // within one; when the busiest has no such shard, the next busiest.
+        let mut by_leaders: Vec<(usize, NodeId)> = leaders.iter().map(|(n, c)| (*c, *n)).collect();
+        let leaders = leaders.clone();
+        by_leaders.sort();
+        for &(led, busiest) in by_leaders.iter().rev() {
+            for &(fewer, to) in &by_leaders {
+                if fewer + 2 > led {
+                    break;
+                }
+                let shard = self
+                    .shards_of(busiest)
+                    .iter()
+                    .find(|s| {
+                        self.leader_of(s) == Some(busiest) && s.replicas.contains(&to) && !self.moving.contains(&s.id)
+                    })
+                    .map(|s| s.id);
+                if let Some(shard) = shard {
+                    self.led.insert(shard, to);
+                    let mut counts = leaders;
+                    *counts.entry(busiest).or_default() -= 1;
+                    *counts.entry(to).or_default() += 1;
+                    self.leaders = Some(counts);
+                    return Some(Step::Lead { shard, to });
+                }
             }
         }
+        None
     }
-    if !in_flight.is_empty(table) {
-        return None;
-    }
-    let mut leaders: BTreeMap<NodeId, usize> = live.iter().map(|n| (*n, 0)).collect();
-    for shard in table.shards.values() {
-        if let Some(c) = shard.leader.and_then(|l| leaders.get_mut(&l)) {
-            *c += 1;
-        }
-    }
-    // Leaders: move one from the busiest node to a replica on a node leading at
-    // least two fewer, fewest first, until counts are within one of each other.
-    let (&busiest, &led) = leaders.iter().max_by_key(|(_, c)| **c)?;
-    let mut targets: Vec<(usize, NodeId)> = leaders
-        .iter()
-        .filter(|(_, c)| **c + 2 <= led)
-        .map(|(n, c)| (*c, *n))
-        .collect();
-    targets.sort();
-    for (_, to) in targets {
-        if let Some(shard) = table
-            .shards
-            .values()
-            .find(|s| s.leader == Some(busiest) && s.replicas.contains(&to))
-        {
-            return Some(Step::Lead { shard: shard.id, to });
-        }
-    }
-    None
 }
 
 /// Where node `node` listens, from the routing table.
@@ -612,10 +713,45 @@ mod tests {
                     id: n,
                     addr: format!("127.0.0.1:{}", 7000 + n),
                     state: NodeState::Up,
+                    zone: String::new(),
                 },
             );
         }
         t
+    }
+
+    #[test]
+    fn replicas_never_share_a_zone_when_three_zones_exist() {
+        // Nodes 1-3 in zones a, b, c; node 4 joins zone a. Shards on 1, 2, 3
+        // may only move node 1's replica to node 4 (node 2's or 3's would put
+        // two replicas in zone a).
+        let mut t = table(
+            &[(&[1, 2, 3], Some(2)), (&[1, 2, 3], Some(2)), (&[1, 2, 3], Some(3))],
+            4,
+        );
+        for (node, zone) in [(1, "a"), (2, "b"), (3, "c"), (4, "a")] {
+            t.nodes.get_mut(&node).expect("node").zone = zone.into();
+        }
+        match next_step(&t, &[1, 2, 3, 4], &[], &idle()) {
+            Some(Step::Move { from: 1, to: 4, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Zone b's only node is dead: two zones remain usable, fewer than the
+        // replicas, so three copies come first and one zone holds two.
+        let dead_b = next_step(&t, &[1, 3, 4], &[2], &idle());
+        assert!(matches!(dead_b, Some(Step::Move { from: 2, to: 4, .. })), "{dead_b:?}");
+        // With a zone-b node to take them, they go there.
+        t.nodes.insert(
+            5,
+            NodeInfo {
+                id: 5,
+                addr: "127.0.0.1:7005".into(),
+                state: NodeState::Up,
+                zone: "b".into(),
+            },
+        );
+        let dead_2 = next_step(&t, &[1, 3, 4, 5], &[2], &idle());
+        assert!(matches!(dead_2, Some(Step::Move { from: 2, to: 5, .. })), "{dead_2:?}");
     }
 
     #[test]

@@ -15,7 +15,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PdCommand {
     /// A node announces itself at `addr`; `requested` is the id it already has.
-    Register { requested: Option<NodeId>, addr: String },
+    Register {
+        requested: Option<NodeId>,
+        addr: String,
+        /// The node's zone (empty: none).
+        #[serde(default)]
+        zone: String,
+    },
     /// Create the initial shards over the registered nodes.
     /// `shards` in all when non-zero, else `shards_per_node` per node.
     Bootstrap {
@@ -107,7 +113,7 @@ impl PdState {
     /// Applies one command.
     pub fn apply(&mut self, command: &PdCommand) -> PdReply {
         match command {
-            PdCommand::Register { requested, addr } => self.register(*requested, addr),
+            PdCommand::Register { requested, addr, zone } => self.register(*requested, addr, zone),
             PdCommand::Bootstrap {
                 shards,
                 shards_per_node,
@@ -281,7 +287,7 @@ impl PdState {
         PdReply::Done
     }
 
-    fn register(&mut self, requested: Option<NodeId>, addr: &str) -> PdReply {
+    fn register(&mut self, requested: Option<NodeId>, addr: &str, zone: &str) -> PdReply {
         self.next_node_id = self.next_node_id.max(1);
         let id = match requested {
             Some(0) => return PdReply::Refused("node id 0 is reserved".into()),
@@ -300,12 +306,50 @@ impl PdState {
             id,
             addr: addr.to_string(),
             state: NodeState::Up,
+            zone: zone.to_string(),
         };
         if self.table.nodes.insert(id, info.clone()).as_ref() != Some(&info) && self.table.is_bootstrapped() {
             // Nodes are part of the published table: watchers must see the change.
             self.table.version += 1;
         }
         PdReply::NodeId(id)
+    }
+
+    /// `replicas` distinct nodes for the `i`-th shard at bootstrap, round-robin
+    /// from `nodes[i]`; with as many zones as replicas, in distinct zones.
+    fn spread(&self, nodes: &[NodeId], i: usize, replicas: usize) -> Vec<NodeId> {
+        let zone = |n: &NodeId| self.table.nodes.get(n).map_or("", |info| info.zone.as_str());
+        let zones: std::collections::BTreeSet<&str> = nodes.iter().map(zone).filter(|z| !z.is_empty()).collect();
+        // Zones interleaved (a1, b1, c1, a2, ...): consecutive nodes are in
+        // distinct zones, so round-robin spreads replicas and counts alike.
+        let mut interleaved: Vec<NodeId> = Vec::with_capacity(nodes.len());
+        if zones.len() >= replicas {
+            let by_zone: Vec<Vec<NodeId>> = zones
+                .iter()
+                .chain(std::iter::once(&""))
+                .map(|z| nodes.iter().copied().filter(|n| zone(n) == *z).collect())
+                .collect();
+            for k in 0..nodes.len() {
+                interleaved.extend(by_zone.iter().filter_map(|members| members.get(k)));
+            }
+        } else {
+            interleaved.extend_from_slice(nodes);
+        }
+        let nodes = interleaved.as_slice();
+        let mut picked: Vec<NodeId> = Vec::with_capacity(replicas);
+        for r in 0..replicas {
+            let fresh_zone = |n: &NodeId| zones.len() < replicas || picked.iter().all(|p| zone(p) != zone(n));
+            let next = (0..nodes.len())
+                .map(|k| nodes[(i + r + k) % nodes.len()])
+                .find(|n| !picked.contains(n) && fresh_zone(n))
+                .or_else(|| {
+                    (0..nodes.len())
+                        .map(|k| nodes[(i + r + k) % nodes.len()])
+                        .find(|n| !picked.contains(n))
+                });
+            picked.extend(next);
+        }
+        picked
     }
 
     /// Creates `shard_count` shards of `replicas` replicas on distinct nodes,
@@ -325,7 +369,7 @@ impl PdState {
         for i in 0..shard_count {
             let id = self.next_shard_id;
             self.next_shard_id += 1;
-            let replica_nodes = (0..replicas as usize).map(|r| nodes[(i + r) % nodes.len()]).collect();
+            let replica_nodes = self.spread(&nodes, i, replicas as usize);
             shards.insert(
                 id,
                 ShardInfo {
@@ -357,9 +401,40 @@ mod tests {
             s.apply(&PdCommand::Register {
                 requested: None,
                 addr: format!("127.0.0.1:{}", 7000 + i),
+                zone: String::new(),
             });
         }
         s
+    }
+
+    #[test]
+    fn bootstrap_spreads_each_shards_replicas_over_zones() {
+        // Zones a, a, b, b, c, c in id order: round-robin alone would put
+        // shard 1 on nodes 1, 2, 3 (two in zone a).
+        let mut s = PdState::default();
+        for (i, zone) in ["a", "a", "b", "b", "c", "c"].iter().enumerate() {
+            s.apply(&PdCommand::Register {
+                requested: None,
+                addr: format!("127.0.0.1:{}", 7000 + i),
+                zone: zone.to_string(),
+            });
+        }
+        s.apply(&PdCommand::Bootstrap {
+            shards: 12,
+            shards_per_node: 0,
+            replicas: 3,
+            vnode_count: 64,
+        });
+        let zone = |n: &NodeId| s.table.nodes[n].zone.clone();
+        let mut per_node = BTreeMap::new();
+        for shard in s.table.shards.values() {
+            let zones: std::collections::BTreeSet<String> = shard.replicas.iter().map(zone).collect();
+            assert_eq!(zones.len(), 3, "shard {} on {:?}", shard.id, shard.replicas);
+            for n in &shard.replicas {
+                *per_node.entry(*n).or_insert(0) += 1;
+            }
+        }
+        assert!(per_node.values().all(|c| *c == 6), "{per_node:?}");
     }
 
     #[test]
@@ -369,28 +444,32 @@ mod tests {
         assert!(matches!(
             s.apply(&PdCommand::Register {
                 requested: Some(2),
-                addr: "127.0.0.1:7001".into()
+                addr: "127.0.0.1:7001".into(),
+                zone: String::new(),
             }),
             PdReply::NodeId(2)
         ));
         assert!(matches!(
             s.apply(&PdCommand::Register {
                 requested: None,
-                addr: "127.0.0.1:7000".into()
+                addr: "127.0.0.1:7000".into(),
+                zone: String::new(),
             }),
             PdReply::NodeId(1)
         ));
         assert!(matches!(
             s.apply(&PdCommand::Register {
                 requested: Some(9),
-                addr: "127.0.0.1:7000".into()
+                addr: "127.0.0.1:7000".into(),
+                zone: String::new(),
             }),
             PdReply::Refused(_)
         ));
         assert!(matches!(
             s.apply(&PdCommand::Register {
                 requested: None,
-                addr: "127.0.0.1:9".into()
+                addr: "127.0.0.1:9".into(),
+                zone: String::new(),
             }),
             PdReply::NodeId(3)
         ));

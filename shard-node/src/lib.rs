@@ -74,6 +74,8 @@ pub struct Config {
     /// How a shard's leader confirms reads: from its lease (the default) or by
     /// a ReadIndex round.
     pub read_policy: ReadPolicy,
+    /// The node's failure domain (rack, zone); empty for none.
+    pub zone: String,
 }
 
 /// Raft timing knobs, kept together.
@@ -156,7 +158,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             bail!("data directory belongs to node {stored}, not {asked}");
         }
     }
-    let node_id = register(&pd, stored.or(config.node_id), &advertise.to_string()).await?;
+    let node_id = register(&pd, stored.or(config.node_id), &advertise.to_string(), &config.zone).await?;
     if stored.is_none() {
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
@@ -245,10 +247,11 @@ async fn tell_leaving(pd: &PdClient, node_id: NodeId) {
     tracing::warn!(node_id, "could not tell the placement driver this node is stopping");
 }
 
-async fn register(pd: &PdClient, node_id: Option<NodeId>, addr: &str) -> Result<NodeId> {
+async fn register(pd: &PdClient, node_id: Option<NodeId>, addr: &str, zone: &str) -> Result<NodeId> {
     let request = PdRequest::Register {
         node_id,
         addr: addr.to_string(),
+        zone: zone.to_string(),
     };
     loop {
         match pd.call(&request, Duration::from_secs(3)).await {

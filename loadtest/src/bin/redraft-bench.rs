@@ -93,6 +93,9 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Run the placement driver's scheduler against simulated nodes (no
+    /// sockets, no disks; seeded): prints one JSON report.
+    Simulate(SimArgs),
     /// Draw a comparison chart of result files.
     Plot {
         /// Result files written by `run --json`.
@@ -101,6 +104,57 @@ enum Command {
         #[arg(long, default_value = "comparison.svg")]
         out: PathBuf,
     },
+}
+
+/// `simulate`'s options.
+#[derive(Args)]
+struct SimArgs {
+    /// What happens: join, fail, decommission, rolling-restart, zone-failure.
+    #[arg(long, value_enum, default_value_t = SimScenario::Join)]
+    scenario: SimScenario,
+    /// Nodes at the start.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// Nodes that join (join).
+    #[arg(long, default_value_t = 400)]
+    add: usize,
+    /// Shards at the start.
+    #[arg(long, default_value_t = 50_000)]
+    shards: usize,
+    /// Percent of the nodes that fail (fail).
+    #[arg(long, default_value_t = 5.0)]
+    fail_percent: f64,
+    /// Zones the nodes spread over, round-robin (0: none).
+    #[arg(long, default_value_t = 0)]
+    zones: usize,
+    /// Replica moves per node at once (the placement driver's --moves-per-node).
+    #[arg(long, default_value_t = 1)]
+    moves_per_node: usize,
+    /// Mean shard size, MiB.
+    #[arg(long, default_value_t = 64.0)]
+    shard_mib: f64,
+    /// Snapshot rate of a sending node, MiB/s.
+    #[arg(long, default_value_t = 64.0)]
+    mib_per_sec: f64,
+    /// Seed of the run (sizes, which nodes fail): the same seed replays it.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the whole report as one JSON line (default: pretty, without the timeline).
+    #[arg(long)]
+    json: bool,
+    /// Draw the run's timeline (replicas per node, moves in flight) here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+/// Scenarios of `simulate`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SimScenario {
+    Join,
+    Fail,
+    Decommission,
+    RollingRestart,
+    ZoneFailure,
 }
 
 #[derive(Args)]
@@ -139,6 +193,7 @@ struct RunArgs {
     #[arg(long)]
     rate: Option<f64>,
     /// Random seed.
+    /// Seed of the run (sizes, which nodes fail): the same seed replays it.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Write the results as JSON here.
@@ -187,6 +242,7 @@ struct CheckArgs {
     #[arg(long, default_value_t = 3)]
     fault_at: u64,
     /// Random seed.
+    /// Seed of the run (sizes, which nodes fail): the same seed replays it.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -303,6 +359,42 @@ async fn main() -> Result<()> {
             }
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&all)?)?;
+            }
+            Ok(())
+        }
+        Command::Simulate(args) => {
+            use redraft_placement::sim::{Scenario, SimConfig};
+            let config = SimConfig {
+                scenario: match args.scenario {
+                    SimScenario::Join => Scenario::Join,
+                    SimScenario::Fail => Scenario::Fail,
+                    SimScenario::Decommission => Scenario::Decommission,
+                    SimScenario::RollingRestart => Scenario::RollingRestart,
+                    SimScenario::ZoneFailure => Scenario::ZoneFailure,
+                },
+                nodes: args.nodes,
+                add: args.add,
+                shards: args.shards,
+                fail_percent: args.fail_percent,
+                zones: args.zones,
+                moves_per_node: args.moves_per_node,
+                shard_mib: args.shard_mib,
+                mib_per_sec: args.mib_per_sec,
+                seed: args.seed,
+                ..SimConfig::default()
+            };
+            let report = tokio::task::block_in_place(|| redraft_placement::sim::run(config));
+            if let Some(path) = args.svg {
+                redraft_loadtest::report::simulation_svg(&path, &report)?;
+            }
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                let mut summary = serde_json::to_value(&report)?;
+                if let Some(map) = summary.as_object_mut() {
+                    map.remove("timeline");
+                }
+                println!("{}", serde_json::to_string_pretty(&summary)?);
             }
             Ok(())
         }
