@@ -16,6 +16,7 @@ if [ "${1:-}" = short ]; then
     "decommission --nodes 100 --shards 5000"
     "rolling-restart --nodes 30 --shards 3000"
     "zone-failure --nodes 30 --zones 3 --shards 3000"
+    "hotspot --nodes 30 --shards 300"
   )
 else
   runs=(
@@ -24,6 +25,7 @@ else
     "decommission --nodes 500 --shards 50000"
     "rolling-restart --nodes 100 --shards 10000"
     "zone-failure --nodes 300 --zones 3 --shards 30000"
+    "hotspot --nodes 100 --shards 1000"
     "join --nodes 500 --add 500 --shards 50000"
   )
 fi

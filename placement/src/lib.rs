@@ -130,17 +130,10 @@ impl Soft {
 }
 
 /// A shard's load from its recent heartbeat samples.
-struct Load {
-    bytes: u64,
-    entries_per_sec: f64,
-    /// How long the samples cover.
-    span: Duration,
-}
-
-fn load_of(samples: &std::collections::VecDeque<(Instant, u64, u64)>) -> Option<Load> {
+fn load_of(samples: &std::collections::VecDeque<(Instant, u64, u64)>) -> Option<scheduler::ShardLoad> {
     let (first, last) = (samples.front()?, samples.back()?);
     let span = last.0.duration_since(first.0);
-    Some(Load {
+    Some(scheduler::ShardLoad {
         bytes: last.2,
         entries_per_sec: last.1.saturating_sub(first.1) as f64 / span.as_secs_f64().max(1e-3),
         span,
@@ -150,13 +143,13 @@ fn load_of(samples: &std::collections::VecDeque<(Instant, u64, u64)>) -> Option<
 /// How far back write rates are measured.
 const LOAD_WINDOW: Duration = Duration::from_secs(10);
 /// The shortest history a write rate is judged on.
-const LOAD_MIN_SPAN: Duration = Duration::from_secs(5);
+pub const LOAD_MIN_SPAN: Duration = Duration::from_secs(5);
 /// A shard (or a shard just split off) is not split again sooner than this.
-const SPLIT_COOLDOWN: Duration = Duration::from_secs(60);
+pub const SPLIT_COOLDOWN: Duration = Duration::from_secs(60);
 /// While shards are fewer than nodes, a shard taking at least this many Raft
 /// entries per second is split to spread; an idle one is left whole, as a
 /// node without load gains nothing from leading.
-const SPREAD_MIN_ENTRIES_PER_SEC: f64 = 5.0;
+pub const SPREAD_MIN_ENTRIES_PER_SEC: f64 = 5.0;
 
 struct Pd {
     raft: PdRaft,
@@ -546,44 +539,24 @@ impl Pd {
     /// that join a cluster of one shard per node share its load.
     fn split_candidate(&self, table: &RoutingTable) -> Option<(ShardId, String)> {
         let soft = self.soft.lock().expect("soft state lock");
-        let cooling = |s: &ShardId| soft.split_at.get(s).is_some_and(|t| t.elapsed() < SPLIT_COOLDOWN);
-        let splittable = || {
-            table
-                .shards
-                .keys()
-                .filter(|s| !cooling(s) && table.vnodes_of(**s).len() >= 2)
-                .filter_map(|shard| Some((*shard, load_of(soft.load.get(shard)?)?)))
-        };
-        let busy_or_big = splittable().find_map(|(shard, load)| {
-            if self.split_bytes > 0 && load.bytes > self.split_bytes {
-                return Some((shard, format!("{} bytes on disk", load.bytes)));
-            }
-            let rate = load.entries_per_sec;
-            (self.split_writes_per_sec > 0 && load.span >= LOAD_MIN_SPAN && rate > self.split_writes_per_sec as f64)
-                .then(|| (shard, format!("{rate:.0} writes/s")))
-        });
-        if busy_or_big.is_some() {
-            return busy_or_big;
-        }
         let leading_capable = table
             .nodes
             .iter()
             .filter(|(id, info)| info.state == redraft_common::routing::NodeState::Up && soft.is_live(id))
             .count();
-        if table.shards.len() >= leading_capable {
-            return None;
-        }
-        splittable()
-            .filter(|(_, load)| load.span >= LOAD_MIN_SPAN && load.entries_per_sec >= SPREAD_MIN_ENTRIES_PER_SEC)
-            .max_by(|a, b| a.1.entries_per_sec.total_cmp(&b.1.entries_per_sec))
-            .map(|(shard, load)| {
-                let why = format!(
-                    "{} shards for {leading_capable} nodes; {:.0} entries/s to spread",
-                    table.shards.len(),
-                    load.entries_per_sec
-                );
-                (shard, why)
-            })
+        let policy = scheduler::SplitPolicy {
+            split_bytes: self.split_bytes,
+            split_writes_per_sec: self.split_writes_per_sec,
+            min_span: LOAD_MIN_SPAN,
+            spread_min_entries_per_sec: SPREAD_MIN_ENTRIES_PER_SEC,
+        };
+        scheduler::split_candidate(
+            table,
+            |shard| soft.load.get(&shard).and_then(load_of),
+            |shard| soft.split_at.get(&shard).is_some_and(|t| t.elapsed() < SPLIT_COOLDOWN),
+            leading_capable,
+            &policy,
+        )
     }
 
     /// What `redraft ctl top` shows.

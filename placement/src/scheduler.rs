@@ -104,6 +104,80 @@ pub struct InFlight {
     pub balance: bool,
 }
 
+/// A shard's recent load, from its leader's heartbeats.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardLoad {
+    /// Bytes of its data on disk.
+    pub bytes: u64,
+    /// Raft entries applied per second.
+    pub entries_per_sec: f64,
+    /// How long the samples cover.
+    pub span: Duration,
+}
+
+/// When the placement driver splits a shard on its own.
+#[derive(Clone, Debug)]
+pub struct SplitPolicy {
+    /// Split a shard bigger than this (0: never).
+    pub split_bytes: u64,
+    /// Split a shard applying more entries per second than this (0: never).
+    pub split_writes_per_sec: u64,
+    /// The shortest history a write rate is judged on.
+    pub min_span: Duration,
+    /// While shards are fewer than nodes that can lead, the busiest shard
+    /// taking at least this many entries per second is split to spread.
+    pub spread_min_entries_per_sec: f64,
+}
+
+/// The shard to split automatically, with the reason: one whose data outgrew
+/// `split_bytes`, or whose write rate stayed above `split_writes_per_sec`, or,
+/// while there are fewer shards than nodes that could lead one
+/// (`leading_capable`), the busiest shard that takes writes: its new half gets
+/// a leader on a node that led nothing, so nodes joining a cluster of one
+/// shard per node share its load. `cooling` shards were split lately.
+pub fn split_candidate(
+    table: &RoutingTable,
+    load: impl Fn(ShardId) -> Option<ShardLoad>,
+    cooling: impl Fn(ShardId) -> bool,
+    leading_capable: usize,
+    policy: &SplitPolicy,
+) -> Option<(ShardId, String)> {
+    // Virtual nodes per shard in one pass (a shard needs two to split).
+    let mut vnodes: HashMap<ShardId, usize> = HashMap::new();
+    for shard in &table.vnodes {
+        *vnodes.entry(*shard).or_default() += 1;
+    }
+    let splittable = || {
+        table
+            .shards
+            .keys()
+            .filter(|s| !cooling(**s) && vnodes.get(*s).copied().unwrap_or(0) >= 2)
+            .filter_map(|shard| Some((*shard, load(*shard)?)))
+    };
+    let busy_or_big = splittable().find_map(|(shard, load)| {
+        if policy.split_bytes > 0 && load.bytes > policy.split_bytes {
+            return Some((shard, format!("{} bytes on disk", load.bytes)));
+        }
+        let rate = load.entries_per_sec;
+        (policy.split_writes_per_sec > 0 && load.span >= policy.min_span && rate > policy.split_writes_per_sec as f64)
+            .then(|| (shard, format!("{rate:.0} writes/s")))
+    });
+    if busy_or_big.is_some() || table.shards.len() >= leading_capable {
+        return busy_or_big;
+    }
+    splittable()
+        .filter(|(_, load)| load.span >= policy.min_span && load.entries_per_sec >= policy.spread_min_entries_per_sec)
+        .max_by(|a, b| a.1.entries_per_sec.total_cmp(&b.1.entries_per_sec))
+        .map(|(shard, load)| {
+            let why = format!(
+                "{} shards for {leading_capable} nodes; {:.0} entries/s to spread",
+                table.shards.len(),
+                load.entries_per_sec
+            );
+            (shard, why)
+        })
+}
+
 /// Decides the next step from the table, the live nodes, the nodes dead for
 /// longer than the re-replication timeout and the moves under way (one
 /// [`Plan`] step).

@@ -42,6 +42,10 @@ pub enum Scenario {
     RollingRestart,
     /// Every node of one zone fails at once (`zones` must be 3 or more).
     ZoneFailure,
+    /// The virtual nodes of 1% of the shards take half of all writes: the
+    /// placement driver splits the busy shards (`SplitPolicy`, at twice the
+    /// mean write rate of a shard) and spreads the pieces.
+    Hotspot,
 }
 
 /// A simulation run.
@@ -70,6 +74,10 @@ pub struct SimConfig {
     pub dead_after_secs: u64,
     /// Simulated time limit, seconds.
     pub max_seconds: u64,
+    /// Virtual nodes on the ring.
+    pub vnodes: u32,
+    /// Raft entries per second per shard, on average (`Hotspot`).
+    pub entries_per_shard: f64,
 }
 
 impl Default for SimConfig {
@@ -88,6 +96,8 @@ impl Default for SimConfig {
             shard_mib: 64.0,
             dead_after_secs: 30,
             max_seconds: 7 * 86_400,
+            vnodes: 16_384,
+            entries_per_shard: 20.0,
         }
     }
 }
@@ -131,6 +141,11 @@ pub struct SimReport {
     pub unavailable_shard_seconds: u64,
     /// Shards holding two replicas in one zone at the end (with 3+ zones).
     pub zone_violations: usize,
+    /// Automatic splits (`Hotspot`), and the largest share of all writes one
+    /// node leads before and after.
+    pub splits: u64,
+    pub hottest_node_write_share_start: f64,
+    pub hottest_node_write_share_end: f64,
     /// The PD's planning and state transitions per one-second round (heartbeat
     /// handling included): mean and largest.
     pub pd_cpu_ms_per_heartbeat_round: f64,
@@ -186,6 +201,10 @@ struct Sim {
     pd_rounds: u64,
     pd_seconds: f64,
     applied_this_round: u64,
+    /// Entries per second of each virtual node.
+    vnode_rates: Vec<f64>,
+    /// When each shard last took part in a split.
+    split_at: HashMap<ShardId, u64>,
 }
 
 /// Runs one simulation.
@@ -216,6 +235,9 @@ impl Sim {
                 under_replicated_shard_seconds: 0,
                 unavailable_shard_seconds: 0,
                 zone_violations: 0,
+                splits: 0,
+                hottest_node_write_share_start: 0.0,
+                hottest_node_write_share_end: 0.0,
                 pd_cpu_ms_per_heartbeat_round: 0.0,
                 pd_cpu_ms_max_round: 0.0,
                 pd_state_bytes: 0,
@@ -234,6 +256,8 @@ impl Sim {
             pd_rounds: 0,
             pd_seconds: 0.0,
             applied_this_round: 0,
+            vnode_rates: Vec::new(),
+            split_at: HashMap::new(),
         };
         for _ in 0..config.nodes {
             sim.register(&mut state);
@@ -242,15 +266,121 @@ impl Sim {
             shards: config.shards as u32,
             shards_per_node: 0,
             replicas: config.replicas as u32,
-            vnode_count: (config.shards as u32).clamp(redraft_common::keys::DEFAULT_VNODES, u32::from(u16::MAX)),
+            vnode_count: config.vnodes.clamp(config.shards as u32, u32::from(u16::MAX)),
         });
         let mean = config.shard_mib * f64::from(1 << 20);
         for shard in state.table.shards.values() {
             sim.sizes.insert(shard.id, (mean * rng.gen_range(0.5..1.5)) as u64);
             sim.leaders.insert(shard.id, shard.replicas[0]);
         }
+        let vnodes = state.table.vnodes.len();
+        let total = config.entries_per_shard * config.shards as f64;
+        sim.vnode_rates = vec![total / vnodes.max(1) as f64; vnodes];
+        if config.scenario == Scenario::Hotspot {
+            // The virtual nodes of 1% of the shards (1% of the ring, as
+            // vnodes are dealt out evenly) take half of all writes.
+            let ids: Vec<ShardId> = state.table.shards.keys().copied().collect();
+            let mut hot_shards = BTreeSet::new();
+            while hot_shards.len() < (ids.len() / 100).max(1) {
+                hot_shards.insert(ids[rng.gen_range(0..ids.len())]);
+            }
+            let picked: BTreeSet<usize> = (0..vnodes)
+                .filter(|v| hot_shards.contains(&state.table.vnodes[*v]))
+                .collect();
+            let hot = picked.len().max(1);
+            for (v, rate) in sim.vnode_rates.iter_mut().enumerate() {
+                *rate = if picked.contains(&v) {
+                    total * 0.5 / hot as f64
+                } else {
+                    total * 0.5 / (vnodes - hot) as f64
+                };
+            }
+        }
         sim.state = state;
         sim
+    }
+
+    /// Entries per second of every shard.
+    fn shard_rates(&self) -> HashMap<ShardId, f64> {
+        let mut rates: HashMap<ShardId, f64> = HashMap::new();
+        for (v, shard) in self.state.table.vnodes.iter().enumerate() {
+            *rates.entry(*shard).or_default() += self.vnode_rates.get(v).copied().unwrap_or(0.0);
+        }
+        rates
+    }
+
+    /// The largest share of all writes whose shards one node leads.
+    fn hottest_node_share(&self) -> f64 {
+        let rates = self.shard_rates();
+        let total: f64 = rates.values().sum();
+        let mut per_node: HashMap<NodeId, f64> = HashMap::new();
+        for (shard, rate) in &rates {
+            if let Some(leader) = self.leaders.get(shard) {
+                *per_node.entry(*leader).or_default() += rate;
+            }
+        }
+        per_node.values().copied().fold(0.0, f64::max) / total.max(1e-9)
+    }
+
+    /// The automatic split of a busy shard, as the PD leader runs it when no
+    /// move is under way: the recorded split is carried out (the shards apply
+    /// it in well under a round) and the next busy shard is chosen.
+    fn split(&mut self) -> bool {
+        if !self.transfers.is_empty() {
+            return false;
+        }
+        if let Some(crate::state::Reshape::Split { shard, child, vnodes }) = self.state.reshape.clone() {
+            let owned = self.state.table.vnodes_of(shard).len() + vnodes.len();
+            let size = self.shard_bytes(shard);
+            let moved = size * vnodes.len() as u64 / owned.max(1) as u64;
+            self.sizes.insert(shard, size - moved);
+            self.sizes.insert(child, moved);
+            self.apply(PdCommand::FinishReshape);
+            if let Some(leader) = self.leaders.get(&shard).copied() {
+                self.leaders.insert(child, leader);
+            }
+            self.split_at.insert(child, self.now);
+            self.report.splits += 1;
+            return true;
+        }
+        let rates = self.shard_rates();
+        let live = self.live().len();
+        let now = self.now;
+        let policy = scheduler::SplitPolicy {
+            split_bytes: 0,
+            split_writes_per_sec: (2.0 * self.config.entries_per_shard) as u64,
+            min_span: crate::LOAD_MIN_SPAN,
+            spread_min_entries_per_sec: crate::SPREAD_MIN_ENTRIES_PER_SEC,
+        };
+        let table = &self.state.table;
+        let split_at = &self.split_at;
+        let started = Instant::now();
+        let candidate = scheduler::split_candidate(
+            table,
+            |shard| {
+                Some(scheduler::ShardLoad {
+                    bytes: 0,
+                    entries_per_sec: rates.get(&shard).copied().unwrap_or(0.0),
+                    span: std::time::Duration::from_secs(10),
+                })
+            },
+            |shard| {
+                split_at
+                    .get(&shard)
+                    .is_some_and(|t| now < t + crate::SPLIT_COOLDOWN.as_secs())
+            },
+            live,
+            &policy,
+        );
+        self.pd_seconds += started.elapsed().as_secs_f64();
+        match candidate {
+            Some((shard, _)) => {
+                self.apply(PdCommand::BeginSplit { shard });
+                self.split_at.insert(shard, self.now);
+                true
+            }
+            None => false,
+        }
     }
 
     fn register(&mut self, state: &mut PdState) -> NodeId {
@@ -342,7 +472,7 @@ impl Sim {
                     });
                 }
             }
-            Scenario::RollingRestart => {}
+            Scenario::RollingRestart | Scenario::Hotspot => {}
         }
     }
 
@@ -634,6 +764,7 @@ impl Sim {
 
     fn run(&mut self) {
         self.event();
+        self.report.hottest_node_write_share_start = self.hottest_node_share();
         let restart_every = 30;
         let mut restarting: Vec<NodeId> = if self.config.scenario == Scenario::RollingRestart {
             self.nodes.keys().copied().rev().collect()
@@ -665,7 +796,8 @@ impl Sim {
             self.heartbeats();
             self.elections();
             self.finish_transfers();
-            let planned = self.plan();
+            let splitting = self.config.scenario == Scenario::Hotspot && self.split();
+            let planned = splitting || (self.state.reshape.is_none() && self.plan());
             self.persist_cost();
             self.account();
             round_max = round_max.max(self.pd_seconds - before);
@@ -686,7 +818,13 @@ impl Sim {
                 .nodes
                 .values()
                 .any(|n| !n.up && self.now < n.down_since + self.config.dead_after_secs + 2);
-            if events_over && !waiting_for_dead && quiet >= QUIET_ROUNDS {
+            // A shard just split may be split again once its cool-down ends.
+            let quiet_enough = if self.config.scenario == Scenario::Hotspot {
+                QUIET_ROUNDS + crate::SPLIT_COOLDOWN.as_secs()
+            } else {
+                QUIET_ROUNDS
+            };
+            if events_over && !waiting_for_dead && quiet >= quiet_enough {
                 break;
             }
         }
@@ -705,6 +843,7 @@ impl Sim {
         self.report.balanced = quiet >= QUIET_ROUNDS && all_placed && self.report.max_replica_deviation <= 1.0;
         self.report.sim_seconds_to_balance = last_step;
         self.report.zone_violations = self.zone_violations();
+        self.report.hottest_node_write_share_end = self.hottest_node_share();
         self.report.pd_cpu_ms_per_heartbeat_round = self.pd_seconds * 1000.0 / self.pd_rounds.max(1) as f64;
         self.report.pd_cpu_ms_max_round = round_max * 1000.0;
         self.report.pd_state_bytes = redraft_common::wire::encode(&self.state).len();
@@ -827,6 +966,25 @@ mod tests {
             ..small(Scenario::ZoneFailure)
         });
         check(&report, 1.1);
+    }
+
+    #[test]
+    fn a_hot_spot_is_split_and_its_pieces_spread() {
+        let report = run(SimConfig {
+            nodes: 20,
+            shards: 100,
+            vnodes: 4096,
+            ..small(Scenario::Hotspot)
+        });
+        assert!(report.balanced && report.zone_violations == 0 && report.unavailable_shard_seconds == 0);
+        assert!(report.max_concurrent_moves_per_node <= report.config.moves_per_node);
+        assert!(report.splits > 0);
+        assert!(
+            report.hottest_node_write_share_end < report.hottest_node_write_share_start,
+            "hottest node's share of writes {} -> {}",
+            report.hottest_node_write_share_start,
+            report.hottest_node_write_share_end
+        );
     }
 
     #[test]

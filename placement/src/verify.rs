@@ -77,6 +77,10 @@ async fn digest_round(
         info.replicas.iter().map(|n| (*n, (0, Instant::now()))).collect();
     while !waiting.is_empty() {
         for (node, (seen, since)) in std::mem::take(&mut waiting) {
+            // Applied first: a replica registers its digest before its applied
+            // index passes the entry, so "unknown" after "applied" means it
+            // never will (asked the other way round, the two answers race).
+            let applied = applied(endpoint, table, shard, node).await;
             match progress(endpoint, table, shard, node, index).await {
                 Ok(DigestProgress::Done(digest)) => {
                     reports.insert(node, digest);
@@ -84,7 +88,7 @@ async fn digest_round(
                 Ok(DigestProgress::Running { bytes }) if bytes > seen => {
                     waiting.insert(node, (bytes, Instant::now()));
                 }
-                Ok(DigestProgress::Unknown) if applied(endpoint, table, shard, node).await >= index => {
+                Ok(DigestProgress::Unknown) if applied >= index => {
                     missing.push((
                         node,
                         "did not digest the entry (a snapshot was installed past it, or it restarted)".into(),

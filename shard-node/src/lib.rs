@@ -399,6 +399,16 @@ async fn watch_loop(host: Arc<Host>, pd: PdClient) {
     let mut version = 0;
     loop {
         match pd.routing(version, u64::MAX, Duration::from_secs(10)).await {
+            // A placement leader that has just taken over may still be
+            // applying its log and answer with an older table: never go back.
+            Ok(table) if table.version < version => {
+                tracing::debug!(
+                    version = table.version,
+                    known = version,
+                    "ignoring an older routing table"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             Ok(table) => {
                 if table.version != version {
                     if let Err(e) = host.sync_with(&table).await {

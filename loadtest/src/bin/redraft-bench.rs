@@ -109,7 +109,7 @@ enum Command {
 /// `simulate`'s options.
 #[derive(Args)]
 struct SimArgs {
-    /// What happens: join, fail, decommission, rolling-restart, zone-failure.
+    /// What happens: join, fail, decommission, rolling-restart, zone-failure, hotspot.
     #[arg(long, value_enum, default_value_t = SimScenario::Join)]
     scenario: SimScenario,
     /// Nodes at the start.
@@ -155,6 +155,7 @@ enum SimScenario {
     Decommission,
     RollingRestart,
     ZoneFailure,
+    Hotspot,
 }
 
 #[derive(Args)]
@@ -371,6 +372,7 @@ async fn main() -> Result<()> {
                     SimScenario::Decommission => Scenario::Decommission,
                     SimScenario::RollingRestart => Scenario::RollingRestart,
                     SimScenario::ZoneFailure => Scenario::ZoneFailure,
+                    SimScenario::Hotspot => Scenario::Hotspot,
                 },
                 nodes: args.nodes,
                 add: args.add,
