@@ -193,10 +193,12 @@ pub fn next_step(table: &RoutingTable, live: &[NodeId], dead: &[NodeId], in_flig
 /// RULES. Replica counts are counted as they will be once the moves under way
 /// finish; a shard moves one replica at a time; a node takes part in at most
 /// `per_node` moves at once; leaders are balanced alongside the moves, among
-/// the shards that are not moving. Dead and draining nodes are emptied first, each replica to the
-/// emptiest node that may take it; then a replica moves from the fullest node
-/// to the emptiest while they are two or more apart; then a leadership moves
-/// from the node leading the most to a replica on a node leading two fewer.
+/// the shards that are not moving. Dead and draining nodes are emptied first,
+/// each replica to the emptiest node that may take it; then a replica moves
+/// from the fullest node to the emptiest while they are two or more apart;
+/// then a leadership moves from the node leading the most to a replica on a
+/// node leading two fewer, directly or through a chain of transfers when they
+/// share no shard.
 ///
 /// ZONES. When the usable nodes span at least as many zones as a shard has
 /// replicas, a replica never moves to a node whose zone already holds another
@@ -218,6 +220,8 @@ pub struct Plan<'a> {
     led: HashMap<ShardId, NodeId>,
     /// Shards led per usable node, counted when first needed.
     leaders: Option<BTreeMap<NodeId, usize>>,
+    /// The rest of a chain of leadership transfers planned at once.
+    chain: std::collections::VecDeque<Step>,
     zones: usize,
 }
 
@@ -241,6 +245,7 @@ impl<'a> Plan<'a> {
             moving: in_flight.moves.keys().copied().collect(),
             led: HashMap::new(),
             leaders: None,
+            chain: std::collections::VecDeque::new(),
             zones: usable
                 .iter()
                 .map(|n| table.nodes.get(n).map_or("", |i| i.zone.as_str()))
@@ -317,6 +322,9 @@ impl<'a> Plan<'a> {
 
     /// The next step, if any; the plan counts it as taken.
     pub fn next_step(&mut self) -> Option<Step> {
+        if let Some(step) = self.chain.pop_front() {
+            return Some(step);
+        }
         let state = |n: &NodeId| self.table.nodes.get(n).map(|i| i.state);
         let mut by_count = self.usable.clone();
         by_count.sort_by_key(|n| (self.count(*n), *n));
@@ -390,31 +398,83 @@ impl<'a> Plan<'a> {
             }
             leaders
         });
-        // Leaders: move one from the node leading the most to a replica on a
-        // node leading at least two fewer, fewest first, until counts are
-        // within one; when the busiest has no such shard, the next busiest.
+        // Leaders: the node leading fewest takes a shard it holds a replica of
+        // from the busiest of that shard's leaders that leads at least two
+        // more, until counts are within one of each other.
         let mut by_leaders: Vec<(usize, NodeId)> = leaders.iter().map(|(n, c)| (*c, *n)).collect();
         let leaders = leaders.clone();
         by_leaders.sort();
-        for &(led, busiest) in by_leaders.iter().rev() {
-            for &(fewer, to) in &by_leaders {
-                if fewer + 2 > led {
-                    break;
+        let most = by_leaders.last().map_or(0, |(c, _)| *c);
+        for &(fewer, to) in &by_leaders {
+            if fewer + 2 > most {
+                break;
+            }
+            let pick = self
+                .shards_of(to)
+                .iter()
+                .filter(|s| !self.moving.contains(&s.id))
+                .filter_map(|s| {
+                    let leader = self.leader_of(s)?;
+                    let led = leaders.get(&leader).copied().unwrap_or(0);
+                    (leader != to && led >= fewer + 2).then_some((led, leader, s.id))
+                })
+                .max();
+            if let Some((_, busiest, shard)) = pick {
+                self.led.insert(shard, to);
+                let mut counts = leaders;
+                *counts.entry(busiest).or_default() -= 1;
+                *counts.entry(to).or_default() += 1;
+                self.leaders = Some(counts);
+                return Some(Step::Lead { shard, to });
+            }
+        }
+        // No direct transfer: the busiest node may share no shard with the
+        // nodes leading fewest (replicas placed on neighbouring nodes). A chain
+        // of transfers through nodes in between moves one leadership from the
+        // busiest to one leading two fewer, the others' counts unchanged.
+        let &(led, busiest) = by_leaders.last()?;
+        let path = self.leader_path(busiest, |n| leaders.get(&n).is_some_and(|c| c + 2 <= led))?;
+        let target = path.last().map(|(_, to)| *to)?;
+        for (shard, to) in &path {
+            self.led.insert(*shard, *to);
+            self.chain.push_back(Step::Lead { shard: *shard, to: *to });
+        }
+        let mut counts = leaders;
+        *counts.entry(busiest).or_default() -= 1;
+        *counts.entry(target).or_default() += 1;
+        self.leaders = Some(counts);
+        self.chain.pop_front()
+    }
+
+    /// The shortest chain of leadership transfers from `source` to a node for
+    /// which `is_target` holds: each hop hands a shard the current node leads
+    /// (and that is not moving) to a node holding a replica of it.
+    fn leader_path(&self, source: NodeId, is_target: impl Fn(NodeId) -> bool) -> Option<Vec<(ShardId, NodeId)>> {
+        let usable: std::collections::HashSet<NodeId> = self.usable.iter().copied().collect();
+        let mut came_from: HashMap<NodeId, (NodeId, ShardId)> = HashMap::new();
+        let mut queue = std::collections::VecDeque::from([source]);
+        while let Some(node) = queue.pop_front() {
+            for shard in self.shards_of(node) {
+                if self.leader_of(shard) != Some(node) || self.moving.contains(&shard.id) {
+                    continue;
                 }
-                let shard = self
-                    .shards_of(busiest)
-                    .iter()
-                    .find(|s| {
-                        self.leader_of(s) == Some(busiest) && s.replicas.contains(&to) && !self.moving.contains(&s.id)
-                    })
-                    .map(|s| s.id);
-                if let Some(shard) = shard {
-                    self.led.insert(shard, to);
-                    let mut counts = leaders;
-                    *counts.entry(busiest).or_default() -= 1;
-                    *counts.entry(to).or_default() += 1;
-                    self.leaders = Some(counts);
-                    return Some(Step::Lead { shard, to });
+                for &next in &shard.replicas {
+                    if next == source || !usable.contains(&next) || came_from.contains_key(&next) {
+                        continue;
+                    }
+                    came_from.insert(next, (node, shard.id));
+                    if is_target(next) {
+                        let mut path = Vec::new();
+                        let mut at = next;
+                        while at != source {
+                            let (from, shard) = came_from[&at];
+                            path.push((shard, at));
+                            at = from;
+                        }
+                        path.reverse();
+                        return Some(path);
+                    }
+                    queue.push_back(next);
                 }
             }
         }

@@ -920,9 +920,7 @@ mod tests {
             ..small(Scenario::Join)
         });
         check(&report, 1.1);
-        // Within one of even: a leadership moves only to a node holding a
-        // replica of the shard, so the last step of one may have no shard.
-        assert!(report.leader_spread <= 2, "leaders {}", report.leader_spread);
+        assert!(report.leader_spread <= 1, "leaders {}", report.leader_spread);
     }
 
     #[test]
@@ -945,6 +943,9 @@ mod tests {
         });
         check(&report, 1.0);
         assert_eq!(report.moves, 0);
+        // Leaders come back to the restarted nodes, through chains of
+        // transfers where replicas sit on neighbouring nodes.
+        assert!(report.leader_spread <= 1, "leaders {}", report.leader_spread);
     }
 
     #[test]
