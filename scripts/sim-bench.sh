@@ -3,13 +3,17 @@
 # scheduler against simulated nodes (seeded, no sockets) for each scenario and
 # prints one line per run; JSON reports and SVG timelines go to docs/bench/sim/.
 #
-# Usage: scripts/sim-bench.sh [short]   (short: smaller clusters, a minute in all)
+# Usage: scripts/sim-bench.sh [short | "RUN" ...]
+#   short: smaller clusters, a minute in all; RUN: the arguments of one run,
+#   e.g. "join --nodes 100 --add 400 --shards 50000".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}/debug"
 out=docs/bench/sim
 mkdir -p "$out"
-if [ "${1:-}" = short ]; then
+if [ $# -gt 0 ] && [ "$1" != short ]; then
+  runs=("$@")
+elif [ "${1:-}" = short ]; then
   runs=(
     "join --nodes 20 --add 80 --shards 5000"
     "fail --nodes 100 --shards 5000 --fail-percent 5"

@@ -433,6 +433,9 @@ impl<'a> Plan<'a> {
         // of transfers through nodes in between moves one leadership from the
         // busiest to one leading two fewer, the others' counts unchanged.
         let &(led, busiest) = by_leaders.last()?;
+        if by_leaders.first().is_none_or(|(fewest, _)| fewest + 2 > led) {
+            return None; // within one of each other already
+        }
         let path = self.leader_path(busiest, |n| leaders.get(&n).is_some_and(|c| c + 2 <= led))?;
         let target = path.last().map(|(_, to)| *to)?;
         for (shard, to) in &path {
