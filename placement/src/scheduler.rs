@@ -268,9 +268,14 @@ impl<'a> Plan<'a> {
                 }
             }
         }
-        for (from, to) in in_flight.moves.values() {
+        for (shard, (from, to)) in &in_flight.moves {
+            let sender = table
+                .shards
+                .get(shard)
+                .and_then(|s| plan.sender(s, *from))
+                .unwrap_or(*from);
             *plan.leaving.entry(*from).or_default() += 1;
-            *plan.busy.entry(*from).or_default() += 1;
+            *plan.busy.entry(sender).or_default() += 1;
             *plan.busy.entry(*to).or_default() += 1;
         }
         plan
@@ -311,13 +316,26 @@ impl<'a> Plan<'a> {
     }
 
     /// Records a planned move, so the rest of the round plans around it.
-    fn moved(&mut self, shard: ShardId, from: NodeId, to: NodeId) -> Option<Step> {
+    /// `sender` is the node whose move slot the move takes on the giving side:
+    /// the source, or for a dead source the shard's leader, which sends the
+    /// snapshot (a dead node sends nothing).
+    fn moved(&mut self, shard: ShardId, from: NodeId, to: NodeId, sender: NodeId) -> Option<Step> {
         self.moving.insert(shard);
         *self.hosted.entry(to).or_default() += 1;
         *self.leaving.entry(from).or_default() += 1;
-        *self.busy.entry(from).or_default() += 1;
+        *self.busy.entry(sender).or_default() += 1;
         *self.busy.entry(to).or_default() += 1;
         Some(Step::Move { shard, from, to })
+    }
+
+    /// Whose move slot a move of `shard` off `from` takes (see [`Plan::moved`]);
+    /// `None` while a dead source's shard has no other leader yet.
+    fn sender(&self, shard: &ShardInfo, from: NodeId) -> Option<NodeId> {
+        if self.dead.contains(&from) {
+            self.leader_of(shard).filter(|l| *l != from)
+        } else {
+            Some(from)
+        }
     }
 
     /// The next step, if any; the plan counts it as taken.
@@ -339,14 +357,17 @@ impl<'a> Plan<'a> {
             .collect();
         for source in draining {
             let held = self.shards_of(source);
-            if self.free(source) {
+            if self.dead.contains(&source) || self.free(source) {
                 for shard in held.iter().filter(|s| !self.moving.contains(&s.id)) {
+                    let Some(sender) = self.sender(shard, source).filter(|n| self.free(*n)) else {
+                        continue;
+                    };
                     let to = by_count
                         .iter()
                         .copied()
                         .find(|n| !shard.hosted_on(*n) && self.free(*n) && self.fits(shard, source, *n));
                     if let Some(to) = to {
-                        return self.moved(shard.id, source, to);
+                        return self.moved(shard.id, source, to, sender);
                     }
                 }
             }
@@ -385,7 +406,7 @@ impl<'a> Plan<'a> {
                     .or(first)
                     .map(|s| s.id);
                 if let Some(shard) = pick {
-                    return self.moved(shard, most, fewest);
+                    return self.moved(shard, most, fewest, most);
                 }
             }
         }

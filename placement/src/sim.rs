@@ -170,6 +170,9 @@ struct Transfer {
     shard: ShardId,
     from: NodeId,
     to: NodeId,
+    /// The node that sends the snapshot: the source, or the leader when the
+    /// source is down.
+    sender: NodeId,
     done_at: u64,
 }
 
@@ -664,10 +667,16 @@ impl Sim {
                     }
                     self.apply(PdCommand::AddLearner { shard, node: to, from });
                     let secs = self.shard_bytes(shard) as f64 / (self.config.mib_per_sec * f64::from(1 << 20));
+                    let sender = if self.is_up(from) {
+                        from
+                    } else {
+                        self.leaders.get(&shard).copied().unwrap_or(from)
+                    };
                     self.transfers.push(Transfer {
                         shard,
                         from,
                         to,
+                        sender,
                         done_at: self.now + secs.ceil() as u64 + CATCH_UP_SECS,
                     });
                 }
@@ -699,7 +708,7 @@ impl Sim {
     fn account(&mut self) {
         let mut per_node: HashMap<NodeId, usize> = HashMap::new();
         for t in &self.transfers {
-            *per_node.entry(t.from).or_default() += 1;
+            *per_node.entry(t.sender).or_default() += 1;
             *per_node.entry(t.to).or_default() += 1;
         }
         let most = per_node.values().copied().max().unwrap_or(0);
