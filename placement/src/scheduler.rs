@@ -507,7 +507,7 @@ impl<'a> Plan<'a> {
 }
 
 /// Where node `node` listens, from the routing table.
-fn node_addr(table: &RoutingTable, node: NodeId) -> Result<SocketAddr> {
+pub(crate) fn node_addr(table: &RoutingTable, node: NodeId) -> Result<SocketAddr> {
     Ok(table
         .addr_of(node)
         .ok_or_else(|| anyhow!("no address for node {node}"))?

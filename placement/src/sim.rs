@@ -48,6 +48,16 @@ pub enum Scenario {
     Hotspot,
 }
 
+impl std::str::FromStr for Scenario {
+    type Err = String;
+
+    /// The scenario's name as in the reports (`join`, `rolling-restart`, ...).
+    fn from_str(name: &str) -> Result<Scenario, String> {
+        use serde::de::IntoDeserializer;
+        Scenario::deserialize(name.into_deserializer()).map_err(|e: serde::de::value::Error| e.to_string())
+    }
+}
+
 /// A simulation run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SimConfig {

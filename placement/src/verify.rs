@@ -121,10 +121,7 @@ async fn progress(
     node: NodeId,
     index: u64,
 ) -> Result<DigestProgress> {
-    let addr = table
-        .addr_of(node)
-        .ok_or_else(|| anyhow!("no address for node {node}"))?
-        .parse()?;
+    let addr = scheduler::node_addr(table, node)?;
     match endpoint
         .call::<_, NodeResponse>(
             addr,
@@ -140,7 +137,7 @@ async fn progress(
 
 /// The index `node`'s replica of `shard` has applied (0 when unknown).
 async fn applied(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, node: NodeId) -> u64 {
-    let Some(addr) = table.addr_of(node).and_then(|a| a.parse().ok()) else {
+    let Ok(addr) = scheduler::node_addr(table, node) else {
         return 0;
     };
     match endpoint
@@ -221,10 +218,7 @@ pub async fn repair(cluster: &impl Cluster, endpoint: &Endpoint, shard: ShardId,
 /// Waits until `node` no longer hosts a replica of `shard` (it deletes its copy
 /// when the routing table leaves it out).
 async fn wait_removed(endpoint: &Endpoint, table: &RoutingTable, shard: ShardId, node: NodeId) -> Result<()> {
-    let addr = table
-        .addr_of(node)
-        .ok_or_else(|| anyhow!("no address for node {node}"))?
-        .parse()?;
+    let addr = scheduler::node_addr(table, node)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let answer = endpoint

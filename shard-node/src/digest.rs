@@ -22,7 +22,7 @@ use redraft_raft_storage::Engine;
 use rocksdb::{IteratorMode, ReadOptions};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::storage::{user_key, vnode_end, vnode_start};
+use crate::storage::{owner_key, vnode_end, vnode_start};
 
 /// Results kept per shard: checks run one at a time, so a few suffice.
 const KEPT_PER_SHARD: usize = 4;
@@ -102,18 +102,6 @@ impl Digests {
             }
         }
     }
-}
-
-/// The user key a data record belongs to: its own for a key record, its
-/// collection's for an element (`vnode | 1 | key length u32 BE | key | sub-key`).
-fn owner_key(storage_key: &[u8]) -> &[u8] {
-    if crate::storage::is_key_record(storage_key) {
-        return user_key(storage_key);
-    }
-    let len = storage_key
-        .get(3..7)
-        .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("four bytes")) as usize);
-    storage_key.get(7..7 + len).unwrap_or_default()
 }
 
 /// Hashes one record into `hasher`: lengths first, so no two different

@@ -110,8 +110,8 @@ enum Command {
 #[derive(Args)]
 struct SimArgs {
     /// What happens: join, fail, decommission, rolling-restart, zone-failure, hotspot.
-    #[arg(long, value_enum, default_value_t = SimScenario::Join)]
-    scenario: SimScenario,
+    #[arg(long, default_value = "join")]
+    scenario: redraft_placement::sim::Scenario,
     /// Nodes at the start.
     #[arg(long, default_value_t = 100)]
     nodes: usize,
@@ -145,17 +145,6 @@ struct SimArgs {
     /// Draw the run's timeline (replicas per node, moves in flight) here.
     #[arg(long)]
     svg: Option<PathBuf>,
-}
-
-/// Scenarios of `simulate`.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum SimScenario {
-    Join,
-    Fail,
-    Decommission,
-    RollingRestart,
-    ZoneFailure,
-    Hotspot,
 }
 
 #[derive(Args)]
@@ -364,16 +353,9 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Simulate(args) => {
-            use redraft_placement::sim::{Scenario, SimConfig};
+            use redraft_placement::sim::SimConfig;
             let config = SimConfig {
-                scenario: match args.scenario {
-                    SimScenario::Join => Scenario::Join,
-                    SimScenario::Fail => Scenario::Fail,
-                    SimScenario::Decommission => Scenario::Decommission,
-                    SimScenario::RollingRestart => Scenario::RollingRestart,
-                    SimScenario::ZoneFailure => Scenario::ZoneFailure,
-                    SimScenario::Hotspot => Scenario::Hotspot,
-                },
+                scenario: args.scenario,
                 nodes: args.nodes,
                 add: args.add,
                 shards: args.shards,

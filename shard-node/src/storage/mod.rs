@@ -104,6 +104,19 @@ pub fn user_key(storage_key: &[u8]) -> &[u8] {
     &storage_key[11..]
 }
 
+/// The user key a data record belongs to: its own for a key record, its
+/// collection's for an element (`vnode | 1 | key length u32 BE | key | sub-key`,
+/// as [`element_prefix`] lays it out).
+pub fn owner_key(storage_key: &[u8]) -> &[u8] {
+    if is_key_record(storage_key) {
+        return user_key(storage_key);
+    }
+    let len = storage_key
+        .get(3..7)
+        .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("four bytes")) as usize);
+    storage_key.get(7..7 + len).unwrap_or_default()
+}
+
 /// Whether a storage key is a key record (not a collection element).
 pub fn is_key_record(storage_key: &[u8]) -> bool {
     storage_key.get(2) == Some(&TAG_KEY)
