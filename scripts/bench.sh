@@ -24,6 +24,9 @@
 #      the client latency while checks run.
 #  11. scripts/sim-bench.sh: the placement driver's scheduler at 100-1,000
 #      simulated nodes and 50,000 shards.
+#  12. scripts/backup-bench.sh: an online backup of 1 GB at 12 shards (speed,
+#      the cut's hold, client latency meanwhile), its restore, and
+#      `redis-cli --rdb` of the same data.
 # Usage: scripts/bench.sh [requests per run, default 100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -108,3 +111,6 @@ echo "## consistency check: digest speed and client latency"
 
 echo "## placement driver at scale (simulated nodes, the real scheduler)"
 ./scripts/sim-bench.sh
+
+echo "## online backup and restore"
+./scripts/backup-bench.sh

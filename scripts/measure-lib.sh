@@ -59,3 +59,16 @@ versus_redis() {
     "redis-server appendfsync always $always ($(python3 -c "print(round($rate / $always, 3))")x)," \
     "in memory $memory ($(python3 -c "print(round($rate / $memory, 3))")x)"
 }
+
+# fill_keys PORT KEYS SIZE: SETs key:0..KEYS-1 to random SIZE-byte values
+# through redis-cli --pipe.
+fill_keys() {
+  python3 - "$2" "$3" <<'PY' | redis-cli -p "$1" --pipe >/dev/null
+import os, sys
+keys, size = int(sys.argv[1]), int(sys.argv[2])
+out = sys.stdout.buffer
+for i in range(keys):
+    key, value = f"key:{i}".encode(), os.urandom(size // 2).hex().encode()[:size]
+    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
+PY
+}

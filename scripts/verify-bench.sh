@@ -21,14 +21,7 @@ trap cleanup EXIT
 up_warm "$work/c" "$@"
 redis-cli -p "$rport" flushall >/dev/null
 echo "## consistency check of $keys keys x $size B; YCSB-A at $rate req/s alongside"
-python3 - "$keys" "$size" <<'PY' | redis-cli -p "$rport" --pipe >/dev/null
-import os, sys
-keys, size = int(sys.argv[1]), int(sys.argv[2])
-out = sys.stdout.buffer
-for i in range(keys):
-    key, value = f"key:{i}".encode(), os.urandom(size // 2).hex().encode()[:size]
-    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value))
-PY
+fill_keys "$rport" "$keys" "$size"
 echo "keys stored: $(redis-cli -p "$rport" dbsize); on disk: $(du -sm "$work/c" | cut -f1) MiB"
 ctl() { "$target/redraft" ctl --dir "$work/c" "$@"; }
 sleep 30 # let the fill's flushes and compactions settle

@@ -314,6 +314,15 @@ struct ProxyArgs {
 }
 
 #[derive(Subcommand)]
+enum BackupCheck {
+    /// Re-check every file of a backup against its manifest.
+    Verify {
+        /// The backup: a directory holding a manifest.
+        path: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum CtlCommand {
     /// Create the cluster CA (if missing) and member certificates in `--dir`.
     Certs {
@@ -442,6 +451,49 @@ enum CtlCommand {
         /// With --rdb: the database to load (Redraft has one keyspace).
         #[arg(long)]
         db: Option<u64>,
+        /// The cluster's proxy, HOST:PORT [default: the proxy of --dir, else 127.0.0.1:6379].
+        #[arg(long)]
+        proxy: Option<String>,
+    },
+    /// Back the cluster up while it serves: one consistent cut of every
+    /// shard, written as `DIR/TAG/` (an RDB file per shard and a manifest).
+    /// `backup verify PATH` re-checks a backup; with --every, the placement
+    /// leader takes one periodically.
+    #[command(args_conflicts_with_subcommands = true)]
+    Backup {
+        #[command(subcommand)]
+        check: Option<BackupCheck>,
+        /// The directory backups go to.
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// The restore point's name [default: the UTC time of the cut].
+        #[arg(long)]
+        tag: Option<String>,
+        /// Read rate over all shards, MiB/s (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        backup_mib_per_sec: u32,
+        /// Longest a shard holds client answers while the cut is taken, ms.
+        #[arg(long, default_value_t = redraft_placement::backup::DEFAULT_HOLD_MS)]
+        hold_ms: u32,
+        /// Have the placement leader take a backup this often (`30m`, `12h`,
+        /// `1d`) into --to on its own machine; `off` stops it.
+        #[arg(long)]
+        every: Option<String>,
+        /// With --every: keep the newest N backups of --to.
+        #[arg(long, default_value_t = 7)]
+        keep: usize,
+    },
+    /// List the restore points of a backup directory.
+    Backups {
+        /// The backup directory.
+        #[arg(long = "in")]
+        dir: PathBuf,
+    },
+    /// Load a backup (`DIR/TAG`) into a cluster started empty.
+    Restore {
+        /// The backup: a directory holding a manifest.
+        #[arg(long)]
+        from: PathBuf,
         /// The cluster's proxy, HOST:PORT [default: the proxy of --dir, else 127.0.0.1:6379].
         #[arg(long)]
         proxy: Option<String>,
@@ -889,6 +941,31 @@ async fn run(command: Command) -> Result<()> {
                 .or_else(|| local::Cluster::file(&local).exists().then_some(local));
             tokio::task::spawn_blocking(move || migrate(command, folder)).await?
         }
+        Command::Ctl {
+            command: CtlCommand::Backups { dir },
+            ..
+        } => crate::backup::list(&dir),
+        Command::Ctl {
+            command:
+                CtlCommand::Backup {
+                    check: Some(BackupCheck::Verify { path }),
+                    ..
+                },
+            ..
+        } => crate::backup::verify(&path),
+        Command::Ctl {
+            target,
+            command: CtlCommand::Restore { from, proxy },
+        } => {
+            let folder = target.dir.clone();
+            let proxy = match proxy {
+                Some(proxy) => proxy,
+                None => proxy_of_folder(folder)?,
+            };
+            let (placement, membership, _) = target.resolve()?;
+            let (_, pd) = ctl_client(&placement, &membership)?;
+            crate::backup::restore(&pd, &proxy, &from).await
+        }
         Command::Ctl { target, command } => {
             let (placement, membership, _) = target.resolve()?;
             ctl(command, &placement, &membership).await
@@ -896,24 +973,31 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
+/// The first proxy of `folder`'s cluster (else of ./redraft-data), else
+/// 127.0.0.1:6379.
+fn proxy_of_folder(folder: Option<PathBuf>) -> Result<String> {
+    let local = PathBuf::from("redraft-data");
+    match folder.or_else(|| local::Cluster::file(&local).exists().then_some(local)) {
+        Some(dir) => {
+            let cluster = local::Cluster::load(&dir)
+                .with_context(|| format!("{} holds no cluster of `redraft up` (no up.json)", dir.display()))?;
+            let proxy = cluster
+                .proxy
+                .first()
+                .ok_or_else(|| anyhow!("the cluster has no proxy"))?;
+            Ok(proxy.addr.to_string())
+        }
+        None => Ok("127.0.0.1:6379".into()),
+    }
+}
+
 /// `ctl import` and `ctl export`, against the proxy given, else the first
 /// proxy of `folder`'s cluster, else 127.0.0.1:6379.
 fn migrate(command: CtlCommand, folder: Option<PathBuf>) -> Result<()> {
     let proxy_of = |given: Option<String>| -> Result<String> {
-        if let Some(addr) = given {
-            return Ok(addr);
-        }
-        match folder {
-            Some(dir) => {
-                let cluster = local::Cluster::load(&dir)
-                    .with_context(|| format!("{} holds no cluster of `redraft up` (no up.json)", dir.display()))?;
-                let proxy = cluster
-                    .proxy
-                    .first()
-                    .ok_or_else(|| anyhow!("the cluster has no proxy"))?;
-                Ok(proxy.addr.to_string())
-            }
-            None => Ok("127.0.0.1:6379".into()),
+        match given {
+            Some(addr) => Ok(addr),
+            None => proxy_of_folder(folder),
         }
     };
     match command {
@@ -951,11 +1035,15 @@ fn migrate(command: CtlCommand, folder: Option<PathBuf>) -> Result<()> {
 /// Runs an operator command against the placement driver at `placement`.
 async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> Result<()> {
     match command {
-        CtlCommand::Certs { .. } | CtlCommand::Top { .. } | CtlCommand::Import { .. } | CtlCommand::Export { .. } => {
-            Err(anyhow!(
-                "ctl certs, top, import and export are dispatched by the caller"
-            ))
-        }
+        CtlCommand::Certs { .. }
+        | CtlCommand::Top { .. }
+        | CtlCommand::Import { .. }
+        | CtlCommand::Export { .. }
+        | CtlCommand::Backups { .. }
+        | CtlCommand::Restore { .. }
+        | CtlCommand::Backup { check: Some(_), .. } => Err(anyhow!(
+            "ctl certs, top, import, export, backups, backup verify and restore are dispatched by the caller"
+        )),
         CtlCommand::Routing => {
             let (_, table) = ctl_routing(placement, membership).await?;
             println!("{}", serde_json::to_string_pretty(&table)?);
@@ -1016,6 +1104,28 @@ async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> R
                 println!("{line}");
             }
             Ok(())
+        }
+        CtlCommand::Backup {
+            check: None,
+            to,
+            tag,
+            backup_mib_per_sec,
+            hold_ms,
+            every,
+            keep,
+        } => {
+            let (endpoint, pd) = ctl_client(placement, membership)?;
+            if let Some(every) = every {
+                return crate::backup::schedule(&pd, &every, keep, to.as_deref()).await;
+            }
+            let to = to.ok_or_else(|| anyhow!("ctl backup needs --to DIR"))?;
+            let options = crate::backup::BackupOptions {
+                to: &to,
+                tag,
+                mib_per_sec: backup_mib_per_sec,
+                hold_ms,
+            };
+            crate::backup::backup(&endpoint, &pd, options).await
         }
         CtlCommand::Verify {
             shard,
@@ -1117,6 +1227,8 @@ async fn ctl(command: CtlCommand, placement: &str, membership: &Membership) -> R
                     led,
                     table.vnode_count
                 );
+                let (_, pd) = ctl_client(placement, membership)?;
+                println!("{}", crate::backup::status_line(&pd).await?);
             }
             Ok(())
         }

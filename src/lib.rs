@@ -8,6 +8,7 @@
 //! | [`migrate`] | `redraft ctl import` / `export`: data from and to Redis and RDB files |
 //! | [`top`] | `redraft ctl top`, the live terminal view |
 
+pub mod backup;
 pub mod cli;
 pub mod local;
 pub mod migrate;

@@ -69,6 +69,10 @@ pub struct UpArgs {
     /// (repeatable; kept in `up.json` for restarts).
     #[arg(long = "proxy-arg", allow_hyphen_values = true)]
     pub proxy_args: Vec<String>,
+    /// Once the cluster is ready, load this backup (`DIR/TAG` of `redraft
+    /// ctl backup`) into it; the cluster must hold no keys.
+    #[arg(long)]
+    pub restore: Option<PathBuf>,
     /// Tokio worker threads of each member, from the global `--worker-threads`
     /// (default: one per core in every member).
     #[arg(skip)]
@@ -451,6 +455,13 @@ pub async fn up(args: UpArgs) -> Result<()> {
             return Err(e);
         }
     }
+    if let Some(backup) = &args.restore {
+        if let Err(e) = restore_into(&cluster, proxy, backup).await {
+            eprintln!("restore failed: {e:#}");
+            down(&dir)?;
+            return Err(e);
+        }
+    }
     println!(
         "ready: redis-cli -p {} (endpoint {proxy}; data and logs in {})",
         proxy.port(),
@@ -460,6 +471,18 @@ pub async fn up(args: UpArgs) -> Result<()> {
         return Ok(());
     }
     supervise(cluster, children).await
+}
+
+/// `up --restore`: loads `backup` through the placement driver and `proxy`.
+async fn restore_into(cluster: &Cluster, proxy: std::net::SocketAddr, backup: &Path) -> Result<()> {
+    let tls = redraft_common::tls::TlsIdentity::load(&cluster.certs(), "ctl")?;
+    let endpoint = redraft_common::transport::Endpoint::client(&tls)?;
+    let members: Vec<String> = cluster.placement.iter().map(|m| m.addr.to_string()).collect();
+    let pd = redraft_common::pd_client::PdClient::new(
+        endpoint,
+        redraft_common::pd_client::PdClient::parse_members(&members.join(","))?,
+    );
+    crate::backup::restore(&pd, &proxy.to_string(), backup).await
 }
 
 /// Whether a member's exit is a stop asked for (`redraft down` sends SIGTERM;

@@ -138,10 +138,10 @@ fn dump_keys(conn: &mut Conn, keys: Vec<Vec<u8>>) -> Result<Vec<Dumped>> {
 }
 
 /// The target's connections.
-struct Writers(Vec<Conn>);
+pub(crate) struct Writers(Vec<Conn>);
 
 impl Writers {
-    fn open(target: &str) -> Result<Writers> {
+    pub(crate) fn open(target: &str) -> Result<Writers> {
         Ok(Writers(
             (0..WRITERS).map(|_| Conn::open(target, None)).collect::<Result<_>>()?,
         ))
@@ -150,7 +150,7 @@ impl Writers {
     /// RESTORE ... REPLACE of `items` (`ttl` relative ms, or absolute with
     /// `absolute`), pipelined and spread over the connections; fails on the
     /// first error.
-    fn restore(&mut self, items: &[Dumped], absolute: bool) -> Result<()> {
+    pub(crate) fn restore(&mut self, items: &[Dumped], absolute: bool) -> Result<()> {
         let share = items.len().div_ceil(self.0.len()).max(1);
         for (conn, part) in self.0.iter_mut().zip(items.chunks(share)) {
             for (key, payload, ttl) in part {
@@ -172,12 +172,12 @@ impl Writers {
         Ok(())
     }
 
-    fn first(&mut self) -> &mut Conn {
+    pub(crate) fn first(&mut self) -> &mut Conn {
         &mut self.0[0]
     }
 }
 
-fn dbsize(conn: &mut Conn) -> Result<i64> {
+pub(crate) fn dbsize(conn: &mut Conn) -> Result<i64> {
     match conn.call(&[b"DBSIZE"])? {
         Frame::Integer(n) => Ok(n),
         other => bail!("bad DBSIZE reply {other:?}"),
@@ -261,13 +261,25 @@ pub fn import_rdb(path: &std::path::Path, db: Option<u64>, target: &str) -> Resu
             bail!("the file holds keys of database {other}; Redraft has one keyspace: choose a database with --db N");
         }
     }
-    let now = redraft_common::now_ms() as i64;
     let mut into = Writers::open(target)?;
     for code in &file.functions {
         into.first().call(&[b"FUNCTION", b"LOAD", b"REPLACE", code])?;
     }
-    let (mut loaded, mut expired) = (0u64, 0u64);
     let entries: Vec<&rdb::Entry> = file.entries.iter().filter(|e| e.db == wanted).collect();
+    let (loaded, expired) = load_entries(&mut into, &entries)?;
+    println!(
+        "loaded {loaded} keys of database {wanted} from {} ({expired} already expired, skipped; {} function libraries)",
+        path.display(),
+        file.functions.len()
+    );
+    Ok(())
+}
+
+/// RESTOREs `entries` (absolute expiries) through `into`, batch by batch;
+/// keys already expired are skipped. Keys loaded and skipped.
+pub(crate) fn load_entries(into: &mut Writers, entries: &[&rdb::Entry]) -> Result<(u64, u64)> {
+    let now = redraft_common::now_ms() as i64;
+    let (mut loaded, mut expired) = (0u64, 0u64);
     for chunk in entries.chunks(BATCH) {
         let mut items = Vec::with_capacity(chunk.len());
         for entry in chunk {
@@ -279,12 +291,7 @@ pub fn import_rdb(path: &std::path::Path, db: Option<u64>, target: &str) -> Resu
         into.restore(&items, true)?;
         loaded += items.len() as u64;
     }
-    println!(
-        "loaded {loaded} keys of database {wanted} from {} ({expired} already expired, skipped; {} function libraries)",
-        path.display(),
-        file.functions.len()
-    );
-    Ok(())
+    Ok((loaded, expired))
 }
 
 /// Writes the cluster's keyspace (behind `target`) as an RDB file that

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod backup;
 mod blocking;
 mod cluster;
 mod compat;

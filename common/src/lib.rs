@@ -7,6 +7,7 @@
 //! stateless proxy never pulls in a storage engine.
 
 pub mod acl;
+pub mod backup;
 pub mod commands;
 pub mod consistency;
 pub mod digest;

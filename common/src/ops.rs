@@ -347,6 +347,11 @@ pub enum WriteOp {
     /// data as of this entry, in the background ([`crate::consistency`]).
     /// Replies with the entry's log index.
     ComputeDigest(crate::consistency::DigestRequest),
+    /// A backup's cut on this shard (placement driver only): every replica
+    /// keeps a snapshot of its data as of this entry for the backup to read,
+    /// and holds its answers to clients until the backup's cut is complete
+    /// ([`crate::backup`]). Replies with the entry's log index.
+    BackupBarrier(crate::backup::Barrier),
 }
 
 /// One operation on one shard.
@@ -420,7 +425,11 @@ impl WriteOp {
     pub fn runs_alone(&self) -> bool {
         matches!(
             self,
-            WriteOp::Split { .. } | WriteOp::Retire | WriteOp::Absorb { .. } | WriteOp::ComputeDigest(_)
+            WriteOp::Split { .. }
+                | WriteOp::Retire
+                | WriteOp::Absorb { .. }
+                | WriteOp::ComputeDigest(_)
+                | WriteOp::BackupBarrier(_)
         )
     }
 
@@ -453,7 +462,8 @@ impl WriteOp {
             | WriteOp::Split { .. }
             | WriteOp::Retire
             | WriteOp::Absorb { .. }
-            | WriteOp::ComputeDigest(_) => vec![],
+            | WriteOp::ComputeDigest(_)
+            | WriteOp::BackupBarrier(_) => vec![],
         }
     }
 }

@@ -348,35 +348,85 @@ pub fn read_file(bytes: &[u8]) -> Result<File, String> {
 /// An RDB file (version 10) holding `entries` in database 0, which
 /// redis-server loads at start-up.
 pub fn write_file(entries: &[Entry]) -> Vec<u8> {
-    let mut out = b"REDIS0010".to_vec();
-    for (name, value) in [("redis-ver", "7.0.0"), ("redis-bits", "64")] {
-        out.push(OP_AUX);
-        write_string(&mut out, name.as_bytes());
-        write_string(&mut out, value.as_bytes());
-    }
-    out.push(OP_SELECTDB);
-    write_length(&mut out, 0);
-    out.push(OP_RESIZEDB);
-    write_length(&mut out, entries.len() as u64);
-    write_length(
-        &mut out,
-        entries.iter().filter(|e| e.expires_at_ms.is_some()).count() as u64,
-    );
+    let mut writer = FileWriter::new(Vec::new()).expect("writing to memory");
     for entry in entries {
-        if let Some(at) = entry.expires_at_ms {
-            out.push(OP_EXPIRETIME_MS);
-            out.extend_from_slice(&at.to_le_bytes());
-        }
-        // A DUMP payload is the type byte and the encoding, then the trailer.
-        let payload = dump(&entry.value);
-        out.push(payload[0]);
-        write_string(&mut out, &entry.key);
-        out.extend_from_slice(&payload[1..payload.len() - 10]);
+        writer
+            .entry(&entry.key, &dump(&entry.value), entry.expires_at_ms)
+            .expect("writing to memory");
     }
-    out.push(OP_EOF);
-    let crc = CRC64.checksum(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    writer.finish().expect("writing to memory")
+}
+
+/// Writes an RDB file (version 10, database 0) key by key, so a file of any
+/// size streams through a fixed buffer; redis-server loads what it writes.
+pub struct FileWriter<W: std::io::Write> {
+    out: W,
+    crc: crc::Digest<'static, u64>,
+    buffer: Vec<u8>,
+    /// Keys written so far.
+    pub keys: u64,
+    /// Bytes written so far.
+    pub bytes: u64,
+}
+
+impl<W: std::io::Write> FileWriter<W> {
+    /// Starts the file: header, version and database 0.
+    pub fn new(out: W) -> std::io::Result<FileWriter<W>> {
+        let mut writer = FileWriter {
+            out,
+            crc: CRC64.digest(),
+            buffer: b"REDIS0010".to_vec(),
+            keys: 0,
+            bytes: 0,
+        };
+        for (name, value) in [("redis-ver", "7.0.0"), ("redis-bits", "64")] {
+            writer.buffer.push(OP_AUX);
+            write_string(&mut writer.buffer, name.as_bytes());
+            write_string(&mut writer.buffer, value.as_bytes());
+        }
+        writer.buffer.push(OP_SELECTDB);
+        write_length(&mut writer.buffer, 0);
+        writer.flush_buffer()?;
+        Ok(writer)
+    }
+
+    /// One key from its DUMP payload (type byte, encoding, trailer) and its
+    /// absolute expiry in Unix milliseconds.
+    pub fn entry(&mut self, key: &[u8], payload: &[u8], expires_at_ms: Option<i64>) -> std::io::Result<()> {
+        if payload.len() < 11 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, BAD_PAYLOAD));
+        }
+        if let Some(at) = expires_at_ms {
+            self.buffer.push(OP_EXPIRETIME_MS);
+            self.buffer.extend_from_slice(&at.to_le_bytes());
+        }
+        self.buffer.push(payload[0]);
+        write_string(&mut self.buffer, key);
+        self.buffer.extend_from_slice(&payload[1..payload.len() - 10]);
+        self.keys += 1;
+        if self.buffer.len() >= 1 << 16 {
+            self.flush_buffer()?;
+        }
+        Ok(())
+    }
+
+    fn flush_buffer(&mut self) -> std::io::Result<()> {
+        self.crc.update(&self.buffer);
+        self.out.write_all(&self.buffer)?;
+        self.bytes += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Ends the file (EOF opcode, CRC64) and gives the output back.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.buffer.push(OP_EOF);
+        self.flush_buffer()?;
+        let crc = self.crc.finalize();
+        self.out.write_all(&crc.to_le_bytes())?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
 }
 
 /// Redis's error for a payload whose checksum holds but whose value does not.

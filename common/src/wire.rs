@@ -91,6 +91,20 @@ pub enum NodeRequest {
     /// Placement driver, to any replica: how far this replica's digest of
     /// `shard` at the `ComputeDigest` entry `index` has got. `Digest(..)`.
     DigestProgress { shard: ShardId, index: u64 },
+    /// A backup's reader, to any replica: the next chunk of `shard`'s data as
+    /// of the backup's barrier, from `after` (a previous chunk's `next`; none
+    /// for the first), about `max_bytes` long. `BackupChunk`, or `Unknown`
+    /// when this replica holds no snapshot for the backup.
+    BackupRead {
+        shard: ShardId,
+        backup: u64,
+        after: Option<Vec<u8>>,
+        max_bytes: u32,
+    },
+    /// Placement driver, to every node: the backup's cut is complete (or
+    /// abandoned): answers held for it go out. With `done`, the replicas'
+    /// snapshots for it are dropped too. `Reply(+OK)`.
+    BackupRelease { backup: u64, done: bool },
 }
 
 /// A shard node's answer.
@@ -115,6 +129,8 @@ pub enum NodeResponse {
     PubSub(crate::pubsub::PubSubResponse),
     /// Answer to a `NodeRequest::DigestProgress`.
     Digest(crate::consistency::DigestProgress),
+    /// Answer to a `NodeRequest::BackupRead`.
+    BackupChunk(crate::backup::Chunk),
 }
 
 /// A request to the placement driver.
@@ -185,6 +201,13 @@ pub enum PdRequest {
     /// FUNCTION LOAD, DELETE, FLUSH, RESTORE (libraries already checked by
     /// the proxy): `Ack`, or `Error` with Redis's message.
     ChangeLibraries(crate::lua::LibraryChange),
+    /// `ctl backup`: take a backup's cut (every shard's barrier, answers held
+    /// at most `hold_ms`). `BackupCut`, or `Error` when no cut could be taken.
+    BackupCut { hold_ms: u32 },
+    /// `ctl backup`: the backup `backup` is written (or abandoned): replicas
+    /// drop its snapshots. With `result`, the outcome for the metrics
+    /// (`Some((seconds, bytes))` on success). `Ack`.
+    BackupDone { backup: u64, result: Option<(f64, u64)> },
 }
 
 /// What a shard's leader reports about it with each heartbeat.
@@ -254,6 +277,8 @@ pub enum PdResponse {
     Config(Vec<(String, String)>),
     /// Answer to `Verify`: one verdict per shard checked.
     Verified(Vec<crate::consistency::ShardVerdict>),
+    /// Answer to `BackupCut`.
+    BackupCut(Box<crate::backup::Cut>),
 }
 
 /// Error decoding a message.

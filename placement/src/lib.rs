@@ -19,6 +19,7 @@
 //! is behind, otherwise when the version (or, if asked, a leader hint) changes or
 //! the wait expires. Watchers thus get pushes, with the poll as the pull fallback.
 
+pub mod backup;
 pub mod metrics;
 pub mod scheduler;
 pub mod sim;
@@ -325,6 +326,42 @@ async fn verify_loop(pd: Arc<Pd>, every: Duration, mib_per_sec: u32) {
     }
 }
 
+/// The periodic backup job (`redraft ctl backup --every`): its settings live
+/// with the cluster's CONFIG parameters, so a new PD leader carries on.
+async fn backup_loop(pd: Arc<Pd>) {
+    let mut last_attempt: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if !pd.is_leader() {
+            last_attempt = None;
+            continue;
+        }
+        let config = pd.store.state().config;
+        let (Some(every), Some(dir)) = (
+            config.get(backup::EVERY_KEY).and_then(|e| backup::parse_period(e).ok()),
+            config.get(backup::DIR_KEY),
+        ) else {
+            continue;
+        };
+        let keep = config.get(backup::KEEP_KEY).and_then(|k| k.parse().ok()).unwrap_or(7);
+        // The last whole backup's time survives a change of PD leader.
+        let last_ok_ms: u64 = config
+            .get(backup::LAST_KEY)
+            .and_then(|l| l.split(' ').nth(1)?.parse().ok())
+            .unwrap_or(0);
+        let since_ok = Duration::from_millis(redraft_common::now_ms().saturating_sub(last_ok_ms));
+        let retry_after = every.min(Duration::from_secs(300));
+        if since_ok < every || last_attempt.is_some_and(|t| t.elapsed() < retry_after) {
+            continue;
+        }
+        last_attempt = Some(Instant::now());
+        match pd.periodic_backup(std::path::Path::new(dir), keep).await {
+            Ok(done) => tracing::info!(done, "periodic backup written"),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "periodic backup failed"),
+        }
+    }
+}
+
 /// Finishes the move of `shard`'s replica in a task, unless one already runs.
 fn spawn_move(pd: &Arc<Pd>, shard: ShardId, from: NodeId, to: NodeId) {
     if !pd.moving.lock().expect("moving lock").insert(shard) {
@@ -418,6 +455,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     };
     let bootstrap = tokio::spawn(bootstrap_loop(pd.clone(), config.clone()));
     let schedule = tokio::spawn(schedule_loop(pd.clone()));
+    let backups = tokio::spawn(backup_loop(pd.clone()));
     let verify = config
         .verify_every
         .map(|every| tokio::spawn(verify_loop(pd.clone(), every, config.verify_mib_per_sec)));
@@ -426,6 +464,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     serve.abort();
     bootstrap.abort();
     schedule.abort();
+    backups.abort();
     if let Some(verify) = verify {
         verify.abort();
     }
@@ -435,6 +474,60 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 }
 
 impl Pd {
+    /// Takes a backup's cut, the scheduler held still meanwhile.
+    async fn backup_cut(&self, hold_ms: u32) -> Result<redraft_common::backup::Cut> {
+        let _one_step = self.operating.lock().await;
+        let config = self.store.state().config.into_iter().collect();
+        let cut = backup::cut(&self.endpoint, || self.table(), config, hold_ms).await?;
+        metrics::BACKUP_HOLD_MS.set((cut.hold_seconds * 1000.0) as i64);
+        Ok(cut)
+    }
+
+    /// A backup is written (`Some((seconds, bytes))`) or abandoned: its
+    /// snapshots are dropped and the outcome counted.
+    async fn backup_done(&self, id: u64, result: Option<(f64, u64)>) {
+        backup::release(&self.endpoint, &self.table(), id, true).await;
+        match result {
+            Some((seconds, bytes)) => {
+                metrics::BACKUPS.with_label_values(&["ok"]).inc();
+                metrics::BACKUP_LAST_SUCCESS.set(redraft_common::now_ms() as i64 / 1000);
+                metrics::BACKUP_DURATION_MS.set((seconds * 1000.0) as i64);
+                metrics::BACKUP_BYTES.set(bytes as i64);
+            }
+            None => metrics::BACKUPS.with_label_values(&["failed"]).inc(),
+        }
+    }
+
+    /// One backup into `dir` by the periodic job; keeps the newest `keep`.
+    async fn periodic_backup(&self, dir: &std::path::Path, keep: usize) -> Result<String> {
+        let started = Instant::now();
+        let started_ms = redraft_common::now_ms();
+        let cut = self.backup_cut(backup::DEFAULT_HOLD_MS).await?;
+        let tag = redraft_common::backup::tag_of(cut.at_ms);
+        let options = backup::WriteOptions {
+            dir,
+            tag: &tag,
+            mib_per_sec: 0,
+            started_ms,
+        };
+        let written = backup::write(&self.endpoint, &cut, &options).await;
+        let seconds = started.elapsed().as_secs_f64();
+        self.backup_done(cut.id, written.as_ref().ok().map(|m| (seconds, m.totals().1)))
+            .await;
+        let manifest = written?;
+        let removed = backup::prune(dir, keep)?;
+        let (keys, bytes) = manifest.totals();
+        let last = format!("{tag} {} {seconds:.1} {keys} {bytes}", redraft_common::now_ms());
+        let _ = self
+            .propose(PdCommand::SetConfig {
+                pairs: vec![(backup::LAST_KEY.to_string(), last)],
+            })
+            .await;
+        Ok(format!(
+            "{tag}: {keys} keys, {bytes} bytes in {seconds:.1} s; removed {removed:?}"
+        ))
+    }
+
     /// Checks `shard`'s replicas and records the outcome in the metrics.
     async fn verify(&self, shard: ShardId, mib_per_sec: u32) -> Result<redraft_common::consistency::ShardVerdict> {
         let outcome = verify::verify_shard(&self.endpoint, &self.table(), shard, mib_per_sec).await;
@@ -814,6 +907,14 @@ async fn handle(pd: Arc<Pd>, bytes: Vec<u8>) -> Vec<u8> {
                 }
             }
             PdResponse::Done(steps)
+        }
+        PdRequest::BackupCut { hold_ms } => match pd.backup_cut(hold_ms).await {
+            Ok(cut) => PdResponse::BackupCut(Box::new(cut)),
+            Err(e) => PdResponse::Error(format!("{e:#}")),
+        },
+        PdRequest::BackupDone { backup, result } => {
+            pd.backup_done(backup, result).await;
+            PdResponse::Ack
         }
         PdRequest::Raft { .. } => PdResponse::Error("Raft RPCs are handled above".into()),
     };

@@ -81,6 +81,41 @@ pub static VERIFY_CHECKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Unix time of the last backup that finished whole.
+pub static BACKUP_LAST_SUCCESS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "redraft_backup_last_success_timestamp_seconds",
+        "Unix time at which the last whole backup finished"
+    )
+    .expect("metric registers once")
+});
+/// How long the last whole backup took, milliseconds.
+pub static BACKUP_DURATION_MS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "redraft_backup_last_duration_milliseconds",
+        "How long the last whole backup took, from the cut to its manifest"
+    )
+    .expect("metric registers once")
+});
+/// Bytes of the last whole backup's files.
+pub static BACKUP_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("redraft_backup_last_bytes", "Bytes of the last whole backup's files")
+        .expect("metric registers once")
+});
+/// Backups by outcome.
+pub static BACKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("redraft_backups_total", "Backups by outcome", &["result"])
+        .expect("metric registers once")
+});
+/// The longest client-answer hold of the last backup's cut, milliseconds.
+pub static BACKUP_HOLD_MS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "redraft_backup_last_hold_milliseconds",
+        "How long the last backup's cut held client answers at most"
+    )
+    .expect("metric registers once")
+});
+
 /// Registers every metric.
 pub fn init() {
     redraft_raft_storage::metrics::init();
@@ -97,5 +132,12 @@ pub fn init() {
     LazyLock::force(&VERIFY_LAST_CHECK);
     for result in ["agree", "differ", "failed"] {
         VERIFY_CHECKS.with_label_values(&[result]);
+    }
+    LazyLock::force(&BACKUP_LAST_SUCCESS);
+    LazyLock::force(&BACKUP_DURATION_MS);
+    LazyLock::force(&BACKUP_BYTES);
+    LazyLock::force(&BACKUP_HOLD_MS);
+    for result in ["ok", "failed"] {
+        BACKUPS.with_label_values(&[result]);
     }
 }

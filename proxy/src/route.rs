@@ -389,7 +389,12 @@ impl Router {
                         unknown_outcome(shard, &reason);
                         return Err(Error::Unknown);
                     }
-                    Ok(NodeResponse::Raft(_) | NodeResponse::PubSub(_) | NodeResponse::Digest(_)) => {}
+                    Ok(
+                        NodeResponse::Raft(_)
+                        | NodeResponse::PubSub(_)
+                        | NodeResponse::Digest(_)
+                        | NodeResponse::BackupChunk(_),
+                    ) => {}
                     Err(e @ CallError::Unknown { .. }) if !is_read => {
                         unknown_outcome(shard, &e.to_string());
                         self.leaders.remove(&shard);

@@ -68,6 +68,9 @@ pub struct Keyspace<'a> {
     hints: Option<&'a ElementHints>,
     /// Blocked clients served by this view: entry time, id, what they got.
     served: Vec<(u64, u64, Frame)>,
+    /// Reads see this snapshot instead of the DB's latest state (a backup's
+    /// reader).
+    snapshot: Option<&'a rocksdb::Snapshot<'a>>,
 }
 
 impl<'a> Keyspace<'a> {
@@ -85,7 +88,14 @@ impl<'a> Keyspace<'a> {
             revision: 0,
             hints: None,
             served: Vec::new(),
+            snapshot: None,
         }
+    }
+
+    /// A read-only view of the data as `snapshot` holds it.
+    pub fn at_snapshot(mut self, snapshot: &'a rocksdb::Snapshot<'a>) -> Self {
+        self.snapshot = Some(snapshot);
+        self
     }
 
     /// Lets writes skip reading a key that cannot hold a collection, and keeps
@@ -142,10 +152,11 @@ impl<'a> Keyspace<'a> {
         match self.overlay.get(skey) {
             Some(pending) => pending.clone(),
             None if self.is_cleared(skey) => None,
-            None => self
-                .db
-                .get_cf(self.cf, skey)
-                .unwrap_or_else(|e| panic!("RocksDB read failed: {e}")),
+            None => match self.snapshot {
+                Some(snapshot) => snapshot.get_cf(self.cf, skey),
+                None => self.db.get_cf(self.cf, skey),
+            }
+            .unwrap_or_else(|e| panic!("RocksDB read failed: {e}")),
         }
     }
 
@@ -165,6 +176,9 @@ impl<'a> Keyspace<'a> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_lower_bound(start.to_vec());
         opts.set_iterate_upper_bound(end.to_vec());
+        if let Some(snapshot) = self.snapshot {
+            opts.set_snapshot(snapshot);
+        }
         let mode = if reverse {
             IteratorMode::End
         } else {
@@ -526,8 +540,9 @@ impl<'a> Keyspace<'a> {
             | WriteOp::Retire
             | WriteOp::Absorb { .. }
             | WriteOp::ComputeDigest(_)
+            | WriteOp::BackupBarrier(_)
             | WriteOp::Many(_) => {
-                Frame::error("ERR split, merge, digest and batch entries are applied by the state machine")
+                Frame::error("ERR split, merge, digest, backup and batch entries are applied by the state machine")
             }
             WriteOp::PurgeExpired { .. } => {
                 let mut n = 0;

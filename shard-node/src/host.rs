@@ -233,6 +233,8 @@ pub struct Host {
     read_policy: ReadPolicy,
     /// Digests of consistency checks, computed by every replica here.
     pub digests: Arc<crate::digest::Digests>,
+    /// Backups this node's replicas take part in: snapshots and answer holds.
+    pub backups: Arc<crate::backup::Backups>,
 }
 
 impl Host {
@@ -271,6 +273,7 @@ impl Host {
             refusing_clients: std::sync::atomic::AtomicBool::new(false),
             read_policy,
             digests: Arc::default(),
+            backups: Arc::default(),
         })
     }
 
@@ -358,6 +361,7 @@ impl Host {
             Some(self.element_hints.clone()),
             Some(blocked.clone()),
             Some(self.digests.clone()),
+            Some(self.backups.clone()),
         )?;
         let lease = Arc::new(Lease::for_election_timeout(self.leader_lease()));
         let network = GroupNetwork::<_, NodeWire>::new(shard, self.links.clone()).with_lease(lease.clone());
@@ -833,6 +837,7 @@ impl Host {
             group.ring.clone(),
             group.owned.clone(),
             self.snapshot_dir.join(shard.to_string()),
+            None,
             None,
             None,
             None,

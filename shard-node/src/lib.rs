@@ -16,6 +16,7 @@
 //! background expiry of keys whose TTL passed.
 
 pub mod apply;
+pub mod backup;
 pub mod blocking;
 pub mod digest;
 pub mod host;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use redraft_common::ids::{NodeId, ShardId};
+use redraft_common::ops::ShardOp;
 use redraft_common::pd_client::PdClient;
 use redraft_common::tls::TlsIdentity;
 use redraft_common::transport::Endpoint;
@@ -275,14 +277,27 @@ async fn handle(host: Arc<Host>, bytes: Vec<u8>) -> Vec<u8> {
 async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
     match request {
         NodeRequest::Raft { group, kind, payload } => NodeResponse::Raft(host.raft_rpc(group, kind, &payload).await),
-        NodeRequest::Exec { shard, op, .. } => host.exec(shard, op).await,
+        NodeRequest::Exec { shard, op, .. } => {
+            // The placement driver's own entries (a backup's barrier above
+            // all) are answered at once; clients' answers wait out a cut.
+            let from_client = !matches!(&op, ShardOp::Write(write) if write.runs_alone());
+            let answer = host.exec(shard, op).await;
+            if from_client {
+                host.backups.hold_answers(shard).await;
+            }
+            answer
+        }
         NodeRequest::Block {
             shard,
             pop,
             waiter,
             timeout_ms,
             retry,
-        } => host.block(shard, pop, waiter, timeout_ms, retry).await,
+        } => {
+            let answer = host.block(shard, pop, waiter, timeout_ms, retry).await;
+            host.backups.hold_answers(shard).await;
+            answer
+        }
         NodeRequest::Unblock { shard, waiter } => host.unblock(shard, waiter),
         NodeRequest::KillScripts => NodeResponse::Reply(apply::kill_scripts()),
         NodeRequest::DigestProgress { shard, index } => NodeResponse::Digest(host.digests.progress(shard, index)),
@@ -294,6 +309,16 @@ async fn serve(host: &Host, request: NodeRequest) -> NodeResponse {
         NodeRequest::Ping => NodeResponse::Reply(redraft_common::resp::Frame::Simple("PONG".into())),
         NodeRequest::Batch(requests) => NodeResponse::Batch(Box::pin(serve_batch(host, requests)).await),
         NodeRequest::PubSub(request) => NodeResponse::PubSub(host.pubsub.serve(request).await),
+        NodeRequest::BackupRead {
+            shard,
+            backup,
+            after,
+            max_bytes,
+        } => host.backups.read(shard, backup, after, max_bytes).await,
+        NodeRequest::BackupRelease { backup, done } => {
+            host.backups.release(backup, done);
+            NodeResponse::Reply(redraft_common::resp::Frame::ok())
+        }
     }
 }
 
@@ -340,6 +365,7 @@ async fn serve_batch(host: &Host, requests: Vec<NodeRequest>) -> Vec<NodeRespons
         .map(|(i, request)| async move { vec![(i, serve(host, request).await)] });
     let grouped = writes.into_iter().map(|(shard, (positions, ops))| async move {
         let mut answers = host.exec_writes(shard, ops).await.into_iter();
+        host.backups.hold_answers(shard).await;
         let mut out = Vec::with_capacity(positions.len());
         for position in positions {
             match position {

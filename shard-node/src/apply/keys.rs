@@ -315,6 +315,18 @@ impl Keyspace<'_> {
         Ok(Some((whole, expires)))
     }
 
+    /// `key` as a backup keeps it: its DUMP payload and absolute expiry;
+    /// `None` when it is gone, expired or not the shard's.
+    pub fn backup_record(&mut self, key: &[u8]) -> Option<redraft_common::backup::Record> {
+        let expires_at = self.load(&self.storage_key(key).ok()?)?.expires_at;
+        let (value, _) = self.whole_value(key).ok()??;
+        Some(redraft_common::backup::Record {
+            key: key.to_vec(),
+            payload: rdb::dump(&value),
+            expires_at_ms: (expires_at != 0).then_some(expires_at as i64),
+        })
+    }
+
     /// DUMP: the value as a Redis DUMP payload (nil without the key).
     pub(super) fn dump(&mut self, key: &[u8]) -> Result<Frame, NotOwned> {
         Ok(match self.whole_value(key)? {

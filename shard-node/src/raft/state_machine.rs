@@ -180,6 +180,8 @@ struct AfterWrite {
     event: Option<Reshaped>,
     /// A consistency check's digest to start, as of this log index.
     digest: Option<(u64, DigestRequest)>,
+    /// A backup's barrier at this log index.
+    backup: Option<(u64, redraft_common::backup::Barrier)>,
 }
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
@@ -229,6 +231,8 @@ pub struct ShardStateMachine {
     /// The node's consistency-check digests (`None`: digest entries are
     /// acknowledged and nothing is computed).
     digests: Option<Arc<crate::digest::Digests>>,
+    /// The node's backups (`None`: barriers are acknowledged, nothing kept).
+    backups: Option<Arc<crate::backup::Backups>>,
     /// Entry time of the last sweep of old served-client records.
     served_swept_at: u64,
 }
@@ -250,6 +254,7 @@ impl ShardStateMachine {
         hints: Option<Arc<ElementHints>>,
         blocked: Option<Arc<crate::blocking::Blocked>>,
         digests: Option<Arc<crate::digest::Digests>>,
+        backups: Option<Arc<crate::backup::Backups>>,
     ) -> anyhow::Result<ShardStateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let sm = ShardStateMachine {
@@ -264,6 +269,7 @@ impl ShardStateMachine {
             hints,
             blocked,
             digests,
+            backups,
             served_swept_at: 0,
         };
         if let Some(record) = sm.read_meta::<GroupRecord>(RECORD) {
@@ -335,10 +341,15 @@ impl ShardStateMachine {
             owned: None,
             event: None,
             digest: None,
+            backup: None,
         };
         let reply = match op {
             WriteOp::ComputeDigest(request) => {
                 after.digest = Some((log_id.index, request.clone()));
+                Frame::Integer(log_id.index as i64)
+            }
+            WriteOp::BackupBarrier(barrier) => {
+                after.backup = Some((log_id.index, barrier.clone()));
                 Frame::Integer(log_id.index as i64)
             }
             WriteOp::Split { child, vnodes } => {
@@ -722,7 +733,9 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
                 owned: None,
                 event: None,
                 digest: None,
+                backup: None,
             };
+            let entry_now_ms = reshape.as_ref().map_or(0, |(_, request)| request.now_ms);
             if let Some((log_id, request)) = reshape {
                 let current = membership.unwrap_or_else(|| self.read_meta(MEMBERSHIP).unwrap_or_default());
                 let (reply, then) = self.apply_reshape(&mut batch, log_id, &request.op, &current).await;
@@ -741,6 +754,12 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
             if let (Some((index, request)), Some(digests)) = (after.digest, &self.digests) {
                 let vnodes = self.owned.get().iter().copied().collect();
                 digests.start(&self.engine, self.group, index, vnodes, request).await;
+            }
+            if let (Some((index, barrier)), Some(backups)) = (after.backup, &self.backups) {
+                let (ring, vnodes) = (self.ring.clone(), self.owned.get().as_ref().clone());
+                backups
+                    .start(&self.engine, ring, self.group, index, &barrier, vnodes, entry_now_ms)
+                    .await;
             }
         }
         crate::metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -827,6 +846,7 @@ mod tests {
                 Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
                 None,
                 None,
+                None,
             )
             .expect("open state machine");
             Ok((dir, engine.log_store(7), sm))
@@ -889,6 +909,7 @@ mod tests {
             Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
             None,
             Some(Arc::new(crate::digest::Digests::default())),
+            Some(Arc::new(crate::backup::Backups::default())),
         )
         .expect("open state machine");
         (engine, sm, reshaped)
@@ -1084,6 +1105,7 @@ mod tests {
             dir.path().join("snap"),
             None,
             Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
+            None,
             None,
             None,
         )
