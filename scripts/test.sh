@@ -31,5 +31,7 @@ done
 cargo test --workspace -- --test-threads 2
 # Deployment files: compose, Kubernetes schemas, dashboard and alerts against a
 # running cluster and a real Prometheus server.
-cargo build --bin redraft
+# (the workspace's feature set, as the tests built it: `--bin redraft` alone
+# unifies features differently and would build RocksDB a second time)
+cargo build --workspace --bins
 python3 scripts/check_deploy.py "${CARGO_TARGET_DIR:-target}/debug/redraft" --prometheus

@@ -28,6 +28,9 @@ pub struct BackupOptions<'a> {
 
 /// Takes a backup of the running cluster into `options.to`.
 pub async fn backup(endpoint: &Endpoint, pd: &PdClient, options: BackupOptions<'_>) -> Result<()> {
+    if let Some(tag) = &options.tag {
+        files::check_tag(tag)?;
+    }
     let started = Instant::now();
     let started_ms = redraft_common::now_ms();
     std::fs::create_dir_all(options.to)?;
@@ -191,7 +194,7 @@ pub async fn restore(pd: &PdClient, proxy: &str, path: &Path) -> Result<()> {
     };
     for (name, user) in manifest.users.users.clone() {
         let rules = std::iter::once("reset".to_string())
-            .chain(user.describe().split(' ').map(str::to_string))
+            .chain(user.describe().split(' ').filter(|t| !t.is_empty()).map(str::to_string))
             .collect();
         call(PdRequest::SetUser { name, rules }).await?;
     }

@@ -199,6 +199,7 @@ pub struct WriteOptions<'a> {
 
 /// Writes the backup of `cut` into `options.dir/options.tag/`.
 pub async fn write(endpoint: &Endpoint, cut: &Cut, options: &WriteOptions<'_>) -> Result<Manifest> {
+    check_tag(options.tag)?;
     let target = options.dir.join(options.tag);
     if target.join(MANIFEST).exists() {
         bail!("{} holds a backup already: choose another --tag", target.display());
@@ -249,6 +250,16 @@ pub async fn write(endpoint: &Endpoint, cut: &Cut, options: &WriteOptions<'_>) -
     std::fs::rename(&partial, &target).with_context(|| format!("renaming to {}", target.display()))?;
     std::fs::File::open(options.dir)?.sync_all()?;
     Ok(manifest)
+}
+
+/// A tag names a directory: letters, digits, `-`, `_` and `.`, not starting
+/// with `.`.
+pub fn check_tag(tag: &str) -> Result<()> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if tag.is_empty() || tag.starts_with('.') || !tag.chars().all(allowed) || tag.ends_with(PARTIAL) {
+        bail!("bad tag {tag:?}: use letters, digits, '-', '_' and '.' (not first)");
+    }
+    Ok(())
 }
 
 /// Streams one shard's part into its RDB file.
@@ -533,6 +544,15 @@ pub fn parse_period(text: &str) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_are_plain_directory_names() {
+        assert!(check_tag("2026-12-07T19-45-12Z").is_ok());
+        assert!(check_tag("before_upgrade.v2").is_ok());
+        for bad in ["", "..", ".hidden", "a/b", "x.partial", "a b"] {
+            assert!(check_tag(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn periods_parse_with_their_units() {
