@@ -3,7 +3,8 @@
 # with KEYS keys of SIZE-byte values (100,000 x 10,000 B = about 1 GB by
 # default); a light YCSB-A load (50% GET, 50% SET at RATE req/s over 20
 # connections) runs 15 s alone, then while `redraft ctl backup` takes the
-# whole keyspace (no read limit); the backup is verified and restored into a
+# whole keyspace at BACKUP_LIMIT MiB/s (default 16), then with no read
+# limit; the second backup is verified and restored into a
 # second fresh cluster. The same data then goes into a redis-server, whose
 # `redis-cli --rdb` (BGSAVE streamed to a file) is timed in the same run.
 # Prints backup and restore speed (MiB/s of user data), the cut's hold, and
@@ -12,7 +13,7 @@
 # Usage: scripts/backup-bench.sh [keys] [value bytes] [rate] [-- extra `redraft up` args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-keys="${1:-100000}"; size="${2:-10000}"; rate="${3:-2000}"
+keys="${1:-100000}"; size="${2:-10000}"; rate="${3:-2000}"; limit="${BACKUP_LIMIT:-16}"
 shift $(( $# < 3 ? $# : 3 )); [ "${1:-}" = "--" ] && shift
 target="${CARGO_TARGET_DIR:-target}/debug"
 work=$(mktemp -d)
@@ -33,12 +34,19 @@ echo "## online backup of $keys keys x $size B at 12 shards; YCSB-A at $rate req
 fill "$rport"
 mib=$(python3 -c "print(round($keys * ($size + 10) / 2**20))")
 echo "keys stored: $(redis-cli -p "$rport" dbsize) (about $mib MiB of keys and values); on disk: $(du -sm "$work/c" | cut -f1) MiB"
-sleep 20 # let the fill's flushes and compactions settle
+sleep 40 # let the fill's flushes and compactions settle
 load() { # seconds json
   "$target/redraft-bench" run --target "127.0.0.1:$rport" --mix a -c 20 --keys "$keys" --value-size 100 \
     --rate "$rate" --duration "$1" --json "$2" >/dev/null
 }
 load 15 "$work/alone.json"
+# A rate-limited backup first (the load sees only its first 20 s), then one
+# without a limit, which is the one verified and restored.
+load 20 "$work/limited.json" & lpid=$!
+sleep 2
+"$target/redraft" ctl --dir "$work/c" backup --to "$work/b" --tag limited --backup-mib-per-sec "$limit" 2>"$work/limited.err"
+wait "$lpid"
+grep -h "cut taken" "$work/limited.err" || true
 load 25 "$work/during.json" & lpid=$!
 sleep 3
 start=$(date +%s.%N)
@@ -77,9 +85,10 @@ print(f"backup: {backup:.1f} s, {mib / backup:.1f} MiB/s of user data; files {si
 print(f"restore (up --restore, start included): {restore:.1f} s, {mib / restore:.1f} MiB/s")
 print(f"redis-cli --rdb of the same data: {rdb:.1f} s, {mib / rdb:.1f} MiB/s; "
       f"Redraft backup {rdb / backup:.2f}x its speed")
-for label in ["alone", "during"]:
+for label, what in [("alone", "no backup"), ("limited", f"backup at {os.environ.get('BACKUP_LIMIT', '16')} MiB/s"),
+                    ("during", "backup, no limit")]:
     r = json.load(open(f"{work}/{label}.json"))[0]
     lat = r["latency"]
-    print(f"YCSB-A, backup {label:6s}: {r['throughput']:,.0f} req/s, p50 {lat['p50_us'] / 1000:.2f} ms, "
+    print(f"YCSB-A, {what:22s}: {r['throughput']:,.0f} req/s, p50 {lat['p50_us'] / 1000:.2f} ms, "
           f"p99 {lat['p99_us'] / 1000:.2f} ms, max {lat['max_us'] / 1000:.1f} ms, errors {r['errors']}")
 PY

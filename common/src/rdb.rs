@@ -418,6 +418,12 @@ impl<W: std::io::Write> FileWriter<W> {
         Ok(())
     }
 
+    /// The output, for the caller to flush or sync part-way (what this
+    /// writer still buffers is not in it yet).
+    pub fn output(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// Ends the file (EOF opcode, CRC64) and gives the output back.
     pub fn finish(mut self) -> std::io::Result<W> {
         self.buffer.push(OP_EOF);

@@ -46,6 +46,11 @@ const CUT_ATTEMPTS: u32 = 6;
 /// Payload bytes asked of a replica per chunk.
 const CHUNK_BYTES: u32 = 1 << 20;
 
+/// Bytes written between two syncs of a backup file: dirty pages never pile
+/// up, so the file's writeback does not stall the cluster's own log fsyncs
+/// on a shared disk (RocksDB's `bytes_per_sync` does the same for its files).
+const SYNC_EVERY: u64 = 4 << 20;
+
 /// A node that does not answer a chunk request within this long is passed over.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -287,7 +292,7 @@ async fn write_shard(
     let name = format!("shard-{shard}.rdb");
     let file = std::fs::File::create(dir.join(&name))?;
     let mut writer = redraft_common::rdb::FileWriter::new(Hashing::new(std::io::BufWriter::new(file)))?;
-    let (mut after, mut source, mut failures) = (None, 0usize, Vec::new());
+    let (mut after, mut source, mut failures, mut synced) = (None, 0usize, Vec::new(), 0u64);
     loop {
         let node = *replicas.get(source).ok_or_else(|| {
             anyhow!(
@@ -325,6 +330,12 @@ async fn write_shard(
         for record in &chunk.records {
             writer.entry(&record.key, &record.payload, record.expires_at_ms)?;
             bytes += record.key.len() + record.payload.len();
+        }
+        let hashing = writer.output();
+        if hashing.bytes - synced >= SYNC_EVERY {
+            hashing.inner.flush()?;
+            hashing.inner.get_ref().sync_data()?;
+            synced = hashing.bytes;
         }
         pace.wait(bytes).await;
         match chunk.next {

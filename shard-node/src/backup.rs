@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redraft_common::backup::{Barrier, Chunk};
+use redraft_common::backup::{Barrier, Chunk, Record};
 use redraft_common::ids::{ShardId, VnodeId};
 use redraft_common::keys::Ring;
 use redraft_common::wire::NodeResponse;
@@ -31,7 +31,7 @@ use rocksdb::{IteratorMode, ReadOptions};
 use tokio::sync::{oneshot, watch};
 
 use crate::apply::Keyspace;
-use crate::storage::{key_records, user_key, Value};
+use crate::storage::{key_records, user_key, Kind, Value};
 
 /// A reader nobody asked anything for this long drops its snapshot.
 pub const READER_IDLE: Duration = Duration::from_secs(600);
@@ -214,10 +214,21 @@ fn read_chunk(
         let iter = snapshot.iterator_cf_opt(cf, options, IteratorMode::From(&start, rocksdb::Direction::Forward));
         for item in iter {
             let (skey, value) = item.unwrap_or_else(|e| panic!("RocksDB read failed: {e}"));
-            if Value::decode(&value).is_expired(now_ms) {
+            let stored = Value::decode(&value);
+            if stored.is_expired(now_ms) {
                 continue;
             }
-            if let Some(record) = keyspace.backup_record(user_key(&skey)) {
+            // A string is whole in its key record; a collection's elements
+            // are read by its type's own commands.
+            let record = match stored.kind {
+                Kind::String => Some(Record {
+                    key: user_key(&skey).to_vec(),
+                    expires_at_ms: (stored.expires_at != 0).then_some(stored.expires_at as i64),
+                    payload: redraft_common::rdb::dump(&redraft_common::rdb::Value::String(stored.payload)),
+                }),
+                _ => keyspace.backup_record(user_key(&skey)),
+            };
+            if let Some(record) = record {
                 bytes += record.key.len() + record.payload.len();
                 chunk.records.push(record);
             }
