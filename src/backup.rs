@@ -78,7 +78,7 @@ pub async fn schedule(pd: &PdClient, every: &str, keep: usize, to: Option<&Path>
     let pairs = if every == "off" {
         vec![(files::EVERY_KEY.to_string(), String::new())]
     } else {
-        files::parse_period(every)?;
+        files::parse_period(every).map_err(anyhow::Error::msg)?;
         let to = to.ok_or_else(|| anyhow!("--every needs --to, a directory on the placement leader's machine"))?;
         let to = std::path::absolute(to)?;
         vec![

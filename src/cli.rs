@@ -222,19 +222,7 @@ fn parse_period(text: &str) -> Result<Period, String> {
     if text == "off" {
         return Ok(Period(None));
     }
-    let split = text.len().saturating_sub(1);
-    let (number, unit) = text.split_at(split);
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("`{text}`: expected a number with s, m, h or d, or `off`")),
-    };
-    match number.parse::<u64>() {
-        Ok(n) if n > 0 => Ok(Period(Some(std::time::Duration::from_secs(n * seconds)))),
-        _ => Err(format!("`{text}`: expected a positive number before the unit")),
-    }
+    redraft_placement::backup::parse_period(text).map(|every| Period(Some(every)))
 }
 
 #[derive(Args)]

@@ -533,23 +533,21 @@ pub fn prune(dir: &Path, keep: usize) -> Result<Vec<String>> {
     Ok(removed)
 }
 
-/// Parses a period such as `30m`, `12h`, `1d`, `45s`.
-pub fn parse_period(text: &str) -> Result<Duration> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| anyhow!("bad period {text:?}: use 30s, 30m, 12h or 1d"))?;
+/// Parses a period such as `30m`, `12h`, `1d`, `45s`: a positive number
+/// and one unit (the placement driver's `--verify-every` reads it too).
+pub fn parse_period(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
     let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => bail!("bad period {text:?}: use 30s, 30m, 12h or 1d"),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: expected a number with s, m, h or d, or `off`")),
     };
-    if seconds == 0 {
-        bail!("a period must be longer than 0");
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_secs(n * seconds)),
+        _ => Err(format!("`{text}`: expected a positive number before the unit")),
     }
-    Ok(Duration::from_secs(seconds))
 }
 
 #[cfg(test)]
