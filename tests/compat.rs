@@ -60,6 +60,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("acl", include_str!("scripts/acl.txt")),
     ("blocking", include_str!("scripts/blocking.txt")),
     ("scripting", include_str!("scripts/scripting.txt")),
+    ("bitmaps", include_str!("scripts/bitmaps.txt")),
 ];
 
 /// A script line's arguments: words split at spaces, except inside double

@@ -18,6 +18,8 @@ pub enum KeySpec {
     All,
     /// The second argument (after a subcommand: OBJECT ENCODING key).
     Second,
+    /// Every argument after the first (BITOP op destination source...).
+    AllButFirst,
 }
 
 /// A command executed by shard nodes.
@@ -42,7 +44,7 @@ const fn cmd(name: &'static str, arity: i32, write: bool, keys: KeySpec) -> Shar
     }
 }
 
-use KeySpec::{All, First, FirstTwo, Second};
+use KeySpec::{All, AllButFirst, First, FirstTwo, Second};
 
 /// Every command shard nodes execute from their arguments (Redis 7.0 arities).
 pub const SHARD_COMMANDS: &[ShardCommand] = &[
@@ -120,6 +122,18 @@ pub const SHARD_COMMANDS: &[ShardCommand] = &[
     cmd("zremrangebyrank", 4, true, First),
     cmd("zremrangebylex", 4, true, First),
     cmd("zscan", -3, false, First),
+    // Bitmaps (strings).
+    cmd("setbit", 4, true, First),
+    cmd("getbit", 3, false, First),
+    cmd("bitcount", -2, false, First),
+    cmd("bitpos", -3, false, First),
+    cmd("bitop", -4, true, AllButFirst),
+    cmd("bitfield", -2, true, First),
+    cmd("bitfield_ro", -2, false, First),
+    // HyperLogLog (strings).
+    cmd("pfadd", -2, true, First),
+    cmd("pfcount", -2, false, All),
+    cmd("pfmerge", -2, true, All),
     // Keys of any type.
     cmd("rename", 3, true, FirstTwo),
     cmd("renamenx", 3, true, FirstTwo),
@@ -152,6 +166,7 @@ impl ShardCommand {
             KeySpec::FirstTwo => &args[1..3.min(args.len())],
             KeySpec::All => &args[1..],
             KeySpec::Second => &args[2.min(args.len())..3.min(args.len())],
+            KeySpec::AllButFirst => &args[2.min(args.len())..],
         };
         keys.iter().map(|k| &k[..]).collect()
     }
@@ -171,6 +186,7 @@ mod tests {
             let needed = match c.keys {
                 KeySpec::First | KeySpec::All => 2,
                 KeySpec::FirstTwo | KeySpec::Second => 3,
+                KeySpec::AllButFirst => 4,
             };
             assert!(least >= needed, "{} has too few arguments for its keys", c.name);
         }

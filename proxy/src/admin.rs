@@ -124,6 +124,7 @@ fn key_positions(name: &str) -> (i64, i64, i64) {
             KeySpec::FirstTwo => (1, 2, 1),
             KeySpec::All => (1, -1, 1),
             KeySpec::Second => (2, 2, 1),
+            KeySpec::AllButFirst => (2, -1, 1),
         };
     }
     match name {
@@ -267,6 +268,8 @@ fn is_write(name: &str) -> bool {
 fn category(name: &str) -> &'static str {
     match name.as_bytes().first() {
         _ if is_keyless(name) => "@connection",
+        _ if name.starts_with("bit") || name.ends_with("bit") => "@bitmap",
+        _ if name.starts_with("pf") => "@hyperloglog",
         Some(b'h') => "@hash",
         Some(b'l') | Some(b'r') if name != "rename" && name != "renamenx" => "@list",
         Some(b's') if commands::lookup(name.as_bytes()).is_some() => "@set",

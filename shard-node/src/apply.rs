@@ -27,9 +27,11 @@ use crate::storage::{
     data_key, element_prefix, key_records, prefix_end, vnode_end, vnode_start, ElementHints, Kind, Value,
 };
 
+mod bits;
 mod blocking;
 mod collections;
 mod hash;
+mod hll;
 mod keys;
 mod list;
 mod script;
