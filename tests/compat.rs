@@ -61,6 +61,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("blocking", include_str!("scripts/blocking.txt")),
     ("scripting", include_str!("scripts/scripting.txt")),
     ("bitmaps", include_str!("scripts/bitmaps.txt")),
+    ("geo", include_str!("scripts/geo.txt")),
 ];
 
 /// A script line's arguments: words split at spaces, except inside double

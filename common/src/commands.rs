@@ -134,6 +134,13 @@ pub const SHARD_COMMANDS: &[ShardCommand] = &[
     cmd("pfadd", -2, true, First),
     cmd("pfcount", -2, false, All),
     cmd("pfmerge", -2, true, All),
+    // GEO (sorted sets).
+    cmd("geoadd", -5, true, First),
+    cmd("geopos", -2, false, First),
+    cmd("geohash", -2, false, First),
+    cmd("geodist", -4, false, First),
+    cmd("geosearch", -7, false, First),
+    cmd("geosearchstore", -8, true, FirstTwo),
     // Keys of any type.
     cmd("rename", 3, true, FirstTwo),
     cmd("renamenx", 3, true, FirstTwo),

@@ -270,6 +270,7 @@ fn category(name: &str) -> &'static str {
         _ if is_keyless(name) => "@connection",
         _ if name.starts_with("bit") || name.ends_with("bit") => "@bitmap",
         _ if name.starts_with("pf") => "@hyperloglog",
+        _ if name.starts_with("geo") => "@geo",
         Some(b'h') => "@hash",
         Some(b'l') | Some(b'r') if name != "rename" && name != "renamenx" => "@list",
         Some(b's') if commands::lookup(name.as_bytes()).is_some() => "@set",

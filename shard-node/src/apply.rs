@@ -30,6 +30,7 @@ use crate::storage::{
 mod bits;
 mod blocking;
 mod collections;
+mod geo;
 mod hash;
 mod hll;
 mod keys;

@@ -218,6 +218,7 @@ impl Keyspace<'_> {
             _ if matches!(name, "rename" | "renamenx" | "copy" | "object") => self.key_command(name, args),
             _ if name.starts_with("bit") || name.ends_with("bit") => self.bits_command(name, args),
             _ if name.starts_with("pf") => self.hll_command(name, args),
+            _ if name.starts_with("geo") => self.geo_command(name, args),
             b'h' => self.hash_command(name, args, seed),
             b'l' | b'r' => self.list_command(name, args),
             b's' => self.set_command(name, args, seed),

@@ -18,10 +18,10 @@ use super::Keyspace;
 use crate::storage::{hashed, unhashed, Kind};
 
 pub(super) const BY_MEMBER: u8 = 0;
-const BY_SCORE: u8 = 1;
+pub(super) const BY_SCORE: u8 = 1;
 
 /// The score's bytes in an order that sorts like the numbers (-0 as 0).
-fn ordered(score: f64) -> [u8; 8] {
+pub(super) fn ordered(score: f64) -> [u8; 8] {
     let score = if score == 0.0 { 0.0 } else { score };
     let bits = score.to_bits();
     let bits = if bits >> 63 == 1 { !bits } else { bits | 1 << 63 };
@@ -261,16 +261,23 @@ impl Keyspace<'_> {
         Some(reply.unwrap_or_else(|e| e))
     }
 
-    fn zset(&self, skey: &[u8]) -> Reply<Option<Collection>> {
+    pub(super) fn zset(&self, skey: &[u8]) -> Reply<Option<Collection>> {
         self.collection(skey, Kind::ZSet)
     }
 
-    fn score(&self, skey: &[u8], member: &[u8]) -> Option<f64> {
+    pub(super) fn score(&self, skey: &[u8], member: &[u8]) -> Option<f64> {
         self.element(skey, &member_sub(member))
             .map(|bytes| f64::from_be_bytes(bytes[..8].try_into().expect("8-byte score")))
     }
 
-    fn put_entry(&mut self, skey: &[u8], zset: &mut Collection, member: &[u8], old: Option<f64>, score: f64) {
+    pub(super) fn put_entry(
+        &mut self,
+        skey: &[u8],
+        zset: &mut Collection,
+        member: &[u8],
+        old: Option<f64>,
+        score: f64,
+    ) {
         match old {
             Some(old) => self.delete_element(skey, &score_sub(old, member)),
             None => zset.meta.len += 1,
@@ -286,7 +293,12 @@ impl Keyspace<'_> {
     }
 
     /// `(member, score)` in score order, from the start (or the end).
-    fn in_order(&self, skey: &[u8], from: Option<&[u8]>, reverse: bool) -> impl Iterator<Item = (Vec<u8>, f64)> + '_ {
+    pub(super) fn in_order(
+        &self,
+        skey: &[u8],
+        from: Option<&[u8]>,
+        reverse: bool,
+    ) -> impl Iterator<Item = (Vec<u8>, f64)> + '_ {
         self.elements(skey, &[BY_SCORE], from, reverse)
             .map(|(sub, _)| (sub[9..].to_vec(), from_ordered(&sub[1..9])))
     }
@@ -375,7 +387,7 @@ impl Keyspace<'_> {
         Ok(Frame::Integer(doomed.len() as i64))
     }
 
-    fn zadd(&mut self, skey: &[u8], args: &[Bytes], is_zincrby: bool) -> Reply<Frame> {
+    pub(super) fn zadd(&mut self, skey: &[u8], args: &[Bytes], is_zincrby: bool) -> Reply<Frame> {
         let (mut nx, mut xx, mut gt, mut lt, mut ch, mut incr) = (false, false, false, false, false, false);
         let mut i = 0;
         while i < args.len() {
