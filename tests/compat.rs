@@ -62,6 +62,7 @@ const SCRIPTS: &[(&str, &str)] = &[
     ("scripting", include_str!("scripts/scripting.txt")),
     ("bitmaps", include_str!("scripts/bitmaps.txt")),
     ("geo", include_str!("scripts/geo.txt")),
+    ("more-commands", include_str!("scripts/more-commands.txt")),
 ];
 
 /// A script line's arguments: words split at spaces, except inside double

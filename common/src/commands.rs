@@ -20,6 +20,10 @@ pub enum KeySpec {
     Second,
     /// Every argument after the first (BITOP op destination source...).
     AllButFirst,
+    /// A count, then that many keys (ZUNION numkeys key...).
+    Counted,
+    /// A destination, a count, then that many keys (ZUNIONSTORE).
+    DestinationThenCounted,
 }
 
 /// A command executed by shard nodes.
@@ -44,7 +48,7 @@ const fn cmd(name: &'static str, arity: i32, write: bool, keys: KeySpec) -> Shar
     }
 }
 
-use KeySpec::{All, AllButFirst, First, FirstTwo, Second};
+use KeySpec::{All, AllButFirst, Counted, DestinationThenCounted, First, FirstTwo, Second};
 
 /// Every command shard nodes execute from their arguments (Redis 7.0 arities).
 pub const SHARD_COMMANDS: &[ShardCommand] = &[
@@ -99,6 +103,7 @@ pub const SHARD_COMMANDS: &[ShardCommand] = &[
     cmd("sunionstore", -3, true, All),
     cmd("sdiffstore", -3, true, All),
     cmd("sscan", -3, false, First),
+    cmd("sintercard", -3, false, Counted),
     // Sorted sets.
     cmd("zadd", -4, true, First),
     cmd("zrem", -3, true, First),
@@ -122,6 +127,15 @@ pub const SHARD_COMMANDS: &[ShardCommand] = &[
     cmd("zremrangebyrank", 4, true, First),
     cmd("zremrangebylex", 4, true, First),
     cmd("zscan", -3, false, First),
+    cmd("zunion", -3, false, Counted),
+    cmd("zinter", -3, false, Counted),
+    cmd("zdiff", -3, false, Counted),
+    cmd("zunionstore", -4, true, DestinationThenCounted),
+    cmd("zinterstore", -4, true, DestinationThenCounted),
+    cmd("zdiffstore", -4, true, DestinationThenCounted),
+    cmd("zintercard", -3, false, Counted),
+    cmd("zrangestore", -5, true, FirstTwo),
+    cmd("zrandmember", -2, false, First),
     // Bitmaps (strings).
     cmd("setbit", 4, true, First),
     cmd("getbit", 3, false, First),
@@ -141,6 +155,8 @@ pub const SHARD_COMMANDS: &[ShardCommand] = &[
     cmd("geodist", -4, false, First),
     cmd("geosearch", -7, false, First),
     cmd("geosearchstore", -8, true, FirstTwo),
+    // Strings.
+    cmd("lcs", -3, false, FirstTwo),
     // Keys of any type.
     cmd("rename", 3, true, FirstTwo),
     cmd("renamenx", 3, true, FirstTwo),
@@ -166,14 +182,53 @@ pub fn lookup(name: &[u8]) -> Option<&'static ShardCommand> {
 }
 
 impl ShardCommand {
+    /// For a command whose keys follow a count: how many keys it names, or
+    /// Redis's error for the count (checked before anything runs).
+    pub fn key_count(&self, args: &[Bytes]) -> Result<usize, String> {
+        let at = match self.keys {
+            KeySpec::Counted => 1,
+            KeySpec::DestinationThenCounted => 2,
+            _ => return Ok(0),
+        };
+        let count = args.get(at).and_then(|n| crate::ops::parse_strict_i64(n));
+        let after = args.len().saturating_sub(at + 1) as i64;
+        if self.name == "sintercard" {
+            return match count {
+                Some(n) if n >= 1 && n <= after => Ok(n as usize),
+                Some(n) if n >= 1 => Err("ERR Number of keys can't be greater than number of args".into()),
+                _ => Err("ERR numkeys should be greater than 0".into()),
+            };
+        }
+        match count {
+            None => Err("ERR value is not an integer or out of range".into()),
+            Some(n) if n < 1 => Err(format!(
+                "ERR at least 1 input key is needed for '{}' command",
+                self.name
+            )),
+            Some(n) if n > after => Err("ERR syntax error".into()),
+            Some(n) => Ok(n as usize),
+        }
+    }
+
     /// The keys among `args` (the full request, name first).
     pub fn keys<'a>(&self, args: &'a [Bytes]) -> Vec<&'a [u8]> {
+        let counted = |at: usize| match self.key_count(args) {
+            Ok(n) => &args[at..at + n],
+            Err(_) => &args[..0],
+        };
+        if self.keys == KeySpec::DestinationThenCounted {
+            return std::iter::once(&args[1][..])
+                .chain(counted(3).iter().map(|k| &k[..]))
+                .collect();
+        }
         let keys = match self.keys {
             KeySpec::First => &args[1..2.min(args.len())],
             KeySpec::FirstTwo => &args[1..3.min(args.len())],
             KeySpec::All => &args[1..],
             KeySpec::Second => &args[2.min(args.len())..3.min(args.len())],
             KeySpec::AllButFirst => &args[2.min(args.len())..],
+            KeySpec::Counted => counted(2),
+            KeySpec::DestinationThenCounted => unreachable!("handled above"),
         };
         keys.iter().map(|k| &k[..]).collect()
     }
@@ -194,6 +249,8 @@ mod tests {
                 KeySpec::First | KeySpec::All => 2,
                 KeySpec::FirstTwo | KeySpec::Second => 3,
                 KeySpec::AllButFirst => 4,
+                KeySpec::Counted => 3,
+                KeySpec::DestinationThenCounted => 4,
             };
             assert!(least >= needed, "{} has too few arguments for its keys", c.name);
         }

@@ -269,6 +269,8 @@ pub const COMMANDS: &[(&str, i32)] = &[
     ("bzpopmin", -3),
     ("bzpopmax", -3),
     ("bzmpop", -5),
+    ("lmpop", -4),
+    ("zmpop", -4),
     ("eval", -3),
     ("evalsha", -3),
     ("eval_ro", -3),
@@ -352,6 +354,9 @@ pub fn random_seed() -> u64 {
 
 /// A command executed by the shard from its arguments (see `commands`).
 fn shard_command(spec: &commands::ShardCommand, args: &[Vec<u8>]) -> Command {
+    if let Err(message) = spec.key_count(args) {
+        return err(message);
+    }
     let op = if spec.write {
         ShardOp::Write(WriteOp::Command {
             args: args.to_vec(),
@@ -604,6 +609,7 @@ fn parse_known(name: &str, args: &[Vec<u8>]) -> Result<Command, Command> {
         "blpop" | "brpop" | "brpoplpush" | "blmove" | "blmpop" | "bzpopmin" | "bzpopmax" | "bzmpop" => {
             parse_blocking(name, a)?
         }
+        "lmpop" | "zmpop" => parse_mpop(a, 1, name == "lmpop")?,
         _ => unknown_command(a),
     })
 }
@@ -909,13 +915,14 @@ fn positive(arg: &[u8], message: &str) -> Result<u64, Command> {
         .ok_or_else(|| err(message))
 }
 
-/// BLMPOP and BZMPOP: `timeout numkeys key... LEFT|RIGHT|MIN|MAX [COUNT n]`.
-fn parse_mpop(a: &[Vec<u8>], list: bool) -> Result<Command, Command> {
-    let timeout_ms = timeout_ms(&a[1])?;
-    let numkeys = positive(&a[2], "ERR numkeys should be greater than 0")?;
+/// BLMPOP and BZMPOP (`timeout numkeys key... LEFT|RIGHT|MIN|MAX [COUNT n]`,
+/// `count_at` 2), LMPOP and ZMPOP (no timeout, `count_at` 1, never block).
+fn parse_mpop(a: &[Vec<u8>], count_at: usize, list: bool) -> Result<Command, Command> {
+    let timeout_ms = if count_at == 2 { Some(timeout_ms(&a[1])?) } else { None };
+    let numkeys = positive(&a[count_at], "ERR numkeys should be greater than 0")?;
     let where_at = usize::try_from(numkeys)
         .ok()
-        .and_then(|n| n.checked_add(3))
+        .and_then(|n| n.checked_add(count_at + 1))
         .unwrap_or(usize::MAX);
     if where_at >= a.len() {
         return Err(err(SYNTAX));
@@ -941,12 +948,16 @@ fn parse_mpop(a: &[Vec<u8>], list: bool) -> Result<Command, Command> {
     } else {
         PopKind::ZSetMany { min: first, count }
     };
-    Ok(Command::Blocking {
-        pop: BlockedPop {
-            keys: a[3..where_at].to_vec(),
-            kind,
+    let pop = BlockedPop {
+        keys: a[count_at + 1..where_at].to_vec(),
+        kind,
+    };
+    Ok(match timeout_ms {
+        Some(timeout_ms) => Command::Blocking { pop, timeout_ms },
+        None => Command::SameShard {
+            keys: pop.keys().into_iter().map(<[u8]>::to_vec).collect(),
+            op: ShardOp::Write(WriteOp::PopFirst(pop)),
         },
-        timeout_ms,
     })
 }
 
@@ -988,8 +999,8 @@ fn parse_blocking(name: &str, a: &[Vec<u8>]) -> Result<Command, Command> {
                 timeout_ms(&a[5])?,
             )
         }
-        "blmpop" => return parse_mpop(a, true),
-        "bzmpop" => return parse_mpop(a, false),
+        "blmpop" => return parse_mpop(a, 2, true),
+        "bzmpop" => return parse_mpop(a, 2, false),
         _ => return Err(err("ERR unknown blocking command")),
     };
     Ok(Command::Blocking {

@@ -125,6 +125,8 @@ fn key_positions(name: &str) -> (i64, i64, i64) {
             KeySpec::All => (1, -1, 1),
             KeySpec::Second => (2, 2, 1),
             KeySpec::AllButFirst => (2, -1, 1),
+            // Movable keys: Redis's legacy positions say none.
+            KeySpec::Counted | KeySpec::DestinationThenCounted => (0, 0, 0),
         };
     }
     match name {
@@ -137,6 +139,21 @@ fn key_positions(name: &str) -> (i64, i64, i64) {
 
 /// The keys among a request's arguments (`args[0]` is the command `name`).
 pub fn keys_of<'a>(name: &str, args: &'a [Vec<u8>]) -> Vec<&'a [u8]> {
+    if let Some(spec) = commands::lookup(name.as_bytes()) {
+        return spec.keys(args);
+    }
+    if let Some(count_at) = match name {
+        "lmpop" | "zmpop" => Some(1),
+        "blmpop" | "bzmpop" => Some(2),
+        _ => None,
+    } {
+        let count = args
+            .get(count_at)
+            .and_then(|n| redraft_common::ops::parse_strict_i64(n))
+            .unwrap_or(0)
+            .max(0) as usize;
+        return args.iter().skip(count_at + 1).take(count).map(|k| &k[..]).collect();
+    }
     if is_script(name) {
         // `script numkeys key...`: Redis's movable keys.
         let count = args
@@ -261,6 +278,8 @@ fn is_write(name: &str) -> bool {
             | "persist"
             | "flushall"
             | "flushdb"
+            | "lmpop"
+            | "zmpop"
     )
 }
 

@@ -34,10 +34,12 @@ mod geo;
 mod hash;
 mod hll;
 mod keys;
+mod lcs;
 mod list;
 mod script;
 mod set;
 mod zset;
+mod zset_ops;
 
 pub use script::kill_scripts;
 

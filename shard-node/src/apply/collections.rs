@@ -129,6 +129,20 @@ impl Rng {
         self.next() % n
     }
 
+    /// Positions of `0..len` for a random-members command's `count` (not 0,
+    /// `len` > 0): distinct and ascending when positive, `-count` draws that
+    /// may repeat when negative (Redis's SRANDMEMBER family).
+    pub fn picks(&mut self, len: u64, count: i64) -> Vec<usize> {
+        if count > 0 {
+            self.distinct(len, count as u64)
+                .into_iter()
+                .map(|p| p as usize)
+                .collect()
+        } else {
+            (0..count.unsigned_abs()).map(|_| self.below(len) as usize).collect()
+        }
+    }
+
     /// `count` distinct positions of `0..len`, ascending.
     pub fn distinct(&mut self, len: u64, count: u64) -> Vec<u64> {
         if count >= len {
@@ -219,6 +233,22 @@ impl Keyspace<'_> {
             _ if name.starts_with("bit") || name.ends_with("bit") => self.bits_command(name, args),
             _ if name.starts_with("pf") => self.hll_command(name, args),
             _ if name.starts_with("geo") => self.geo_command(name, args),
+            _ if matches!(
+                name,
+                "zunion"
+                    | "zinter"
+                    | "zdiff"
+                    | "zunionstore"
+                    | "zinterstore"
+                    | "zdiffstore"
+                    | "zintercard"
+                    | "zrangestore"
+                    | "zrandmember"
+            ) =>
+            {
+                self.zset_ops_command(name, args, seed)
+            }
+            _ if name == "lcs" => Some(self.lcs(args)),
             b'h' => self.hash_command(name, args, seed),
             b'l' | b'r' => self.list_command(name, args),
             b's' => self.set_command(name, args, seed),

@@ -191,16 +191,7 @@ impl Keyspace<'_> {
             return Ok(Frame::Array(vec![]));
         }
         let all = self.fields(skey)?;
-        let picks: Vec<usize> = if count > 0 {
-            rng.distinct(hash.meta.len, count as u64)
-                .into_iter()
-                .map(|p| p as usize)
-                .collect()
-        } else {
-            (0..count.unsigned_abs())
-                .map(|_| rng.below(all.len() as u64) as usize)
-                .collect()
-        };
+        let picks = rng.picks(hash.meta.len, count);
         let chosen = picks.into_iter().map(|p| all[p].clone());
         Ok(if with_values {
             Frame::Pairs(chosen.map(|(f, v)| (Frame::Bulk(f), Frame::Bulk(v))).collect())

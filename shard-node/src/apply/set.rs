@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use redraft_common::ops::Bytes;
 use redraft_common::resp::Frame;
 
-use super::collections::{error, int, positive_count, scan_options, scan_reply, Collection, Reply, Rng};
+use super::collections::{error, int, positive_count, scan_options, scan_reply, Collection, Reply, Rng, SYNTAX};
 use super::Keyspace;
 use crate::storage::{hashed, unhashed, Kind};
 
@@ -47,6 +47,7 @@ impl Keyspace<'_> {
                 })
             }
             "sscan" => self.sscan(&skey, &a[2..]),
+            "sintercard" => self.sintercard(a),
             _ => return None,
         };
         Some(reply.unwrap_or_else(|e| e))
@@ -213,6 +214,26 @@ impl Keyspace<'_> {
             "sunion" => acc.union(&next).cloned().collect(),
             _ => acc.difference(&next).cloned().collect(),
         }))
+    }
+
+    /// SINTERCARD numkeys key... [LIMIT n] (the count checked by the proxy):
+    /// options first, then the keys, as Redis checks them.
+    fn sintercard(&self, a: &[Bytes]) -> Reply<Frame> {
+        let count = redraft_common::ops::parse_strict_i64(&a[1]).unwrap_or(0).max(0) as usize;
+        let mut limit = 0u64;
+        let mut j = 2 + count;
+        while j < a.len() {
+            if a[j].eq_ignore_ascii_case(b"limit") && j + 1 < a.len() {
+                limit = redraft_common::ops::parse_strict_i64(&a[j + 1])
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| error("ERR LIMIT can't be negative"))?;
+                j += 2;
+            } else {
+                return Err(error(SYNTAX));
+            }
+        }
+        let common = self.combine("sinter", &a[2..2 + count])?.len() as u64;
+        Ok(Frame::Integer(if limit > 0 { common.min(limit) } else { common } as i64))
     }
 
     fn sscan(&self, skey: &[u8], args: &[Bytes]) -> Reply<Frame> {

@@ -48,7 +48,7 @@ fn score_sub(score: f64, member: &[u8]) -> Vec<u8> {
 
 /// One end of a score range.
 #[derive(Clone, Copy)]
-struct ScoreBound {
+pub(super) struct ScoreBound {
     value: f64,
     exclusive: bool,
 }
@@ -67,7 +67,7 @@ fn score_bound(arg: &[u8]) -> Option<ScoreBound> {
 /// One end of a lexicographic range (`-` and `+` are the extremes wherever
 /// they appear, as in Redis).
 #[derive(Clone)]
-enum LexBound {
+pub(super) enum LexBound {
     Lowest,
     Highest,
     Inclusive(Vec<u8>),
@@ -101,7 +101,7 @@ fn lex_range(min: &[u8], max: &[u8]) -> Reply<Range> {
 }
 
 /// What a range selects.
-enum Range {
+pub(super) enum Range {
     Rank(i64, i64),
     Score(ScoreBound, ScoreBound),
     Lex(LexBound, LexBound),
@@ -142,16 +142,16 @@ fn lex_below(member: &[u8], max: &LexBound) -> bool {
 }
 
 /// A parsed ZRANGE-family request.
-struct RangeQuery {
-    range: Range,
-    reverse: bool,
+pub(super) struct RangeQuery {
+    pub range: Range,
+    pub reverse: bool,
     /// LIMIT offset count (count < 0: no limit).
-    limit: Option<(i64, i64)>,
-    with_scores: bool,
+    pub limit: Option<(i64, i64)>,
+    pub with_scores: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum RangeKind {
+pub(super) enum RangeKind {
     Auto,
     Rank,
     Score,
@@ -160,15 +160,20 @@ enum RangeKind {
 
 /// Parses the ZRANGE family as Redis 7.0's `zrangeGenericCommand` does: `args`
 /// start at the first bound; `kind` and `reverse` are fixed by the command name
-/// (`None`: ZRANGE's options decide).
-fn parse_range(args: &[Bytes], mut kind: RangeKind, mut reverse: Option<bool>) -> Reply<RangeQuery> {
+/// (`None`: ZRANGE's options decide); `store` (ZRANGESTORE) refuses WITHSCORES.
+pub(super) fn parse_range(
+    args: &[Bytes],
+    mut kind: RangeKind,
+    mut reverse: Option<bool>,
+    store: bool,
+) -> Reply<RangeQuery> {
     let (mut with_scores, mut limit) = (false, None);
     let mut j = 2;
     while j < args.len() {
         let option = args[j].to_ascii_lowercase();
         let left = args.len() - j - 1;
         match option.as_slice() {
-            b"withscores" => with_scores = true,
+            b"withscores" if !store => with_scores = true,
             b"limit" if left >= 2 => {
                 limit = Some((int(&args[j + 1])?, int(&args[j + 2])?));
                 j += 2;
@@ -304,7 +309,7 @@ impl Keyspace<'_> {
     }
 
     /// The entries a range selects, in the query's direction, after LIMIT.
-    fn select(
+    pub(super) fn select(
         &self,
         skey: &[u8],
         zset: &Collection,
@@ -358,7 +363,7 @@ impl Keyspace<'_> {
     }
 
     fn zrange(&self, skey: &[u8], args: &[Bytes], kind: RangeKind, reverse: Option<bool>) -> Reply<Frame> {
-        let query = parse_range(args, kind, reverse)?;
+        let query = parse_range(args, kind, reverse, false)?;
         let Some(zset) = self.zset(skey)? else {
             return Ok(Frame::Array(vec![]));
         };
@@ -535,7 +540,7 @@ impl Keyspace<'_> {
     }
 }
 
-fn entries_frame(entries: Vec<(Vec<u8>, f64)>, with_scores: bool) -> Frame {
+pub(super) fn entries_frame(entries: Vec<(Vec<u8>, f64)>, with_scores: bool) -> Frame {
     if with_scores {
         Frame::Pairs(
             entries
