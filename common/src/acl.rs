@@ -176,6 +176,11 @@ impl User {
         self.keys.iter().any(|p| glob::matches(p.as_bytes(), key))
     }
 
+    /// Whether the user may access every key (`~*`).
+    pub fn may_access_all_keys(&self) -> bool {
+        self.keys.iter().any(|k| k == "*")
+    }
+
     /// Whether the user may use `channel`.
     pub fn may_use_channel(&self, channel: &[u8]) -> bool {
         self.channels.iter().any(|p| glob::matches(p.as_bytes(), channel))

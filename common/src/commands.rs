@@ -24,6 +24,8 @@ pub enum KeySpec {
     Counted,
     /// A destination, a count, then that many keys (ZUNIONSTORE).
     DestinationThenCounted,
+    /// SORT's: the first argument and the destination of its STORE option.
+    Sort,
 }
 
 /// A command executed by shard nodes.
@@ -48,7 +50,7 @@ const fn cmd(name: &'static str, arity: i32, write: bool, keys: KeySpec) -> Shar
     }
 }
 
-use KeySpec::{All, AllButFirst, Counted, DestinationThenCounted, First, FirstTwo, Second};
+use KeySpec::{All, AllButFirst, Counted, DestinationThenCounted, First, FirstTwo, Second, Sort};
 
 /// Every command shard nodes execute from their arguments (Redis 7.0 arities).
 pub const SHARD_COMMANDS: &[ShardCommand] = &[
@@ -157,6 +159,9 @@ pub const SHARD_COMMANDS: &[ShardCommand] = &[
     cmd("geosearchstore", -8, true, FirstTwo),
     // Strings.
     cmd("lcs", -3, false, FirstTwo),
+    // Lists, sets and sorted sets.
+    cmd("sort", -2, true, Sort),
+    cmd("sort_ro", -2, false, First),
     // Keys of any type.
     cmd("rename", 3, true, FirstTwo),
     cmd("renamenx", 3, true, FirstTwo),
@@ -182,6 +187,14 @@ pub fn lookup(name: &[u8]) -> Option<&'static ShardCommand> {
 }
 
 impl ShardCommand {
+    /// Whether this request writes: SORT only with STORE.
+    pub fn writes(&self, args: &[Bytes]) -> bool {
+        match self.keys {
+            KeySpec::Sort => sort_destination(args).is_some(),
+            _ => self.write,
+        }
+    }
+
     /// For a command whose keys follow a count: how many keys it names, or
     /// Redis's error for the count (checked before anything runs).
     pub fn key_count(&self, args: &[Bytes]) -> Result<usize, String> {
@@ -216,6 +229,11 @@ impl ShardCommand {
             Ok(n) => &args[at..at + n],
             Err(_) => &args[..0],
         };
+        if self.keys == KeySpec::Sort {
+            return std::iter::once(&args[1][..])
+                .chain(sort_destination(args).map(|k| &k[..]))
+                .collect();
+        }
         if self.keys == KeySpec::DestinationThenCounted {
             return std::iter::once(&args[1][..])
                 .chain(counted(3).iter().map(|k| &k[..]))
@@ -228,10 +246,27 @@ impl ShardCommand {
             KeySpec::Second => &args[2.min(args.len())..3.min(args.len())],
             KeySpec::AllButFirst => &args[2.min(args.len())..],
             KeySpec::Counted => counted(2),
-            KeySpec::DestinationThenCounted => unreachable!("handled above"),
+            KeySpec::DestinationThenCounted | KeySpec::Sort => unreachable!("handled above"),
         };
         keys.iter().map(|k| &k[..]).collect()
     }
+}
+
+/// The destination of a SORT request's STORE option, read past the other
+/// options' arguments as SORT parses them.
+pub fn sort_destination(args: &[Bytes]) -> Option<&Bytes> {
+    let mut j = 2;
+    while j < args.len() {
+        let left = args.len() - j - 1;
+        match args[j].to_ascii_lowercase().as_slice() {
+            b"limit" if left >= 2 => j += 2,
+            b"by" | b"get" if left >= 1 => j += 1,
+            b"store" if left >= 1 => return Some(&args[j + 1]),
+            _ => {}
+        }
+        j += 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -251,6 +286,7 @@ mod tests {
                 KeySpec::AllButFirst => 4,
                 KeySpec::Counted => 3,
                 KeySpec::DestinationThenCounted => 4,
+                KeySpec::Sort => 2,
             };
             assert!(least >= needed, "{} has too few arguments for its keys", c.name);
         }

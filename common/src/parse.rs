@@ -357,7 +357,7 @@ fn shard_command(spec: &commands::ShardCommand, args: &[Vec<u8>]) -> Command {
     if let Err(message) = spec.key_count(args) {
         return err(message);
     }
-    let op = if spec.write {
+    let op = if spec.writes(args) {
         ShardOp::Write(WriteOp::Command {
             args: args.to_vec(),
             seed: random_seed(),

@@ -21,6 +21,20 @@ pub enum Mix {
     C,
     /// YCSB F: 50% reads, 50% read-modify-write (INCR).
     F,
+    /// SETBIT at a random offset below 100,000 of one of the keys.
+    Setbit,
+    /// BITCOUNT of one of the keys (fill them with `setbit` first).
+    Bitcount,
+    /// PFADD of a random element to one of the keys.
+    Pfadd,
+    /// PFCOUNT of one of the keys (fill them with `pfadd` first).
+    Pfcount,
+    /// GEOADD of a random point (longitude 0..10, latitude 40..50) to one of
+    /// the keys.
+    Geoadd,
+    /// GEOSEARCH of one of the keys: the 10 nearest points within 50 km of a
+    /// random centre (fill them with `geoadd` first).
+    Geosearch,
 }
 
 impl Mix {
@@ -31,7 +45,16 @@ impl Mix {
             Mix::Get | Mix::C => 1.0,
             Mix::A | Mix::F => 0.5,
             Mix::B => 0.95,
+            _ => 0.0,
         }
+    }
+
+    /// Whether this mix exercises one data type (not strings' GET and SET).
+    fn is_typed(self) -> bool {
+        matches!(
+            self,
+            Mix::Setbit | Mix::Bitcount | Mix::Pfadd | Mix::Pfcount | Mix::Geoadd | Mix::Geosearch
+        )
     }
 }
 
@@ -54,6 +77,8 @@ pub enum Op {
     Set(String, Vec<u8>),
     /// INCR key
     Incr(String),
+    /// Any other command: its name (for reports) and its arguments.
+    Command(&'static str, Vec<Vec<u8>>),
 }
 
 impl Op {
@@ -64,6 +89,7 @@ impl Op {
             Op::Get(k) => vec![Frame::bulk("GET"), Frame::bulk(k.as_bytes())],
             Op::Set(k, v) => vec![Frame::bulk("SET"), Frame::bulk(k.as_bytes()), Frame::bulk(v.clone())],
             Op::Incr(k) => vec![Frame::bulk("INCR"), Frame::bulk(k.as_bytes())],
+            Op::Command(_, args) => args.iter().map(|a| Frame::bulk(a.clone())).collect(),
         };
         Frame::Array(args).encode(out);
     }
@@ -74,6 +100,7 @@ impl Op {
             Op::Get(_) => "get",
             Op::Set(..) => "set",
             Op::Incr(_) => "incr",
+            Op::Command(name, _) => name,
         }
     }
 }
@@ -120,6 +147,9 @@ impl Generator {
             Some(z) => (z.sample(rng) as u64 - 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) % self.workload.keys,
             None => rng.gen_range(0..self.workload.keys.max(1)),
         };
+        if self.workload.mix.is_typed() {
+            return typed(self.workload.mix, index, rng);
+        }
         let key = Self::key(index);
         if rng.gen_bool(self.workload.mix.read_ratio()) {
             Op::Get(key)
@@ -129,6 +159,58 @@ impl Generator {
             Op::Set(key, self.value.clone())
         }
     }
+}
+
+/// An operation of a one-type mix on the key with index `index`.
+fn typed(mix: Mix, index: u64, rng: &mut SmallRng) -> Op {
+    let text = |s: String| s.into_bytes();
+    let (name, args): (&'static str, Vec<String>) = match mix {
+        Mix::Setbit => (
+            "setbit",
+            vec![
+                "SETBIT".into(),
+                format!("bits:{index}"),
+                rng.gen_range(0..100_000u32).to_string(),
+                "1".into(),
+            ],
+        ),
+        Mix::Bitcount => ("bitcount", vec!["BITCOUNT".into(), format!("bits:{index}")]),
+        Mix::Pfadd => (
+            "pfadd",
+            vec![
+                "PFADD".into(),
+                format!("hll:{index}"),
+                format!("element:{}", rng.gen::<u32>()),
+            ],
+        ),
+        Mix::Pfcount => ("pfcount", vec!["PFCOUNT".into(), format!("hll:{index}")]),
+        Mix::Geoadd => (
+            "geoadd",
+            vec![
+                "GEOADD".into(),
+                format!("geo:{index}"),
+                format!("{:.6}", rng.gen_range(0.0..10.0)),
+                format!("{:.6}", rng.gen_range(40.0..50.0)),
+                format!("place:{}", rng.gen::<u32>()),
+            ],
+        ),
+        _ => (
+            "geosearch",
+            vec![
+                "GEOSEARCH".into(),
+                format!("geo:{index}"),
+                "FROMLONLAT".into(),
+                format!("{:.6}", rng.gen_range(0.0..10.0)),
+                format!("{:.6}", rng.gen_range(40.0..50.0)),
+                "BYRADIUS".into(),
+                "50".into(),
+                "km".into(),
+                "COUNT".into(),
+                "10".into(),
+            ],
+        ),
+    };
+    Op::Command(name, args.into_iter().map(text).collect())
 }
 
 #[cfg(test)]
@@ -163,6 +245,30 @@ mod tests {
         assert!(ops(Mix::F, KeyDistribution::Uniform)
             .iter()
             .any(|o| matches!(o, Op::Incr(_))));
+    }
+
+    #[test]
+    fn typed_mixes_send_their_command_to_their_keys() {
+        for (mix, command, prefix) in [
+            (Mix::Setbit, "SETBIT", "bits:"),
+            (Mix::Bitcount, "BITCOUNT", "bits:"),
+            (Mix::Pfadd, "PFADD", "hll:"),
+            (Mix::Pfcount, "PFCOUNT", "hll:"),
+            (Mix::Geoadd, "GEOADD", "geo:"),
+            (Mix::Geosearch, "GEOSEARCH", "geo:"),
+        ] {
+            for op in ops(mix, KeyDistribution::Uniform).into_iter().take(100) {
+                let Op::Command(name, args) = &op else {
+                    panic!("{mix:?} sent {op:?}");
+                };
+                assert_eq!(name.to_uppercase(), command);
+                assert_eq!(args[0], command.as_bytes());
+                assert!(args[1].starts_with(prefix.as_bytes()));
+                let mut encoded = Vec::new();
+                op.encode(&mut encoded);
+                assert!(encoded.starts_with(format!("*{}\r\n", args.len()).as_bytes()));
+            }
+        }
     }
 
     #[test]

@@ -85,10 +85,35 @@ pub fn check(users: &Users, session: &mut Session, name: &str, args: &[Vec<u8>])
             "NOPERM this user has no permissions to access one of the keys used as arguments",
         ));
     }
+    if matches!(name, "sort" | "sort_ro") && !user.may_access_all_keys() {
+        if let Some(option) = sort_pattern_option(args) {
+            return Some(error(format!(
+                "ERR {option} option of SORT denied due to insufficient ACL permissions."
+            )));
+        }
+    }
     if channels_of(name, args).iter().any(|c| !user.may_use_channel(c)) {
         return Some(error(
             "NOPERM this user has no permissions to access one of the channels used as arguments",
         ));
+    }
+    None
+}
+
+/// The first SORT option that reads keys named by a pattern (`BY` with a `*`,
+/// any `GET`), which Redis allows only to users who may access every key.
+fn sort_pattern_option(args: &[Vec<u8>]) -> Option<&'static str> {
+    let mut j = 2;
+    while j < args.len() {
+        let left = args.len() - j - 1;
+        match args[j].to_ascii_lowercase().as_slice() {
+            b"by" if left >= 1 && args[j + 1].contains(&b'*') => return Some("BY"),
+            b"get" if left >= 1 => return Some("GET"),
+            b"by" | b"store" if left >= 1 => j += 1,
+            b"limit" if left >= 2 => j += 2,
+            _ => {}
+        }
+        j += 1;
     }
     None
 }

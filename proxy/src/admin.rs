@@ -127,6 +127,7 @@ fn key_positions(name: &str) -> (i64, i64, i64) {
             KeySpec::AllButFirst => (2, -1, 1),
             // Movable keys: Redis's legacy positions say none.
             KeySpec::Counted | KeySpec::DestinationThenCounted => (0, 0, 0),
+            KeySpec::Sort => (1, 1, 1),
         };
     }
     match name {
@@ -290,6 +291,8 @@ fn category(name: &str) -> &'static str {
         _ if name.starts_with("bit") || name.ends_with("bit") => "@bitmap",
         _ if name.starts_with("pf") => "@hyperloglog",
         _ if name.starts_with("geo") => "@geo",
+        _ if name == "lcs" => "@string",
+        _ if name.starts_with("sort") => "@list",
         Some(b'h') => "@hash",
         Some(b'l') | Some(b'r') if name != "rename" && name != "renamenx" => "@list",
         Some(b's') if commands::lookup(name.as_bytes()).is_some() => "@set",

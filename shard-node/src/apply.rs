@@ -38,6 +38,7 @@ mod lcs;
 mod list;
 mod script;
 mod set;
+mod sort;
 mod zset;
 mod zset_ops;
 

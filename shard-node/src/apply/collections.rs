@@ -219,7 +219,7 @@ impl Keyspace<'_> {
     pub(super) fn command(&mut self, args: &[Bytes], seed: u64, write: bool) -> Frame {
         let spec = args.first().and_then(|name| redraft_common::commands::lookup(name));
         let name = match spec {
-            Some(spec) if spec.write && !write => {
+            Some(spec) if spec.writes(args) && !write => {
                 return error(&format!("ERR '{}' writes and must go through the log", spec.name))
             }
             Some(spec) if !redraft_common::commands::arity_ok(spec.arity, args.len()) => {
@@ -249,6 +249,7 @@ impl Keyspace<'_> {
                 self.zset_ops_command(name, args, seed)
             }
             _ if name == "lcs" => Some(self.lcs(args)),
+            _ if name == "sort" || name == "sort_ro" => Some(self.sort(args, name == "sort_ro").unwrap_or_else(|e| e)),
             b'h' => self.hash_command(name, args, seed),
             b'l' | b'r' => self.list_command(name, args),
             b's' => self.set_command(name, args, seed),

@@ -101,6 +101,11 @@ impl Keyspace<'_> {
         Ok(Frame::Integer(list.meta.len as i64))
     }
 
+    /// Appends `value` at the right end of `list` (stored at `skey`).
+    pub(super) fn append_item(&mut self, skey: &[u8], list: &mut Collection, value: Vec<u8>) {
+        self.push_one(skey, list, End::Right, value);
+    }
+
     fn push_one(&mut self, skey: &[u8], list: &mut Collection, end: End, value: Vec<u8>) {
         let position = match end {
             End::Left => {
