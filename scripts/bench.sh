@@ -27,6 +27,9 @@
 #  12. scripts/backup-bench.sh: an online backup of 1 GB at 12 shards (speed,
 #      the cut's hold, client latency meanwhile), its restore, and
 #      `redis-cli --rdb` of the same data.
+#  13. scripts/types-bench.sh: SETBIT, BITCOUNT, PFADD, PFCOUNT, GEOADD and
+#      GEOSEARCH against redis-server in both modes (TYPES_SECONDS per run,
+#      default 8).
 # Usage: scripts/bench.sh [requests per run, default 100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -114,3 +117,6 @@ echo "## placement driver at scale (simulated nodes, the real scheduler)"
 
 echo "## online backup and restore"
 ./scripts/backup-bench.sh
+
+echo "## bitmaps, HyperLogLog and GEO"
+./scripts/types-bench.sh "${TYPES_SECONDS:-8}" 1
