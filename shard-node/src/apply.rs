@@ -29,6 +29,7 @@ use crate::storage::{
 
 mod bits;
 mod blocking;
+mod chunks;
 mod collections;
 mod geo;
 mod hash;
@@ -172,8 +173,19 @@ impl<'a> Keyspace<'a> {
             .any(|(start, end)| start.as_slice() <= skey && skey < end.as_slice())
     }
 
-    /// The stored value of a key record, expired or not, as of this batch.
+    /// The stored value of a key record, expired or not, as of this batch
+    /// (a chunked string whole).
     fn load_raw(&self, skey: &[u8]) -> Option<Value> {
+        let mut value = self.load_record(skey)?;
+        if value.chunked {
+            value.payload = self.whole_string(skey, &value);
+            value.chunked = false;
+        }
+        Some(value)
+    }
+
+    /// A key record as stored (a chunked string's holds only its length).
+    fn load_record(&self, skey: &[u8]) -> Option<Value> {
         self.load_bytes(skey).map(|b| Value::decode(&b))
     }
 
@@ -223,9 +235,12 @@ impl<'a> Keyspace<'a> {
         self.cleared.push((start, end));
     }
 
-    /// Deletes a key and, for a collection, all its elements.
+    /// Deletes a key and, for a collection or a chunked string, all its elements.
     fn delete_key(&mut self, skey: Vec<u8>) {
-        if self.load_raw(&skey).is_some_and(|v| v.kind != Kind::String) {
+        if self
+            .load_record(&skey)
+            .is_some_and(|v| v.kind != Kind::String || v.chunked)
+        {
             self.clear_elements(&skey);
         }
         self.remove(skey);
@@ -243,7 +258,22 @@ impl<'a> Keyspace<'a> {
         self.load_raw(skey).filter(|v| !v.is_expired(self.now_ms))
     }
 
+    /// Stores a value; a string in the layout its length calls for
+    /// ([`chunks`]), replacing any chunks an earlier version of it left.
     fn store(&mut self, skey: Vec<u8>, value: &Value) {
+        if value.kind != Kind::String {
+            return self.put_record(skey, value);
+        }
+        let previous = if self.may_hold_elements(&skey) {
+            self.load_record(&skey).filter(|p| p.kind == Kind::String)
+        } else {
+            None
+        };
+        self.store_string(skey, value, previous.as_ref());
+    }
+
+    /// Writes a key record as it is.
+    fn put_record(&mut self, skey: Vec<u8>, value: &Value) {
         let bytes = value.encode_at(self.revision);
         self.put_bytes(skey, bytes);
     }
@@ -257,7 +287,7 @@ impl<'a> Keyspace<'a> {
 
     /// Stores a string at a key that may hold a collection (whose elements go).
     fn replace(&mut self, skey: Vec<u8>, value: &Value) {
-        if self.may_hold_elements(&skey) && self.load_raw(&skey).is_some_and(|v| v.kind != Kind::String) {
+        if self.may_hold_elements(&skey) && self.load_record(&skey).is_some_and(|v| v.kind != Kind::String) {
             self.delete_key(skey.clone());
         }
         self.store(skey, value);
@@ -275,6 +305,15 @@ impl<'a> Keyspace<'a> {
 
     fn string(&self, skey: &[u8]) -> Result<Option<Value>, Frame> {
         match self.load(skey) {
+            Some(v) if v.kind != Kind::String => Err(Frame::error(WRONGTYPE)),
+            other => Ok(other),
+        }
+    }
+
+    /// Like [`Self::string`], without reading a chunked string's bytes: its
+    /// key record, for [`chunks`]' partial reads and writes.
+    fn string_record(&self, skey: &[u8]) -> Result<Option<Value>, Frame> {
+        match self.load_record(skey).filter(|v| !v.is_expired(self.now_ms)) {
             Some(v) if v.kind != Kind::String => Err(Frame::error(WRONGTYPE)),
             other => Ok(other),
         }
@@ -339,14 +378,21 @@ impl<'a> Keyspace<'a> {
                 }
                 Frame::Integer(n)
             }
-            ReadOp::StrLen { key } => match self.string(&self.storage_key(key)?) {
-                Ok(v) => Frame::Integer(v.map_or(0, |v| v.payload.len() as i64)),
+            ReadOp::StrLen { key } => match self.string_record(&self.storage_key(key)?) {
+                Ok(v) => Frame::Integer(v.map_or(0, |v| chunks::stored_len(&v) as i64)),
                 Err(e) => e,
             },
-            ReadOp::GetRange { key, start, end } => match self.string(&self.storage_key(key)?) {
-                Ok(v) => Frame::Bulk(v.map_or_else(Vec::new, |v| substring(&v.payload, *start, *end).to_vec())),
-                Err(e) => e,
-            },
+            ReadOp::GetRange { key, start, end } => {
+                let skey = self.storage_key(key)?;
+                match self.string_record(&skey) {
+                    Ok(Some(record)) => {
+                        let range = substring_range(chunks::stored_len(&record), *start, *end);
+                        Frame::Bulk(self.string_bytes(&skey, &record, range))
+                    }
+                    Ok(None) => Frame::Bulk(Vec::new()),
+                    Err(e) => e,
+                }
+            }
             ReadOp::Ttl { key, millis } => match self.load(&self.storage_key(key)?) {
                 None => Frame::Integer(-2),
                 Some(v) if v.expires_at == 0 => Frame::Integer(-1),
@@ -410,7 +456,7 @@ impl<'a> Keyspace<'a> {
             } => self.set(skeys[0].clone(), value, *expiry, *condition, *keep_ttl, *reply),
             WriteOp::GetDel { .. } => match self.string(&skeys[0]) {
                 Ok(Some(v)) => {
-                    self.remove(skeys[0].clone());
+                    self.delete_key(skeys[0].clone());
                     Frame::Bulk(v.payload)
                 }
                 Ok(None) => Frame::Null,
@@ -430,7 +476,7 @@ impl<'a> Keyspace<'a> {
                         GetExChange::Set(expiry) => {
                             let deadline = self.deadline(*expiry);
                             if deadline <= self.now_ms as i64 {
-                                self.remove(skeys[0].clone());
+                                self.delete_key(skeys[0].clone());
                             } else {
                                 v.expires_at = Self::stored_deadline(deadline);
                                 self.store(skeys[0].clone(), &v);
@@ -470,40 +516,35 @@ impl<'a> Keyspace<'a> {
             }
             WriteOp::IncrBy { delta, .. } => self.incr_by(skeys[0].clone(), *delta),
             WriteOp::IncrByFloat { delta, .. } => self.incr_by_float(skeys[0].clone(), *delta),
-            WriteOp::Append { value, .. } => match self.string(&skeys[0]) {
-                Ok(existing) => {
-                    // Redis edits an existing string in place (`raw`); a new
-                    // one is encoded like SET's.
-                    let edited = existing.is_some();
-                    let mut v = existing.unwrap_or_else(|| Value::string(Vec::new(), 0));
-                    v.edited = edited;
-                    if v.payload.len() as u64 + value.len() as u64 > MAX_STRING {
+            WriteOp::Append { value, .. } => match self.string_record(&skeys[0]) {
+                Ok(Some(record)) => {
+                    // Redis edits an existing string in place (`raw`).
+                    let len = chunks::stored_len(&record);
+                    if len as u64 + value.len() as u64 > MAX_STRING {
                         return Ok(Frame::error(
                             "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
                         ));
                     }
-                    v.payload.extend_from_slice(value);
-                    let len = v.payload.len() as i64;
-                    self.store(skeys[0].clone(), &v);
-                    Frame::Integer(len)
+                    self.write_string_bytes(skeys[0].clone(), &record, len, value);
+                    Frame::Integer((len + value.len()) as i64)
+                }
+                // A new string is encoded like SET's.
+                Ok(None) => {
+                    self.store(skeys[0].clone(), &Value::string(value.clone(), 0));
+                    Frame::Integer(value.len() as i64)
                 }
                 Err(e) => e,
             },
-            WriteOp::SetRange { offset, value, .. } => match self.string(&skeys[0]) {
+            WriteOp::SetRange { offset, value, .. } => match self.string_record(&skeys[0]) {
                 Ok(existing) => {
+                    let len = existing.as_ref().map_or(0, chunks::stored_len);
                     if value.is_empty() {
-                        return Ok(Frame::Integer(existing.map_or(0, |v| v.payload.len() as i64)));
+                        return Ok(Frame::Integer(len as i64));
                     }
-                    let mut v = existing.unwrap_or_else(|| Value::string(Vec::new(), 0));
+                    let record = existing.unwrap_or_else(|| Value::string(Vec::new(), 0));
                     let offset = *offset as usize;
-                    if v.payload.len() < offset + value.len() {
-                        v.payload.resize(offset + value.len(), 0);
-                    }
-                    v.payload[offset..offset + value.len()].copy_from_slice(value);
-                    v.edited = true;
-                    let len = v.payload.len() as i64;
-                    self.store(skeys[0].clone(), &v);
-                    Frame::Integer(len)
+                    self.write_string_bytes(skeys[0].clone(), &record, offset, value);
+                    Frame::Integer(len.max(offset + value.len()) as i64)
                 }
                 Err(e) => e,
             },
@@ -742,16 +783,21 @@ impl Iterator for Merged<'_> {
 
 /// Redis's `GETRANGE` slice: inclusive indexes, negative ones from the end.
 pub fn substring(s: &[u8], start: i64, end: i64) -> &[u8] {
-    let len = s.len() as i64;
+    &s[substring_range(s.len(), start, end)]
+}
+
+/// The byte range of [`substring`] over a string of `len` bytes.
+pub fn substring_range(len: usize, start: i64, end: i64) -> std::ops::Range<usize> {
+    let len = len as i64;
     if len == 0 {
-        return &[];
+        return 0..0;
     }
     let start = if start < 0 { (len + start).max(0) } else { start };
     let end = if end < 0 { (len + end).max(0) } else { end.min(len - 1) };
     if start > end || start >= len {
-        return &[];
+        return 0..0;
     }
-    &s[start as usize..=end as usize]
+    start as usize..end as usize + 1
 }
 
 /// Parses a float as Redis's INCRBYFLOAT accepts it (no spaces, finite).

@@ -218,10 +218,10 @@ fn read_chunk(
             if stored.is_expired(now_ms) {
                 continue;
             }
-            // A string is whole in its key record; a collection's elements
-            // are read by its type's own commands.
+            // A short string is whole in its key record; a long one's chunks
+            // and a collection's elements are read through the keyspace.
             let record = match stored.kind {
-                Kind::String => Some(Record {
+                Kind::String if !stored.chunked => Some(Record {
                     key: user_key(&skey).to_vec(),
                     expires_at_ms: (stored.expires_at != 0).then_some(stored.expires_at as i64),
                     payload: redraft_common::rdb::dump(&redraft_common::rdb::Value::String(stored.payload)),

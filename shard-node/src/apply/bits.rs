@@ -246,38 +246,47 @@ impl Keyspace<'_> {
             _ => return Err(error(BAD_BIT)),
         };
         let skey = self.owned_key(&a[1]);
-        let (mut value, grown) = self.string_for_bits(&skey, offset)?;
-        let old = bit_at(&value.payload, offset);
-        if grown || (old == 1) != on {
-            set_bit(&mut value.payload, offset, on);
-            self.store(skey, &value);
+        let byte = (offset >> 3) as usize;
+        let record = self
+            .string_record(&skey)?
+            .unwrap_or_else(|| Value::string(Vec::new(), 0));
+        let old = self.string_bytes(&skey, &record, byte..byte + 1);
+        let grown = old.is_empty();
+        let mut new = old.first().copied().unwrap_or(0);
+        let was = (new >> (7 - (offset & 7))) & 1;
+        if grown || (was == 1) != on {
+            set_bit(std::slice::from_mut(&mut new), offset & 7, on);
+            self.write_string_bytes(skey, &record, byte, &[new]);
         }
-        Ok(Frame::Integer(i64::from(old)))
+        Ok(Frame::Integer(i64::from(was)))
     }
 
     fn getbit(&self, a: &[Bytes]) -> Reply<Frame> {
         let offset = bit_offset(&a[2], None)?;
-        let value = self.string(&self.owned_key(&a[1]))?;
-        Ok(Frame::Integer(
-            value.map_or(0, |v| i64::from(bit_at(&v.payload, offset))),
-        ))
+        let skey = self.owned_key(&a[1]);
+        let Some(record) = self.string_record(&skey)? else {
+            return Ok(Frame::Integer(0));
+        };
+        let byte = (offset >> 3) as usize;
+        let bytes = self.string_bytes(&skey, &record, byte..byte + 1);
+        Ok(Frame::Integer(i64::from(bit_at(&bytes, offset & 7))))
     }
 
     fn bitcount(&self, a: &[Bytes]) -> Reply<Frame> {
-        let Some(value) = self.string(&self.owned_key(&a[1]))? else {
+        let skey = self.owned_key(&a[1]);
+        let Some(record) = self.string_record(&skey)? else {
             return Ok(Frame::Integer(0));
         };
-        let bytes = &value.payload;
+        let len = super::chunks::stored_len(&record) as i64;
         let (first, last) = match a.len() {
-            2 => (0, bytes.len() as i64 * 8 - 1),
+            2 => (0, len * 8 - 1),
             4 | 5 => {
                 let (start, end) = (int(&a[2])?, int(&a[3])?);
                 let in_bits = a.len() == 5 && range_unit(&a[4])?;
                 if start < 0 && end < 0 && start > end {
                     return Ok(Frame::Integer(0));
                 }
-                let len = bytes.len() as i64 * if in_bits { 8 } else { 1 };
-                match clamp_range(start, end, len) {
+                match clamp_range(start, end, len * if in_bits { 8 } else { 1 }) {
                     None => return Ok(Frame::Integer(0)),
                     Some((s, e)) if in_bits => (s, e),
                     Some((s, e)) => (s * 8, e * 8 + 7),
@@ -285,7 +294,14 @@ impl Keyspace<'_> {
             }
             _ => return Err(error(SYNTAX)),
         };
-        Ok(Frame::Integer(count_ones(bytes, first, last)))
+        if first > last {
+            return Ok(Frame::Integer(0));
+        }
+        // Only the bytes the range covers are read.
+        let base = (first >> 3) as usize;
+        let bytes = self.string_bytes(&skey, &record, base..(last >> 3) as usize + 1);
+        let shift = (base * 8) as i64;
+        Ok(Frame::Integer(count_ones(&bytes, first - shift, last - shift)))
     }
 
     fn bitpos(&self, a: &[Bytes]) -> Reply<Frame> {

@@ -298,6 +298,7 @@ impl Keyspace<'_> {
                 revision: 0,
                 payload: collection.meta.encode(),
                 edited: false,
+                chunked: false,
             };
             self.store(skey.to_vec(), &value);
         }

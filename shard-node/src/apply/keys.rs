@@ -408,9 +408,12 @@ impl Keyspace<'_> {
             longest: 0,
             all_integers: true,
         };
-        let elements = self
-            .elements(&skey, family, None, false)
-            .take(usize::try_from(checked.saturating_add(1)).unwrap_or(usize::MAX));
+        // A string's elements are its chunks (apply::chunks): nothing to shape.
+        let wanted = match value.kind {
+            Kind::String => 0,
+            _ => usize::try_from(checked.saturating_add(1)).unwrap_or(usize::MAX),
+        };
+        let elements = self.elements(&skey, family, None, false).take(wanted);
         for (sub, stored) in elements {
             let item = crate::storage::unhashed(&sub[family.len()..]);
             let longest = match value.kind {

@@ -689,3 +689,115 @@ fn transactions_see_their_own_writes_and_abort_on_a_changed_watch() {
     assert_eq!(f.write_at(8, guarded(6)), Frame::Array(vec![Frame::ok()]));
     assert_eq!(f.read(1, ReadOp::Get { key: b("k") }), Frame::bulk("changed"));
 }
+
+/// Every chunk record of `key` (the elements of a chunked string).
+fn chunk_records(f: &Fixture, key: &str) -> usize {
+    let ks = Keyspace::new(f.engine.db(), f.engine.cf(CF_DATA), &f.ring, &f.owned, 0);
+    let skey = ks.storage_key(key.as_bytes()).unwrap();
+    ks.elements(&skey, &[], None, false).count()
+}
+
+fn command(args: &[&str]) -> WriteOp {
+    WriteOp::Command {
+        args: args.iter().map(|a| b(a)).collect(),
+        seed: 1,
+    }
+}
+
+#[test]
+fn long_strings_live_in_chunks_and_leave_none_behind() {
+    let f = fixture();
+    let get = |key: &str| f.read(1, ReadOp::Get { key: b(key) });
+    let big: String = (0..10_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    // A long SET is chunked; GET, STRLEN and GETRANGE across chunks see it whole.
+    f.write(1, &[set("s", &big)]);
+    assert_eq!(chunk_records(&f, "s"), 10);
+    assert_eq!(get("s"), Frame::Bulk(b(&big)));
+    assert_eq!(f.read(1, ReadOp::StrLen { key: b("s") }), Frame::Integer(10_000));
+    assert_eq!(
+        f.read(
+            1,
+            ReadOp::ObjectEncoding {
+                key: b("s"),
+                limits: EncodingLimits::default()
+            }
+        ),
+        Frame::Bulk(b("raw"))
+    );
+    assert_eq!(
+        f.read(
+            1,
+            ReadOp::GetRange {
+                key: b("s"),
+                start: 1020,
+                end: 1030
+            }
+        ),
+        Frame::Bulk(b(&big[1020..=1030]))
+    );
+    // SETRANGE across a chunk boundary and past the end, APPEND, SETBIT.
+    f.write(
+        1,
+        &[
+            WriteOp::SetRange {
+                key: b("s"),
+                offset: 1022,
+                value: b("XYZW"),
+            },
+            WriteOp::SetRange {
+                key: b("s"),
+                offset: 12_000,
+                value: b("end"),
+            },
+            WriteOp::Append {
+                key: b("s"),
+                value: b("!"),
+            },
+            command(&["setbit", "s", "7", "1"]),
+        ],
+    );
+    let mut expected = b(&big);
+    expected[1022..1026].copy_from_slice(b"XYZW");
+    expected.resize(12_000, 0);
+    expected.extend_from_slice(b"end!");
+    expected[0] |= 1;
+    assert_eq!(get("s"), Frame::Bulk(expected.clone()));
+    assert_eq!(chunk_records(&f, "s"), 12);
+    let reply = f.write(1, &[command(&["bitcount", "s"])]);
+    let ones: u32 = expected.iter().map(|b| b.count_ones()).sum();
+    assert_eq!(reply, vec![Frame::Integer(i64::from(ones))]);
+    // A short SET over it leaves no chunks; a long one over a longer one
+    // leaves none past its end.
+    f.write(1, &[set("s", "short")]);
+    assert_eq!((get("s"), chunk_records(&f, "s")), (Frame::Bulk(b("short")), 0));
+    f.write(1, &[set("s", &big), set("s", &big[..5000])]);
+    assert_eq!((get("s"), chunk_records(&f, "s")), (Frame::Bulk(b(&big[..5000])), 5));
+    // RENAME moves the chunks, DEL and GETDEL take them.
+    f.write(1, &[command(&["rename", "s", "t"])]);
+    assert_eq!((chunk_records(&f, "s"), chunk_records(&f, "t")), (0, 5));
+    assert_eq!(get("t"), Frame::Bulk(b(&big[..5000])));
+    f.write(
+        1,
+        &[
+            set("u", &big),
+            WriteOp::Del { keys: vec![b("t")] },
+            WriteOp::GetDel { key: b("u") },
+        ],
+    );
+    assert_eq!((chunk_records(&f, "t"), chunk_records(&f, "u")), (0, 0));
+    // An expired chunked string's chunks go when the key is written again.
+    f.write(
+        1,
+        &[WriteOp::Set {
+            key: b("e"),
+            value: b(&big),
+            expiry: Some(Expiry::AtMs(5)),
+            condition: SetCondition::Always,
+            keep_ttl: false,
+            reply: SetReply::Ok,
+        }],
+    );
+    f.write(10, &[command(&["setbit", "e", "1", "1"])]);
+    assert_eq!(chunk_records(&f, "e"), 0);
+    assert_eq!(f.read(10, ReadOp::Get { key: b("e") }), Frame::Bulk(vec![0x40]));
+}

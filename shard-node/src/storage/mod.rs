@@ -285,10 +285,18 @@ pub struct Value {
     /// A string that APPEND or SETRANGE edited in place, which Redis keeps in
     /// its `raw` encoding (OBJECT ENCODING) until it is replaced.
     pub edited: bool,
+    /// A long string stored in chunks: the record's payload is then only the
+    /// string's length (u64 BE), and its bytes are elements of the key, 1 KiB
+    /// each, numbered by a u32 BE (see `apply`'s string chunks). Only the
+    /// key record says so: values read through the keyspace are whole.
+    pub chunked: bool,
 }
 
 /// Bytes before a value's payload.
 const HEADER: usize = 17;
+
+/// Bit of the kind byte that marks a chunked string ([`Value::chunked`]).
+const CHUNKED: u8 = 0x40;
 
 /// Bit of the kind byte that marks an edited string ([`Value::edited`]).
 const EDITED: u8 = 0x80;
@@ -302,6 +310,7 @@ impl Value {
             revision: 0,
             payload,
             edited: false,
+            chunked: false,
         }
     }
 
@@ -318,7 +327,7 @@ impl Value {
     /// Storage encoding with another revision (the entry storing it).
     pub fn encode_at(&self, revision: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + self.payload.len());
-        out.push(self.kind as u8 | if self.edited { EDITED } else { 0 });
+        out.push(self.kind as u8 | if self.edited { EDITED } else { 0 } | if self.chunked { CHUNKED } else { 0 });
         out.extend_from_slice(&self.expires_at.to_be_bytes());
         out.extend_from_slice(&revision.to_be_bytes());
         out.extend_from_slice(&self.payload);
@@ -331,7 +340,7 @@ impl Value {
     /// On a malformed value: storage corruption must stop the node rather than let
     /// it diverge from its peers.
     pub fn decode(bytes: &[u8]) -> Value {
-        let kind = bytes.first().and_then(|&b| Kind::from_byte(b & !EDITED));
+        let kind = bytes.first().and_then(|&b| Kind::from_byte(b & !(EDITED | CHUNKED)));
         let kind = match kind {
             Some(kind) if bytes.len() >= HEADER => kind,
             _ => panic!("corrupt value in data column family"),
@@ -342,6 +351,7 @@ impl Value {
             revision: u64::from_be_bytes(bytes[9..17].try_into().expect("8 bytes")),
             payload: bytes[HEADER..].to_vec(),
             edited: bytes[0] & EDITED != 0,
+            chunked: bytes[0] & CHUNKED != 0,
         }
     }
 }
