@@ -7,6 +7,7 @@
 # Prints req/s, the cluster's CPU per operation (every member) and the ratios.
 #
 # Usage: scripts/types-bench.sh [seconds] [rounds] [-- extra `redraft up` args]
+#   TYPES_PAIRS="setbit:bitcount" limits it to some write:read pairs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-8}"; rounds="${2:-1}"
@@ -56,7 +57,7 @@ redis_server() {
 echo "## 50 connections, P1, ${secs}s per run, $keys keys, $rounds rounds; up args: ${*:-none}"
 printf '%-10s %12s %10s %14s %8s %14s %8s\n' workload "Redraft/s" "µs CPU/op" "redis always/s" ratio "redis memory/s" ratio
 for round in $(seq "$rounds"); do
-  for pair in setbit:bitcount pfadd:pfcount geoadd:geosearch; do
+  for pair in ${TYPES_PAIRS:-setbit:bitcount pfadd:pfcount geoadd:geosearch}; do
     write=${pair%%:*}; read=${pair##*:}
     up_warm "$work/redraft" "$@"
     pids=$(member_pids "$work/redraft" placement nodes proxy)

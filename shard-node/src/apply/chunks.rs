@@ -52,8 +52,23 @@ impl Keyspace<'_> {
             return record.payload[range].to_vec();
         }
         let mut out = Vec::with_capacity(range.len());
-        for index in chunks_of(&range) {
-            let chunk = self.element(skey, &chunk_sub(index)).unwrap_or_default();
+        let wanted = chunks_of(&range);
+        // One point read for one chunk, one ordered walk for several.
+        let chunks: Vec<(usize, Vec<u8>)> = if wanted.len() == 1 {
+            let chunk = self.element(skey, &chunk_sub(wanted.start)).unwrap_or_default();
+            vec![(wanted.start, chunk)]
+        } else {
+            self.elements(skey, &[], Some(&chunk_sub(wanted.start)), false)
+                .take(wanted.len())
+                .map(|(sub, chunk)| {
+                    (
+                        u32::from_be_bytes(sub[..4].try_into().expect("chunk number")) as usize,
+                        chunk,
+                    )
+                })
+                .collect()
+        };
+        for (index, chunk) in chunks {
             let base = index * CHUNK;
             let from = range.start.max(base) - base;
             let to = (range.end.min(base + CHUNK) - base).min(chunk.len());
