@@ -619,17 +619,22 @@ impl<'a> Keyspace<'a> {
             self.store(skey, &Value::string(value.to_vec(), expires_at));
             return Frame::ok();
         }
-        // One read: whether a collection's elements must go, and the live value.
-        let raw = self.load_raw(&skey);
-        let holds_collection = raw.as_ref().is_some_and(|v| v.kind != Kind::String);
-        let existing = raw.filter(|v| !v.is_expired(self.now_ms));
+        // One read of the key record: whether elements (a collection's, a
+        // long string's chunks) must go, and the live value.
+        let record = self.load_record(&skey);
+        let holds_elements = record.as_ref().is_some_and(|v| v.kind != Kind::String || v.chunked);
+        let existing = record.filter(|v| !v.is_expired(self.now_ms));
         if reply == SetReply::OldValue && existing.as_ref().is_some_and(|v| v.kind != Kind::String) {
             return Frame::error(WRONGTYPE);
         }
         let old = || {
-            existing
-                .as_ref()
-                .map_or(Frame::Null, |v| Frame::Bulk(v.payload.clone()))
+            existing.as_ref().map_or(Frame::Null, |v| {
+                Frame::Bulk(if v.chunked {
+                    self.whole_string(&skey, v)
+                } else {
+                    v.payload.clone()
+                })
+            })
         };
         let allowed = match condition {
             SetCondition::Always => true,
@@ -653,10 +658,11 @@ impl<'a> Keyspace<'a> {
             SetReply::OldValue => old(),
             SetReply::Integer => Frame::Integer(1),
         };
-        if holds_collection {
+        if holds_elements {
             self.clear_elements(&skey);
         }
-        self.store(skey, &Value::string(value.to_vec(), expires_at));
+        // Nothing of the old value is left to clean up.
+        self.store_string(skey, &Value::string(value.to_vec(), expires_at), None);
         answer
     }
 
