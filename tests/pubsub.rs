@@ -138,3 +138,68 @@ fn messages_cross_proxies_with_redis_semantics() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Keyspace notifications of expired keys (`notify-keyspace-events` with `x`):
+/// the shard that deletes an expired key publishes `expired` on Redis's two
+/// channels, subscribers on any proxy get them when the class and channel
+/// kind are enabled, and nothing when they are not.
+#[test]
+fn expired_keys_are_notified_as_configured() {
+    let mut cluster = TestCluster::start(3);
+    let second = cluster.add_proxy();
+    let mut subscriber = Resp::connect(cluster.proxy());
+    let mut writer = Resp::connect(second);
+    assert_eq!(writer.cmd("CONFIG SET notify-keyspace-events Ex"), Frame::ok());
+    subscriber.send(&[b"SUBSCRIBE", b"__keyevent@0__:expired"]);
+    next(&mut subscriber);
+    subscriber.send(&[b"PSUBSCRIBE", b"__keyspace@0__:*"]);
+    next(&mut subscriber);
+    // Let the proxy read the setting (it rereads it every 500 ms).
+    std::thread::sleep(Duration::from_millis(1200));
+    for i in 0..3 {
+        assert_eq!(writer.cmd(&format!("SET gone{i} v PX 50")), Frame::ok());
+    }
+    assert_eq!(writer.cmd("SET stays v"), Frame::ok());
+    let mut expired = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while expired.len() < 3 {
+        assert!(Instant::now() < deadline, "expired events seen: {expired:?}");
+        match next(&mut subscriber) {
+            Frame::Array(items) | Frame::Push(items) => {
+                // Only the keyevent channel is enabled (E, not K).
+                assert_eq!(items[0], bulk("message"), "{items:?}");
+                assert_eq!(items[1], bulk("__keyevent@0__:expired"));
+                expired.push(items[2].clone());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    expired.sort_by_key(|f| format!("{f:?}"));
+    assert_eq!(expired, vec![bulk("gone0"), bulk("gone1"), bulk("gone2")]);
+    // With K too, the keyspace channel carries the event name.
+    assert_eq!(writer.cmd("CONFIG SET notify-keyspace-events KA"), Frame::ok());
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(writer.cmd("SET {t}later v PX 50"), Frame::ok());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no keyspace event");
+        if let Frame::Array(items) | Frame::Push(items) = next(&mut subscriber) {
+            assert_eq!(items[0], bulk("pmessage"), "E is off now: {items:?}");
+            assert_eq!(&items[2..], &[bulk("__keyspace@0__:{t}later"), bulk("expired")]);
+            break;
+        }
+    }
+    // Disabled: an expiring key publishes nothing, an ordinary PUBLISH on
+    // the channel still arrives.
+    writer.send(&[b"CONFIG", b"SET", b"notify-keyspace-events", b""]);
+    assert_eq!(writer.read().unwrap(), Frame::ok());
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(writer.cmd("SET quiet v PX 50"), Frame::ok());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(writer.cmd("EXISTS quiet"), Frame::Integer(0));
+    assert_eq!(writer.cmd("PUBLISH __keyevent@0__:expired by-hand"), Frame::Integer(1));
+    assert_eq!(
+        next(&mut subscriber),
+        Frame::Array(vec![bulk("message"), bulk("__keyevent@0__:expired"), bulk("by-hand")])
+    );
+}

@@ -291,7 +291,8 @@ pub enum WriteOp {
     Persist { key: Bytes },
     /// FLUSHALL: every key of the shard.
     FlushAll,
-    /// Background expiry: delete these keys if they are still expired at apply time.
+    /// Background expiry: delete these keys if they are still expired at apply
+    /// time. Replies with the keys it deleted (for `expired` notifications).
     PurgeExpired { keys: Vec<Bytes> },
     /// Split (placement driver only): hand `vnodes` to the new shard `child`, whose
     /// replicas are this shard's voters and whose data is already on every one of

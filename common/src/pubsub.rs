@@ -37,6 +37,28 @@ pub enum Delivery {
     },
     /// To SSUBSCRIBE subscribers of `channel`.
     ShardMessage { channel: Bytes, payload: Bytes },
+    /// A keyspace notification (a `Message` or `PatternMessage` on a
+    /// `__keyspace@0__:` or `__keyevent@0__:` channel) of Redis's event
+    /// `class` (`x` for expired keys, ...): the node that applied the change
+    /// sends it to every proxy subscribed, and each proxy hands it on only
+    /// when the cluster's `notify-keyspace-events` enables that class and
+    /// channel kind.
+    Event { class: u8, delivery: Box<Delivery> },
+}
+
+/// Whether `notify-keyspace-events` (`flags`, Redis's letters) lets an event
+/// of `class` out on `channel`.
+pub fn event_enabled(flags: &[u8], class: u8, channel: &[u8]) -> bool {
+    let kind = if channel.starts_with(b"__keyspace@") {
+        b'K'
+    } else if channel.starts_with(b"__keyevent@") {
+        b'E'
+    } else {
+        return false;
+    };
+    // `A` is every class but key misses (`m`) and new keys (`n`).
+    let all = b"g$lshzxetd".contains(&class) && flags.contains(&b'A');
+    flags.contains(&kind) && (all || flags.contains(&class))
 }
 
 /// A Pub/Sub request from a proxy to a shard node.
@@ -82,4 +104,22 @@ pub enum PubSubResponse {
     Channels(Vec<Bytes>),
     /// Counts per channel, in the order asked.
     Counts(Vec<i64>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_follow_the_classes_and_channel_kinds_enabled() {
+        let space = b"__keyspace@0__:k";
+        let event = b"__keyevent@0__:expired";
+        assert!(event_enabled(b"Ex", b'x', event));
+        assert!(!event_enabled(b"Ex", b'x', space));
+        assert!(event_enabled(b"KEA", b'x', space));
+        assert!(!event_enabled(b"KEA", b'n', space));
+        assert!(!event_enabled(b"E$", b'x', event));
+        assert!(!event_enabled(b"", b'x', event));
+        assert!(!event_enabled(b"KEA", b'x', b"news"));
+    }
 }

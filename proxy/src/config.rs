@@ -380,6 +380,14 @@ pub async fn encoding_limits(router: &Router) -> Result<redraft_common::ops::Enc
     })
 }
 
+/// The cluster's `notify-keyspace-events` (Redis's default, none, when never set).
+pub async fn keyspace_events(router: &Router) -> Result<String, Frame> {
+    Ok(cluster_values(router)
+        .await?
+        .remove("notify-keyspace-events")
+        .unwrap_or_default())
+}
+
 /// The values the cluster's operators set (the placement driver keeps them).
 async fn cluster_values(router: &Router) -> Result<BTreeMap<String, String>, Frame> {
     match ask_placement(router, &PdRequest::Config).await? {

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,7 +87,15 @@ pub struct PubSub {
     router: Arc<Router>,
     local: Mutex<Local>,
     polling: Mutex<HashSet<SocketAddr>>,
+    /// The cluster's `notify-keyspace-events`, read from the placement
+    /// driver while this proxy has subscribers (see [`Self::follow_events`]).
+    keyspace_events: Mutex<Vec<u8>>,
+    /// Whether the task that follows `notify-keyspace-events` runs.
+    following_events: std::sync::atomic::AtomicBool,
 }
+
+/// How often a proxy with subscribers rereads `notify-keyspace-events`.
+const EVENTS_REFRESH: Duration = Duration::from_millis(500);
 
 impl PubSub {
     /// Pub/Sub over `router`'s nodes, with a fresh proxy id.
@@ -96,7 +105,30 @@ impl PubSub {
             router,
             local: Mutex::new(Local::default()),
             polling: Mutex::new(HashSet::new()),
+            keyspace_events: Mutex::new(Vec::new()),
+            following_events: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Keeps [`Self::keyspace_events`] current while anyone subscribes: a
+    /// CONFIG SET of `notify-keyspace-events` at any proxy reaches this one's
+    /// subscribers within [`EVENTS_REFRESH`].
+    async fn follow_events(self: Arc<Self>) {
+        loop {
+            if let Ok(flags) = crate::config::keyspace_events(&self.router).await {
+                *self.keyspace_events.lock().expect("events lock") = flags.into_bytes();
+            }
+            tokio::time::sleep(EVENTS_REFRESH).await;
+            let idle = || self.local().subscribers.iter().all(|s| s.is_empty());
+            if idle() {
+                self.following_events.store(false, Ordering::SeqCst);
+                // A subscription made meanwhile saw the task running and
+                // relies on it.
+                if idle() || self.following_events.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+            }
+        }
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, Local> {
@@ -153,6 +185,9 @@ impl PubSub {
     async fn sync(self: &Arc<Self>) {
         let registration = self.registration();
         let nodes = self.nodes();
+        if !self.following_events.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.clone().follow_events());
+        }
         for &node in &nodes {
             if self.polling.lock().expect("polling lock").insert(node) {
                 tokio::spawn(self.clone().poll_loop(node));
@@ -189,6 +224,17 @@ impl PubSub {
     }
 
     fn deliver(&self, delivery: Delivery) {
+        if let Delivery::Event { class, delivery } = delivery {
+            let channel = match delivery.as_ref() {
+                Delivery::Message { channel, .. } | Delivery::PatternMessage { channel, .. } => channel,
+                _ => return,
+            };
+            let flags = self.keyspace_events.lock().expect("events lock").clone();
+            if redraft_common::pubsub::event_enabled(&flags, class, channel) {
+                self.deliver(*delivery);
+            }
+            return;
+        }
         let bulk = |b: &[u8]| Frame::Bulk(b.to_vec());
         let (kind, name, frame) = match &delivery {
             Delivery::Message { channel, payload } => (
@@ -210,6 +256,7 @@ impl PubSub {
                 channel,
                 Frame::Push(vec![bulk(b"smessage"), bulk(channel), bulk(payload)]),
             ),
+            Delivery::Event { .. } => return,
         };
         let local = self.local();
         for client in local.subscribers[kind.index()].get(name).into_iter().flatten() {

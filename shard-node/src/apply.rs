@@ -591,15 +591,15 @@ impl<'a> Keyspace<'a> {
             | WriteOp::Many(_) => {
                 Frame::error("ERR split, merge, digest, backup and batch entries are applied by the state machine")
             }
-            WriteOp::PurgeExpired { .. } => {
-                let mut n = 0;
-                for skey in skeys {
-                    if self.load_raw(&skey).is_some_and(|v| v.is_expired(self.now_ms)) {
+            WriteOp::PurgeExpired { keys } => {
+                let mut purged = Vec::new();
+                for (skey, key) in skeys.into_iter().zip(keys) {
+                    if self.load_record(&skey).is_some_and(|v| v.is_expired(self.now_ms)) {
                         self.delete_key(skey);
-                        n += 1;
+                        purged.push(Frame::Bulk(key.clone()));
                     }
                 }
-                Frame::Integer(n)
+                Frame::Array(purged)
             }
         })
     }

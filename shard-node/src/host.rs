@@ -1137,7 +1137,17 @@ impl Host {
             };
             if !expired.is_empty() {
                 let n = expired.len();
-                let _ = self.propose(&group, WriteOp::PurgeExpired { keys: expired }).await;
+                // The keys this entry deleted, in the order it deleted them, as
+                // Redis's `expired` keyspace notifications.
+                if let NodeResponse::Reply(Frame::Array(purged)) =
+                    self.propose(&group, WriteOp::PurgeExpired { keys: expired }).await
+                {
+                    for key in purged {
+                        if let Frame::Bulk(key) = key {
+                            self.pubsub.notify(b'x', b"expired", &key);
+                        }
+                    }
+                }
                 tracing::debug!(shard_id = shard, keys = n, "purged expired keys");
             }
         }

@@ -122,9 +122,24 @@ impl Hub {
         }
     }
 
+    /// Publishes a keyspace notification of `class` (Redis's letter) for
+    /// `event` on `key`, on both of Redis's channels; proxies filter them by
+    /// the cluster's `notify-keyspace-events`.
+    pub fn notify(&self, class: u8, event: &[u8], key: &[u8]) {
+        let keyspace = [&b"__keyspace@0__:"[..], key].concat();
+        let keyevent = [&b"__keyevent@0__:"[..], event].concat();
+        self.publish_as(&keyspace, event, false, Some(class));
+        self.publish_as(&keyevent, key, false, Some(class));
+    }
+
     /// Queues the message for every matching subscription; returns the number of
     /// receiving clients (a client counts once per matching subscription, as in Redis).
     fn publish(&self, channel: &[u8], payload: &[u8], sharded: bool) -> i64 {
+        self.publish_as(channel, payload, sharded, None)
+    }
+
+    /// [`Self::publish`], the deliveries marked as notifications of `class`.
+    fn publish_as(&self, channel: &[u8], payload: &[u8], sharded: bool, class: Option<u8>) -> i64 {
         let mut receivers = 0;
         for proxy in self.proxies().values_mut() {
             let mut deliveries = Vec::new();
@@ -159,6 +174,13 @@ impl Hub {
                 continue;
             }
             for delivery in deliveries {
+                let delivery = match class {
+                    Some(class) => Delivery::Event {
+                        class,
+                        delivery: Box::new(delivery),
+                    },
+                    None => delivery,
+                };
                 proxy.queue.push_back((proxy.next, delivery));
                 proxy.next += 1;
             }

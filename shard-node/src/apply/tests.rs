@@ -331,8 +331,8 @@ fn purge_expired_deletes_only_keys_still_expired() {
     let purge = WriteOp::PurgeExpired {
         keys: vec![b("t"), b("keep")],
     };
-    assert_eq!(f.write(105, std::slice::from_ref(&purge)), vec![Frame::Integer(0)]);
-    assert_eq!(f.write(200, &[purge]), vec![Frame::Integer(1)]);
+    assert_eq!(f.write(105, std::slice::from_ref(&purge)), vec![Frame::Array(vec![])]);
+    assert_eq!(f.write(200, &[purge]), vec![Frame::Array(vec![Frame::Bulk(b("t"))])]);
     assert_eq!(
         f.read(0, ReadOp::DbSize),
         Frame::Integer(1),
@@ -488,7 +488,7 @@ fn an_expired_collection_is_gone_for_reads_and_replaced_on_write() {
     );
     assert_eq!(
         f.write(400, &[WriteOp::PurgeExpired { keys: vec![b("l")] }]),
-        vec![Frame::Integer(1)]
+        vec![Frame::Array(vec![Frame::Bulk(b("l"))])]
     );
     assert_eq!(record_count(&f), 2, "only s and its member remain");
 }
