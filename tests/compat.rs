@@ -870,3 +870,49 @@ fn import_and_export_move_a_dataset_between_redis_and_redraft() {
     assert!(said.contains("loaded 1 keys of database 1"), "{said}");
     assert_eq!(ours.cmd("GET other:db"), Frame::bulk("1"));
 }
+
+/// Keyspace notifications (`notify-keyspace-events KEA`) of the writes in
+/// `scripts/notifications.txt`: every message redis-server publishes, in
+/// its order, and nothing else (replies compared too).
+#[test]
+fn keyspace_notifications_match_redis_server() {
+    let cluster = TestCluster::start(3);
+    let port = free_port();
+    let _redis = start_redis(port);
+    let servers = [cluster.proxy(), ([127, 0, 0, 1], port).into()];
+    let mut messages: Vec<Vec<String>> = Vec::new();
+    let mut replies: Vec<Vec<String>> = Vec::new();
+    for server in servers {
+        let mut writer = Resp::connect(server);
+        let mut subscriber = Resp::connect(server);
+        assert_eq!(writer.cmd("CONFIG SET notify-keyspace-events KEA"), Frame::ok());
+        subscriber.send(&[b"PSUBSCRIBE", b"__key*__:*"]);
+        subscriber.read().expect("subscribed");
+        // A proxy rereads the setting every 500 ms.
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut answered = Vec::new();
+        for line in include_str!("scripts/notifications.txt")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let words = words(line);
+            let args: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+            writer.send(&args);
+            answered.push(format!("{line} -> {}", comparable(writer.read().unwrap(), Order::AsIs)));
+        }
+        let mut seen = Vec::new();
+        while let Some(frame) = subscriber.read_within(Duration::from_millis(2000)) {
+            seen.push(String::from_utf8_lossy(&frame.to_bytes()).into_owned());
+        }
+        messages.push(seen);
+        replies.push(answered);
+    }
+    assert_eq!(replies[0], replies[1], "replies differ (ours first)");
+    let (ours, theirs) = (&messages[0], &messages[1]);
+    assert!(theirs.len() > 100, "redis-server published {} messages", theirs.len());
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        assert_eq!(a, b, "message {i} differs; ours then theirs (earlier ones matched)");
+    }
+    assert_eq!(ours.len(), theirs.len(), "ours: {ours:#?}\ntheirs: {theirs:#?}");
+}

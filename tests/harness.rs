@@ -271,6 +271,28 @@ impl Resp {
         }
     }
 
+    /// Reads one frame if one arrives within `wait`; `None` otherwise (or
+    /// when the server closed the connection).
+    pub fn read_within(&mut self, wait: Duration) -> Option<Frame> {
+        if let Some((frame, used)) = Frame::parse(&self.buf).unwrap() {
+            self.buf.drain(..used);
+            return Some(frame);
+        }
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut chunk = [0u8; 65536];
+        let got = match self.stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => 0,
+            Err(e) => panic!("read failed: {e}"),
+        };
+        self.stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        if got == 0 {
+            return None;
+        }
+        self.buf.extend_from_slice(&chunk[..got]);
+        self.read_within(wait)
+    }
+
     /// Sends a command given as space-separated words and reads its reply.
     pub fn cmd(&mut self, line: &str) -> Frame {
         self.send_raw(&command_bytes(line));

@@ -37,6 +37,7 @@ mod hll;
 mod keys;
 mod lcs;
 mod list;
+mod notify;
 mod script;
 mod set;
 mod sort;
@@ -78,6 +79,22 @@ pub struct Keyspace<'a> {
     /// Reads see this snapshot instead of the DB's latest state (a backup's
     /// reader).
     snapshot: Option<&'a rocksdb::Snapshot<'a>>,
+    /// Whether writes record keyspace notifications (see [`KeyEvent`]).
+    notify: bool,
+    /// Notifications recorded, in order.
+    events: Vec<KeyEvent>,
+    /// Keys whose collection became empty and was deleted by the command
+    /// running: their `del` follows the command's own event.
+    emptied: Vec<Vec<u8>>,
+}
+
+/// A keyspace notification a write produced: Redis's class letter (`g`,
+/// `$`, `l`, `s`, `h`, `z`, `x`), event name and user key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEvent {
+    pub class: u8,
+    pub event: &'static str,
+    pub key: Vec<u8>,
 }
 
 impl<'a> Keyspace<'a> {
@@ -96,6 +113,49 @@ impl<'a> Keyspace<'a> {
             hints: None,
             served: Vec::new(),
             snapshot: None,
+            notify: false,
+            events: Vec::new(),
+            emptied: Vec::new(),
+        }
+    }
+
+    /// Whether the writes that follow record keyspace notifications.
+    pub fn set_notify(&mut self, notify: bool) {
+        self.notify = notify;
+    }
+
+    /// The notifications recorded so far, in order.
+    pub fn take_events(&mut self) -> Vec<KeyEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Records Redis's notification `event` of `class` for the user key.
+    fn notify(&mut self, class: u8, event: &'static str, key: &[u8]) {
+        if self.notify {
+            self.events.push(KeyEvent {
+                class,
+                event,
+                key: key.to_vec(),
+            });
+        }
+    }
+
+    /// [`Self::notify`] for the key stored at `skey`.
+    fn notify_stored(&mut self, class: u8, event: &'static str, skey: &[u8]) {
+        if self.notify {
+            let key = crate::storage::user_key(skey).to_vec();
+            self.notify(class, event, &key);
+        }
+    }
+
+    /// The `del` of every collection the running command emptied, after its
+    /// own event, as Redis orders them.
+    fn notify_emptied(&mut self) {
+        for key in std::mem::take(&mut self.emptied) {
+            // Refilled before the command ended (LMOVE of a list onto itself).
+            if self.load_record(&self.owned_key(&key)).is_none() {
+                self.notify(b'g', "del", &key);
+            }
         }
     }
 
@@ -445,6 +505,64 @@ impl<'a> Keyspace<'a> {
             .into_iter()
             .map(|k| self.storage_key(k))
             .collect::<Result<Vec<_>, _>>()?;
+        let reply = self.apply_write(op, &skeys)?;
+        if self.notify {
+            self.notify_write(op, &reply);
+        }
+        Ok(reply)
+    }
+
+    /// The keyspace notifications of a string or keyspace write that
+    /// [`Self::apply_write`] did not record itself, from its reply (the
+    /// collection commands, DEL, expiry changes and RESTORE record their own).
+    fn notify_write(&mut self, op: &WriteOp, reply: &Frame) {
+        if matches!(reply, Frame::Error(_)) {
+            return;
+        }
+        match op {
+            WriteOp::Set {
+                key,
+                expiry,
+                condition,
+                reply: shape,
+                ..
+            } => {
+                let done = match (condition, shape) {
+                    (SetCondition::Always, _) => true,
+                    (_, SetReply::Ok) => *reply == Frame::ok(),
+                    (_, SetReply::Integer) => *reply == Frame::Integer(1),
+                    (SetCondition::IfAbsent, SetReply::OldValue) => *reply == Frame::Null,
+                    (SetCondition::IfPresent, SetReply::OldValue) => *reply != Frame::Null,
+                };
+                if done {
+                    self.notify(b'$', "set", key);
+                    if expiry.is_some() {
+                        self.notify(b'g', "expire", key);
+                    }
+                }
+            }
+            WriteOp::GetDel { key } if *reply != Frame::Null => self.notify(b'g', "del", key),
+            WriteOp::MSet { pairs } => {
+                for (key, _) in pairs {
+                    self.notify(b'$', "set", key);
+                }
+            }
+            WriteOp::MSetNx { pairs } if *reply == Frame::Integer(1) => {
+                for (key, _) in pairs {
+                    self.notify(b'$', "set", key);
+                }
+            }
+            WriteOp::IncrBy { key, .. } => self.notify(b'$', "incrby", key),
+            WriteOp::IncrByFloat { key, .. } => self.notify(b'$', "incrbyfloat", key),
+            WriteOp::Append { key, .. } => self.notify(b'$', "append", key),
+            WriteOp::SetRange { key, value, .. } if !value.is_empty() => self.notify(b'$', "setrange", key),
+            _ => {}
+        }
+    }
+
+    /// [`Self::write`] once its keys are known to be owned.
+    fn apply_write(&mut self, op: &WriteOp, skeys: &[Vec<u8>]) -> Result<Frame, NotOwned> {
+        let skeys = skeys.to_vec();
         Ok(match op {
             WriteOp::Set {
                 value,
@@ -471,15 +589,18 @@ impl<'a> Keyspace<'a> {
                             if v.expires_at != 0 {
                                 v.expires_at = 0;
                                 self.store(skeys[0].clone(), &v);
+                                self.notify_stored(b'g', "persist", &skeys[0]);
                             }
                         }
                         GetExChange::Set(expiry) => {
                             let deadline = self.deadline(*expiry);
                             if deadline <= self.now_ms as i64 {
                                 self.delete_key(skeys[0].clone());
+                                self.notify_stored(b'g', "del", &skeys[0]);
                             } else {
                                 v.expires_at = Self::stored_deadline(deadline);
                                 self.store(skeys[0].clone(), &v);
+                                self.notify_stored(b'g', "expire", &skeys[0]);
                             }
                         }
                     }
@@ -507,7 +628,8 @@ impl<'a> Keyspace<'a> {
             WriteOp::Del { .. } => {
                 let mut n = 0;
                 for skey in skeys {
-                    if self.load(&skey).is_some() {
+                    if self.load_record(&skey).is_some_and(|v| !v.is_expired(self.now_ms)) {
+                        self.notify_stored(b'g', "del", &skey);
                         self.delete_key(skey);
                         n += 1;
                     }
@@ -553,6 +675,7 @@ impl<'a> Keyspace<'a> {
                 Some(mut v) if v.expires_at != 0 => {
                     v.expires_at = 0;
                     self.store(skeys[0].clone(), &v);
+                    self.notify_stored(b'g', "persist", &skeys[0]);
                     Frame::Integer(1)
                 }
                 _ => Frame::Integer(0),
@@ -567,7 +690,17 @@ impl<'a> Keyspace<'a> {
             WriteOp::PopFirst(pop) => self.pop_first(pop, true).unwrap_or_else(|| pop.kind.nothing_now()),
             WriteOp::ServeBlocked(clients) => self.serve_blocked(clients),
             WriteOp::Script(script) => self.script(script, false),
-            WriteOp::Restore { replace, ops, .. } => self.restore(skeys[0].clone(), *replace, ops)?,
+            WriteOp::Restore { key, replace, ops } => {
+                // Its writes recreate the value; Redis notifies only `restore`.
+                let notify = std::mem::replace(&mut self.notify, false);
+                let reply = self.restore(skeys[0].clone(), *replace, ops);
+                self.notify = notify;
+                let reply = reply?;
+                if reply == Frame::ok() {
+                    self.notify(b'g', "restore", key);
+                }
+                reply
+            }
             WriteOp::Transaction { watched, ops } => {
                 for (key, revision) in watched {
                     if self.revision_of(&self.storage_key(key)?) != *revision {
@@ -596,6 +729,7 @@ impl<'a> Keyspace<'a> {
                 for (skey, key) in skeys.into_iter().zip(keys) {
                     if self.load_record(&skey).is_some_and(|v| v.is_expired(self.now_ms)) {
                         self.delete_key(skey);
+                        self.notify(b'x', "expired", key);
                         purged.push(Frame::Bulk(key.clone()));
                     }
                 }
@@ -726,9 +860,11 @@ impl<'a> Keyspace<'a> {
             return Frame::Integer(0);
         }
         if deadline <= self.now_ms as i64 {
+            self.notify_stored(b'g', "del", &skey);
             self.delete_key(skey);
         } else {
             v.expires_at = Self::stored_deadline(deadline);
+            self.notify_stored(b'g', "expire", &skey);
             self.store(skey, &v);
         }
         Frame::Integer(1)

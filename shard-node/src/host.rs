@@ -221,7 +221,7 @@ pub struct Host {
     /// When each peer node last answered a ping.
     peer_seen: DashMap<NodeId, std::time::Instant>,
     /// Pub/Sub between the proxies' clients (not replicated).
-    pub pubsub: crate::pubsub::Hub,
+    pub pubsub: Arc<crate::pubsub::Hub>,
     /// Which virtual nodes may hold collection elements (shared by all replicas).
     element_hints: Arc<ElementHints>,
     /// The node is stopping: it hands its leaderships over and takes none.
@@ -267,7 +267,7 @@ impl Host {
             quiesce_after,
             peers: std::sync::RwLock::new(Vec::new()),
             peer_seen: DashMap::new(),
-            pubsub: crate::pubsub::Hub::default(),
+            pubsub: Arc::new(crate::pubsub::Hub::default()),
             element_hints,
             stopping: std::sync::atomic::AtomicBool::new(false),
             refusing_clients: std::sync::atomic::AtomicBool::new(false),
@@ -362,6 +362,7 @@ impl Host {
             Some(blocked.clone()),
             Some(self.digests.clone()),
             Some(self.backups.clone()),
+            Some(self.pubsub.clone()),
         )?;
         let lease = Arc::new(Lease::for_election_timeout(self.leader_lease()));
         let network = GroupNetwork::<_, NodeWire>::new(shard, self.links.clone()).with_lease(lease.clone());
@@ -842,6 +843,7 @@ impl Host {
             None,
             None,
             None,
+            None,
         )?;
         let others: BTreeSet<VnodeId> = self
             .groups
@@ -1137,17 +1139,7 @@ impl Host {
             };
             if !expired.is_empty() {
                 let n = expired.len();
-                // The keys this entry deleted, in the order it deleted them, as
-                // Redis's `expired` keyspace notifications.
-                if let NodeResponse::Reply(Frame::Array(purged)) =
-                    self.propose(&group, WriteOp::PurgeExpired { keys: expired }).await
-                {
-                    for key in purged {
-                        if let Frame::Bulk(key) = key {
-                            self.pubsub.notify(b'x', b"expired", &key);
-                        }
-                    }
-                }
+                let _ = self.propose(&group, WriteOp::PurgeExpired { keys: expired }).await;
                 tracing::debug!(shard_id = shard, keys = n, "purged expired keys");
             }
         }

@@ -122,6 +122,19 @@ impl Hub {
         }
     }
 
+    /// Whether any proxy subscribes to something a keyspace notification
+    /// could reach (a pattern, or a `__keyspace@`/`__keyevent@` channel):
+    /// without, shards do not even collect them.
+    pub fn wants_events(&self) -> bool {
+        self.proxies().values().any(|p| {
+            !p.subscriptions.patterns.is_empty()
+                || p.subscriptions
+                    .channels
+                    .iter()
+                    .any(|(c, _)| c.starts_with(b"__keyspace@") || c.starts_with(b"__keyevent@"))
+        })
+    }
+
     /// Publishes a keyspace notification of `class` (Redis's letter) for
     /// `event` on `key`, on both of Redis's channels; proxies filter them by
     /// the cluster's `notify-keyspace-events`.

@@ -256,6 +256,7 @@ impl Keyspace<'_> {
         let was = (new >> (7 - (offset & 7))) & 1;
         if grown || (was == 1) != on {
             set_bit(std::slice::from_mut(&mut new), offset & 7, on);
+            self.notify_stored(b'$', "setbit", &skey);
             self.write_string_bytes(skey, &record, byte, &[new]);
         }
         Ok(Frame::Integer(i64::from(was)))
@@ -360,6 +361,7 @@ impl Keyspace<'_> {
         let destination = self.owned_key(&a[2]);
         if len == 0 {
             if self.load(&destination).is_some() {
+                self.notify(b'g', "del", &a[2]);
                 self.delete_key(destination);
             }
             return Ok(Frame::Integer(0));
@@ -382,6 +384,7 @@ impl Keyspace<'_> {
         let mut value = Value::string(result, 0);
         value.edited = true;
         self.replace(destination, &value);
+        self.notify(b'$', "set", &a[2]);
         Ok(Frame::Integer(len as i64))
     }
 
@@ -435,6 +438,7 @@ impl Keyspace<'_> {
             changed |= old != new;
         }
         if changed {
+            self.notify_stored(b'$', "setbit", &skey);
             self.store(skey, &value);
         }
         Ok(Frame::Array(replies))

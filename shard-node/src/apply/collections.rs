@@ -228,6 +228,22 @@ impl Keyspace<'_> {
             Some(spec) => spec.name,
             None => return error("ERR unknown shard command"),
         };
+        let before = if self.notify && spec.is_some_and(|spec| spec.writes(args)) {
+            Some(self.before_command(name, args))
+        } else {
+            None
+        };
+        let reply = self.run_command(name, args, seed);
+        if let Some(before) = before {
+            if !matches!(reply, Frame::Error(_)) {
+                self.notify_command(name, args, &reply, before);
+            }
+            self.notify_emptied();
+        }
+        reply
+    }
+
+    fn run_command(&mut self, name: &'static str, args: &[Bytes], seed: u64) -> Frame {
         let reply = match name.as_bytes()[0] {
             _ if matches!(name, "rename" | "renamenx" | "copy" | "object") => self.key_command(name, args),
             _ if name.starts_with("bit") || name.ends_with("bit") => self.bits_command(name, args),
@@ -290,6 +306,9 @@ impl Keyspace<'_> {
     /// elements are gone already).
     pub(super) fn save_collection(&mut self, skey: &[u8], kind: Kind, collection: Collection) {
         if collection.meta.len == 0 {
+            if self.notify && self.load_record(skey).is_some() {
+                self.emptied.push(crate::storage::user_key(skey).to_vec());
+            }
             self.remove(skey.to_vec());
         } else {
             let value = Value {

@@ -439,6 +439,7 @@ impl Keyspace<'_> {
             invalidate_cache(&mut value.payload);
             value.edited = true;
             self.store(self.owned_key(&a[1]), &value);
+            self.notify(b'$', "pfadd", &a[1]);
         }
         Ok(Frame::Integer(i64::from(updated)))
     }
@@ -493,6 +494,8 @@ impl Keyspace<'_> {
         invalidate_cache(&mut value.payload);
         value.edited = true;
         self.store(self.owned_key(&a[1]), &value);
+        // Redis notifies a merge as `pfadd`.
+        self.notify(b'$', "pfadd", &a[1]);
         Ok(Frame::ok())
     }
 }

@@ -218,6 +218,8 @@ impl Keyspace<'_> {
             self.duplicate(&from, &to, &value);
             self.delete_key(from);
         }
+        self.notify(b'g', "rename_from", source);
+        self.notify(b'g', "rename_to", destination);
         if only_new {
             Frame::Integer(1)
         } else {
@@ -254,6 +256,7 @@ impl Keyspace<'_> {
             return Frame::Integer(0);
         }
         self.duplicate(&from, &to, &value);
+        self.notify(b'g', "copy_to", destination);
         Frame::Integer(1)
     }
 

@@ -211,10 +211,16 @@ impl Keyspace<'_> {
             ));
         };
         let dkey = self.storage_key(&destination).map_err(|_| error(ELSEWHERE))?;
-        if self.load(&dkey).is_some() {
+        let existed = self.load(&dkey).is_some();
+        if existed {
             self.delete_key(dkey.clone());
         }
         let count = output.len();
+        if count > 0 {
+            self.notify(b'l', "sortstore", &destination);
+        } else if existed {
+            self.notify(b'g', "del", &destination);
+        }
         if count > 0 {
             let mut list = Collection::new();
             for value in output {

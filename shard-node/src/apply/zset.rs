@@ -463,6 +463,10 @@ impl Keyspace<'_> {
             last = Some(new);
         }
         self.save_collection(skey, Kind::ZSet, zset);
+        if added + updated > 0 || (incr && last.is_some()) {
+            let event = if incr || is_zincrby { "zincr" } else { "zadd" };
+            self.notify_stored(b'z', event, skey);
+        }
         Ok(if incr || is_zincrby {
             last.map_or(Frame::Null, |s| Frame::Double(format_double(s)))
         } else {

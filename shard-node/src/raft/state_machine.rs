@@ -233,6 +233,9 @@ pub struct ShardStateMachine {
     digests: Option<Arc<crate::digest::Digests>>,
     /// The node's backups (`None`: barriers are acknowledged, nothing kept).
     backups: Option<Arc<crate::backup::Backups>>,
+    /// The node's Pub/Sub hub, where the replica that proposed an entry
+    /// publishes its keyspace notifications (`None`: none are published).
+    notifications: Option<Arc<crate::pubsub::Hub>>,
     /// Entry time of the last sweep of old served-client records.
     served_swept_at: u64,
 }
@@ -255,6 +258,7 @@ impl ShardStateMachine {
         blocked: Option<Arc<crate::blocking::Blocked>>,
         digests: Option<Arc<crate::digest::Digests>>,
         backups: Option<Arc<crate::backup::Backups>>,
+        notifications: Option<Arc<crate::pubsub::Hub>>,
     ) -> anyhow::Result<ShardStateMachine> {
         std::fs::create_dir_all(&snapshot_dir)?;
         let sm = ShardStateMachine {
@@ -270,6 +274,7 @@ impl ShardStateMachine {
             blocked,
             digests,
             backups,
+            notifications,
             served_swept_at: 0,
         };
         if let Some(record) = sm.read_meta::<GroupRecord>(RECORD) {
@@ -679,6 +684,8 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
         let data = self.engine.cf(CF_DATA);
         let mut replies = Vec::new();
         let mut entries = entries.into_iter().peekable();
+        // Keyspace notifications, only when some proxy may want them.
+        let hub = self.notifications.clone().filter(|hub| hub.wants_events());
         // Runs of ordinary entries share one batch; a split or merge entry ends its
         // run, because it changes the ownership later entries are checked against.
         while entries.peek().is_some() {
@@ -701,6 +708,9 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
                     EntryPayload::Normal(request) => {
                         keyspace.set_now(request.now_ms);
                         keyspace.set_revision(entry.log_id.index);
+                        // Only the replica that proposed the entry publishes its
+                        // notifications: once, even if it lost leadership since.
+                        keyspace.set_notify(hub.is_some() && entry.log_id.leader_id.node_id == self.node_id);
                         let mut write = |op: &WriteOp| match keyspace.write(op) {
                             Ok(frame) => ShardResponse::Reply(frame),
                             Err(NotOwned) => ShardResponse::WrongShard,
@@ -721,6 +731,7 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
                 }
             }
             let served = keyspace.take_served();
+            let notified = keyspace.take_events();
             let mut batch = keyspace.into_batch();
             Self::remember_served(&self.engine, self.group, &mut self.served_swept_at, &mut batch, served);
             if last.is_some() {
@@ -745,6 +756,11 @@ impl RaftStateMachine<ShardTypes> for ShardStateMachine {
             // A failed write would leave this replica behind its log: stop the node.
             db.write(batch)
                 .unwrap_or_else(|e| panic!("RocksDB apply write failed: {e}"));
+            if let Some(hub) = &hub {
+                for event in notified {
+                    hub.notify(event.class, event.event.as_bytes(), &event.key);
+                }
+            }
             if let Some(owned) = after.owned {
                 self.owned.set(owned);
             }
@@ -847,6 +863,7 @@ mod tests {
                 None,
                 None,
                 None,
+                None,
             )
             .expect("open state machine");
             Ok((dir, engine.log_store(7), sm))
@@ -910,6 +927,7 @@ mod tests {
             None,
             Some(Arc::new(crate::digest::Digests::default())),
             Some(Arc::new(crate::backup::Backups::default())),
+            None,
         )
         .expect("open state machine");
         (engine, sm, reshaped)
@@ -1105,6 +1123,7 @@ mod tests {
             dir.path().join("snap"),
             None,
             Some(Arc::new(ElementHints::load(engine.db(), engine.cf(CF_DATA)))),
+            None,
             None,
             None,
             None,
