@@ -229,6 +229,11 @@ pub struct Host {
     /// The node is about to stop its groups: client commands are redirected
     /// (nothing proposed), never left to fail against a stopped group.
     refusing_clients: std::sync::atomic::AtomicBool,
+    /// Client commands being served now, and when the last one arrived (ms
+    /// since the epoch): a stopping node waits for both to settle before it
+    /// closes its connections.
+    client_requests: std::sync::atomic::AtomicUsize,
+    last_client_request_ms: std::sync::atomic::AtomicU64,
     /// How led groups confirm their reads.
     read_policy: ReadPolicy,
     /// Digests of consistency checks, computed by every replica here.
@@ -271,6 +276,8 @@ impl Host {
             element_hints,
             stopping: std::sync::atomic::AtomicBool::new(false),
             refusing_clients: std::sync::atomic::AtomicBool::new(false),
+            client_requests: std::sync::atomic::AtomicUsize::new(0),
+            last_client_request_ms: std::sync::atomic::AtomicU64::new(0),
             read_policy,
             digests: Arc::default(),
             backups: Arc::default(),
@@ -1245,6 +1252,31 @@ impl Host {
         self.refusing_clients.store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Counts a client command while the guard lives.
+    pub fn client_request(self: &Arc<Self>) -> ClientRequest {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.client_requests.fetch_add(1, SeqCst);
+        self.last_client_request_ms.store(now_ms(), SeqCst);
+        ClientRequest(self.clone())
+    }
+
+    /// Waits, for at most `within`, until no client command is being served
+    /// and none arrived for `quiet`: a stopping node answers every command
+    /// already sent to it (with a redirect once it refuses clients) before it
+    /// closes its connections, so no caller is left not knowing what
+    /// happened to a write.
+    pub async fn settle_requests(&self, quiet: Duration, within: Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            let idle_ms = now_ms().saturating_sub(self.last_client_request_ms.load(SeqCst));
+            if self.client_requests.load(SeqCst) == 0 && idle_ms >= quiet.as_millis() as u64 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits, for at most `within`, until every write this node proposed has
     /// its outcome (applied, or redirected when the entry was overwritten by a
     /// new leader): stopping a group earlier would leave those outcomes unknown.
@@ -1297,5 +1329,15 @@ mod tests {
         ]);
         assert!(matches!(ran, NodeResponse::Batch(answers) if answers.len() == 2));
         assert!(matches!(many_answer(Vec::new()), NodeResponse::Batch(answers) if answers.is_empty()));
+    }
+}
+
+/// A client command being served ([`Host::client_request`]): counted until dropped,
+/// also when its task is cancelled.
+pub struct ClientRequest(Arc<Host>);
+
+impl Drop for ClientRequest {
+    fn drop(&mut self) {
+        self.0.client_requests.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -223,7 +223,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     // way their answer.
     host.refuse_clients();
     host.settle_proposals(Duration::from_secs(2)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    host.settle_requests(Duration::from_millis(300), Duration::from_secs(2))
+        .await;
     for task in [heartbeat, watch, expiry, serve, reshapes, liveness, quiesce] {
         task.abort();
     }
@@ -269,7 +270,12 @@ async fn register(pd: &PdClient, node_id: Option<NodeId>, addr: &str, zone: &str
 async fn handle(host: Arc<Host>, bytes: Vec<u8>) -> Vec<u8> {
     let response = match wire::decode::<NodeRequest>(&bytes) {
         Err(e) => NodeResponse::Raft(Err(e.to_string())),
-        Ok(request) => serve(&host, request).await,
+        Ok(request) => {
+            // Client commands (not Raft messages, not Pub/Sub's long polls).
+            let _counted =
+                matches!(request, NodeRequest::Exec { .. } | NodeRequest::Block { .. }).then(|| host.client_request());
+            serve(&host, request).await
+        }
     };
     wire::encode(&response)
 }
