@@ -1305,6 +1305,16 @@ impl Host {
     }
 }
 
+/// A client command being served ([`Host::client_request`]): counted until dropped,
+/// also when its task is cancelled.
+pub struct ClientRequest(Arc<Host>);
+
+impl Drop for ClientRequest {
+    fn drop(&mut self) {
+        self.0.client_requests.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use redraft_common::resp::Frame;
@@ -1329,15 +1339,5 @@ mod tests {
         ]);
         assert!(matches!(ran, NodeResponse::Batch(answers) if answers.len() == 2));
         assert!(matches!(many_answer(Vec::new()), NodeResponse::Batch(answers) if answers.is_empty()));
-    }
-}
-
-/// A client command being served ([`Host::client_request`]): counted until dropped,
-/// also when its task is cancelled.
-pub struct ClientRequest(Arc<Host>);
-
-impl Drop for ClientRequest {
-    fn drop(&mut self) {
-        self.0.client_requests.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
