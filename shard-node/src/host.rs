@@ -723,10 +723,7 @@ impl Host {
                     let db = self.engine.db();
                     let owned = group.owned.get();
                     let mut ks = Keyspace::new(db, self.engine.cf(CF_DATA), &group.ring, &owned, now_ms());
-                    let mut answer = |read: &ReadOp| match ks.read(read) {
-                        Ok(frame) => NodeResponse::Reply(frame),
-                        Err(NotOwned) => NodeResponse::WrongShard { version: 0 },
-                    };
+                    let mut answer = |read: &ReadOp| contained_read(shard, &mut ks, read);
                     // Reads that walk the whole shard, and scripts, give this
                     // worker's other tasks (Raft groups, links) to another
                     // thread meanwhile, so a big KEYS or a long EVAL_RO never
@@ -1305,6 +1302,26 @@ impl Host {
     }
 }
 
+/// Runs a read; a panic inside it (a bug, or a record this replica cannot
+/// decode) answers the client with an error instead of taking the request's
+/// task down, which left the caller without an answer until it gave the
+/// shard up as unreachable. Reads change nothing, so nothing is left half
+/// done.
+fn contained_read(shard: ShardId, ks: &mut Keyspace<'_>, read: &ReadOp) -> NodeResponse {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ks.read(read))) {
+        Ok(Ok(frame)) => NodeResponse::Reply(frame),
+        Ok(Err(NotOwned)) => NodeResponse::WrongShard { version: 0 },
+        Err(_) => {
+            tracing::error!(
+                shard_id = shard,
+                ?read,
+                "a read failed inside the node; see the panic above"
+            );
+            NodeResponse::Reply(Frame::error("ERR the node failed to read this shard (see its log)"))
+        }
+    }
+}
+
 /// A client command being served ([`Host::client_request`]): counted until dropped,
 /// also when its task is cancelled.
 pub struct ClientRequest(Arc<Host>);
@@ -1320,6 +1337,31 @@ mod tests {
     use redraft_common::resp::Frame;
 
     use super::*;
+
+    #[test]
+    fn a_read_that_panics_answers_an_error() {
+        use redraft_raft_storage::{Engine, FsyncPolicy};
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("db"), FsyncPolicy::Always).unwrap();
+        let ring = Ring::new(64);
+        let owned: BTreeSet<VnodeId> = (0..64).collect();
+        // A key record this replica cannot decode (an unknown kind byte).
+        let skey = crate::storage::data_key(ring.vnode_of(b"bad"), b"bad");
+        engine.db().put_cf(engine.cf(CF_DATA), &skey, [99u8; 17]).unwrap();
+        let mut ks = Keyspace::new(engine.db(), engine.cf(CF_DATA), &ring, &owned, 0);
+        let get = |key: &str| ReadOp::Get {
+            key: key.as_bytes().to_vec(),
+        };
+        match contained_read(1, &mut ks, &get("bad")) {
+            NodeResponse::Reply(Frame::Error(text)) => assert!(text.contains("failed to read"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+        // The same view keeps answering other reads.
+        assert!(matches!(
+            contained_read(1, &mut ks, &get("good")),
+            NodeResponse::Reply(Frame::Null)
+        ));
+    }
 
     #[test]
     fn pipelined_writes_refused_together_are_answered_once() {
