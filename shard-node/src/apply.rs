@@ -505,7 +505,7 @@ impl<'a> Keyspace<'a> {
             .into_iter()
             .map(|k| self.storage_key(k))
             .collect::<Result<Vec<_>, _>>()?;
-        let reply = self.apply_write(op, &skeys)?;
+        let reply = self.apply_write(op, skeys)?;
         if self.notify {
             self.notify_write(op, &reply);
         }
@@ -561,8 +561,7 @@ impl<'a> Keyspace<'a> {
     }
 
     /// [`Self::write`] once its keys are known to be owned.
-    fn apply_write(&mut self, op: &WriteOp, skeys: &[Vec<u8>]) -> Result<Frame, NotOwned> {
-        let skeys = skeys.to_vec();
+    fn apply_write(&mut self, op: &WriteOp, skeys: Vec<Vec<u8>>) -> Result<Frame, NotOwned> {
         Ok(match op {
             WriteOp::Set {
                 value,
@@ -923,12 +922,8 @@ impl Iterator for Merged<'_> {
     }
 }
 
-/// Redis's `GETRANGE` slice: inclusive indexes, negative ones from the end.
-pub fn substring(s: &[u8], start: i64, end: i64) -> &[u8] {
-    &s[substring_range(s.len(), start, end)]
-}
-
-/// The byte range of [`substring`] over a string of `len` bytes.
+/// The bytes `GETRANGE` returns from a string of `len` bytes: inclusive
+/// indexes, negative ones from the end.
 pub fn substring_range(len: usize, start: i64, end: i64) -> std::ops::Range<usize> {
     let len = len as i64;
     if len == 0 {

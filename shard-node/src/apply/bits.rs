@@ -75,11 +75,10 @@ fn write_field(bytes: &mut [u8], offset: u64, bits: u32, value: u64) {
 }
 
 /// Redis's inclusive `start..end` range over `len` units, negative indexes
-/// from the end, clamped; `None` when empty.
+/// from the end, clamped as GETRANGE clamps them; `None` when empty.
 fn clamp_range(start: i64, end: i64, len: i64) -> Option<(i64, i64)> {
-    let start = if start < 0 { (len + start).max(0) } else { start };
-    let end = if end < 0 { (len + end).max(0) } else { end }.min(len - 1);
-    (start <= end).then_some((start, end))
+    let range = super::substring_range(len.max(0) as usize, start, end);
+    (!range.is_empty()).then(|| (range.start as i64, range.end as i64 - 1))
 }
 
 /// `BYTE` or `BIT`: whether ranges count bits.

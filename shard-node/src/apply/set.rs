@@ -68,6 +68,13 @@ impl Keyspace<'_> {
         })
     }
 
+    /// The members of the set at `skey` (checked to be one), in storage order.
+    pub(super) fn set_members(&self, skey: &[u8]) -> Vec<Vec<u8>> {
+        self.elements(skey, &[], None, false)
+            .map(|(sub, _)| unhashed(&sub).to_vec())
+            .collect()
+    }
+
     /// Adds stored members to the set at `skey` (created when absent); returns how
     /// many were new.
     fn add_members<'m>(&mut self, skey: &[u8], members: impl Iterator<Item = &'m Vec<u8>>) -> Reply<i64> {

@@ -15,7 +15,6 @@ use redraft_common::resp::Frame;
 
 use super::collections::{error, int, Collection, Reply, SYNTAX};
 use super::{Keyspace, Kind};
-use crate::storage::unhashed;
 
 const ELSEWHERE: &str = "ERR SORT's BY and GET patterns must name keys in the sorted key's shard (use a hash tag)";
 
@@ -103,9 +102,12 @@ impl Keyspace<'_> {
             j += 1;
         }
         let skey = self.owned_key(&a[1]);
-        let kind = match self.load(&skey).map(|v| v.kind) {
-            None => None,
-            Some(kind @ (Kind::List | Kind::Set | Kind::ZSet)) => Some(kind),
+        let (kind, length) = match self.load(&skey) {
+            None => (None, 0),
+            Some(v) if matches!(v.kind, Kind::List | Kind::Set | Kind::ZSet) => (
+                Some(v.kind),
+                crate::storage::CollectionMeta::decode(&v.payload).len as i64,
+            ),
             Some(_) => return Err(error(super::WRONGTYPE)),
         };
         // A set has no order of its own: stored results are sorted, so that
@@ -113,12 +115,6 @@ impl Keyspace<'_> {
         if dont_sort && kind == Some(Kind::Set) && store.is_some() {
             (dont_sort, alpha, by) = (false, true, None);
         }
-        let length = match kind {
-            Some(Kind::List | Kind::Set | Kind::ZSet) => self
-                .load(&skey)
-                .map_or(0, |v| crate::storage::CollectionMeta::decode(&v.payload).len as i64),
-            _ => 0,
-        };
         let mut start = limit.0.max(0);
         let mut end = if limit.1 < 0 { length - 1 } else { start + limit.1 - 1 };
         if start >= length {
@@ -236,10 +232,7 @@ impl Keyspace<'_> {
     fn native_order(&self, skey: &[u8], kind: Kind, reverse: bool) -> Vec<Vec<u8>> {
         match kind {
             Kind::ZSet => self.in_order(skey, None, reverse).map(|(m, _)| m).collect(),
-            Kind::Set => self
-                .elements(skey, &[], None, false)
-                .map(|(sub, _)| unhashed(&sub).to_vec())
-                .collect(),
+            Kind::Set => self.set_members(skey),
             _ => {
                 let mut items: Vec<Vec<u8>> = self.elements(skey, &[], None, false).map(|(_, v)| v).collect();
                 if reverse {

@@ -11,7 +11,7 @@ use redraft_common::resp::Frame;
 use super::collections::{double, error, int, Collection, Reply, Rng, SYNTAX};
 use super::zset::entries_frame;
 use super::Keyspace;
-use crate::storage::{unhashed, Kind};
+use crate::storage::Kind;
 
 /// A sorted set's entries: `(member, score)`.
 type Entries = Vec<(Vec<u8>, f64)>;
@@ -81,11 +81,7 @@ impl Keyspace<'_> {
         match self.load(&skey).map(|v| v.kind) {
             None => Ok(None),
             Some(Kind::ZSet) => Ok(Some(self.in_order(&skey, None, false).collect())),
-            Some(Kind::Set) => Ok(Some(
-                self.elements(&skey, &[], None, false)
-                    .map(|(sub, _)| (unhashed(&sub).to_vec(), 1.0))
-                    .collect(),
-            )),
+            Some(Kind::Set) => Ok(Some(self.set_members(&skey).into_iter().map(|m| (m, 1.0)).collect())),
             Some(_) => Err(error(super::WRONGTYPE)),
         }
     }
